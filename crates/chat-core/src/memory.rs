@@ -1,0 +1,699 @@
+//! The in-memory store and event bus: one process, everything behind one mutex that is never
+//! held across an `.await`. It is the reference implementation of the [`Store`] contract and
+//! what unit tests of embedding applications run against.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::event::{Audience, Delivery, Event, EventBus, EventSink, SinkSlot};
+use crate::store::{
+    Appended, DueTimer, EndedSession, NewRoom, PresenceState, Registered, SendOutcome, Store,
+    Timer, Touched,
+};
+use crate::types::{
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId,
+    OnlinePage, Phone, Requests, Room, RoomId, Session, Token,
+};
+
+/// The in-memory [`Store`] and [`EventBus`]. Clones share state.
+///
+/// ```
+/// use std::sync::Arc;
+/// use chat_core::{ChatService, Config, MemoryStore, NodeId, SystemClock};
+///
+/// # tokio_test_block_on(async {
+/// let store = MemoryStore::new();
+/// let chat = ChatService::new(
+///     Arc::new(store.clone()),
+///     Arc::new(store),
+///     Arc::new(SystemClock),
+///     Config::default(),
+///     NodeId::random(),
+/// );
+/// let asha = chat.register("+1 415 555 0100", Some("Asha".into()), None).await?;
+/// let ben = chat.register("+14155550101", None, None).await?;
+/// chat.send_request(&asha.session.phone, "+14155550101").await?;
+/// let room = chat
+///     .respond_request(&ben.session.phone, "+14155550100", "accept")
+///     .await?
+///     .expect("accepted");
+/// let sent = chat
+///     .send_message(&asha.session.phone, &room.to_string(), "hi Ben".into(), None)
+///     .await?;
+/// let page = chat.history(&ben.session.phone, &room.to_string(), None, None).await?;
+/// assert_eq!(page.messages, vec![sent]);
+/// # Ok::<(), chat_core::Error>(())
+/// # }).unwrap();
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryStore")
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    /// All state; one lock makes every store operation atomic.
+    state: Mutex<State>,
+    /// Where published events go (this process is the only node).
+    sink: SinkSlot,
+}
+
+#[derive(Default)]
+struct State {
+    /// Live sessions by phone.
+    sessions: HashMap<Phone, Session>,
+    /// Token → phone, for authentication.
+    tokens: HashMap<Token, Phone>,
+    /// Presence of every user with a session.
+    presence: HashMap<Phone, Presence>,
+    /// Users not marked offline, ordered for the cursor of the online listing.
+    online: BTreeSet<Phone>,
+    /// Node → alive until.
+    nodes: HashMap<NodeId, Millis>,
+    /// Node → its sockets, so a dead node's sockets can be forgotten.
+    node_conns: HashMap<NodeId, HashSet<(Phone, ConnKey)>>,
+    /// Pending requests by (from, to).
+    requests: HashMap<(Phone, Phone), ChatRequest>,
+    /// to → froms.
+    incoming: HashMap<Phone, BTreeSet<Phone>>,
+    /// from → tos.
+    outgoing: HashMap<Phone, BTreeSet<Phone>>,
+    /// Live rooms.
+    rooms: HashMap<RoomId, RoomState>,
+    /// Member → rooms.
+    user_rooms: HashMap<Phone, BTreeSet<RoomId>>,
+    /// Ordered pair of members → their room.
+    pair_room: HashMap<(Phone, Phone), RoomId>,
+    /// Deadlines in due order.
+    timers: BTreeSet<(Millis, Timer)>,
+    /// Timer → its deadline.
+    timer_at: HashMap<Timer, Millis>,
+}
+
+#[derive(Default)]
+struct Presence {
+    conns: HashSet<ConnKey>,
+    http_until: Millis,
+    offline_since: Option<Millis>,
+}
+
+impl Presence {
+    fn state(&self) -> PresenceState {
+        PresenceState {
+            conns: u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
+            http_until: self.http_until,
+            offline_since: self.offline_since,
+        }
+    }
+}
+
+struct RoomState {
+    room: Room,
+    /// History, oldest first.
+    messages: VecDeque<Message>,
+    /// (sender, client_id) → id, for the messages still in `messages`.
+    client_ids: HashMap<(Phone, String), MessageId>,
+    /// The last id handed out (ids keep growing even when history is trimmed).
+    last_id: MessageId,
+}
+
+fn pair(a: &Phone, b: &Phone) -> (Phone, Phone) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
+impl State {
+    fn schedule(&mut self, timer: Timer, at: Millis) {
+        if let Some(old) = self.timer_at.insert(timer.clone(), at) {
+            self.timers.remove(&(old, timer.clone()));
+        }
+        self.timers.insert((at, timer));
+    }
+
+    fn request_live(&self, from: &Phone, to: &Phone, now: Millis) -> bool {
+        self.requests
+            .get(&(from.clone(), to.clone()))
+            .is_some_and(|r| r.expires_at > now)
+    }
+
+    fn drop_request(&mut self, from: &Phone, to: &Phone) -> Option<ChatRequest> {
+        let r = self.requests.remove(&(from.clone(), to.clone()))?;
+        remove_from(&mut self.incoming, to, from);
+        remove_from(&mut self.outgoing, from, to);
+        Some(r)
+    }
+
+    fn insert_room(&mut self, room: Room) {
+        let [a, b] = &room.members;
+        self.pair_room.insert(pair(a, b), room.id);
+        for m in [a, b] {
+            self.user_rooms.entry(m.clone()).or_default().insert(room.id);
+        }
+        self.schedule(Timer::RoomExpiry(room.id), room.expires_at);
+        self.rooms.insert(
+            room.id,
+            RoomState {
+                room,
+                messages: VecDeque::new(),
+                client_ids: HashMap::new(),
+                last_id: MessageId { ms: 0, seq: 0 },
+            },
+        );
+    }
+
+    fn remove_room(&mut self, id: &RoomId) -> Option<Room> {
+        let state = self.rooms.remove(id)?;
+        let [a, b] = &state.room.members;
+        self.pair_room.remove(&pair(a, b));
+        for m in [a, b] {
+            remove_from(&mut self.user_rooms, m, id);
+        }
+        Some(state.room)
+    }
+
+    /// Accepts `from → to`: the caller checked it is live and that no room exists.
+    fn make_room(&mut self, from: &Phone, to: &Phone, new: NewRoom) -> Room {
+        self.drop_request(from, to);
+        self.drop_request(to, from);
+        let room = Room {
+            id: new.id,
+            members: [from.clone(), to.clone()],
+            created_at: new.created_at,
+            expires_at: new.expires_at,
+        };
+        self.insert_room(room.clone());
+        room
+    }
+
+    fn touch(&mut self, phone: &Phone, http_until: Millis) -> bool {
+        let p = self.presence.entry(phone.clone()).or_default();
+        p.http_until = p.http_until.max(http_until);
+        let at = p.http_until;
+        let came_online = p.offline_since.take().is_some();
+        self.online.insert(phone.clone());
+        self.schedule(Timer::Presence(phone.clone()), at);
+        came_online
+    }
+
+    fn forget_conn(&mut self, phone: &Phone, conn: &ConnKey, now: Millis) -> bool {
+        let Some(p) = self.presence.get_mut(phone) else {
+            return false;
+        };
+        if !p.conns.remove(conn) || !p.conns.is_empty() {
+            return false;
+        }
+        let at = p.http_until.max(now);
+        self.schedule(Timer::Presence(phone.clone()), at);
+        true
+    }
+
+    fn forget_node(&mut self, node: &NodeId, now: Millis) -> Vec<Phone> {
+        self.nodes.remove(node);
+        let conns = self.node_conns.remove(node).unwrap_or_default();
+        let mut orphans: Vec<Phone> = conns
+            .into_iter()
+            .filter_map(|(phone, conn)| self.forget_conn(&phone, &conn, now).then_some(phone))
+            .collect();
+        orphans.sort();
+        orphans.dedup();
+        orphans
+    }
+}
+
+fn remove_from<K, V>(map: &mut HashMap<K, BTreeSet<V>>, key: &K, value: &V)
+where
+    K: std::hash::Hash + Eq,
+    V: Ord,
+{
+    if let Some(set) = map.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+const ONLINE_CURSOR_PREFIX: &str = "m1.";
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        // A poisoned lock means a bug panicked mid-operation; refuse rather than serve torn state.
+        self.shared.state.lock().map_err(|_| Error::StoreUnavailable)
+    }
+
+    /// How many records the store holds (sessions, requests, rooms, messages, timers), to
+    /// check that what ends is freed.
+    pub fn footprint(&self) -> Result<usize> {
+        let s = self.state()?;
+        let messages: usize = s.rooms.values().map(|r| r.messages.len()).sum();
+        Ok(s.sessions.len()
+            + s.tokens.len()
+            + s.presence.len()
+            + s.online.len()
+            + s.requests.len()
+            + s.incoming.len()
+            + s.outgoing.len()
+            + s.rooms.len()
+            + s.user_rooms.len()
+            + s.pair_room.len()
+            + messages
+            + s.timers.len()
+            + s.node_conns.values().map(HashSet::len).sum::<usize>())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn create_session(
+        &self,
+        session: Session,
+        refresh: Option<Token>,
+        http_until: Millis,
+    ) -> Result<Registered> {
+        let mut s = self.state()?;
+        if let Some(existing) = s.sessions.get(&session.phone) {
+            if refresh.as_ref() != Some(&existing.token) {
+                return Err(Error::PhoneInUse);
+            }
+            let existing = existing.clone();
+            let came_online = s.touch(&existing.phone, http_until);
+            return Ok(Registered {
+                session: existing,
+                refreshed: true,
+                came_online,
+            });
+        }
+        s.tokens
+            .insert(session.token.clone(), session.phone.clone());
+        s.sessions.insert(session.phone.clone(), session.clone());
+        s.presence.insert(session.phone.clone(), Presence::default());
+        s.touch(&session.phone, http_until);
+        Ok(Registered {
+            session,
+            refreshed: false,
+            came_online: true,
+        })
+    }
+
+    async fn session(&self, token: &Token) -> Result<Option<Session>> {
+        let s = self.state()?;
+        Ok(s.tokens.get(token).and_then(|p| s.sessions.get(p)).cloned())
+    }
+
+    async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
+        let mut s = self.state()?;
+        let Some(session) = s.tokens.get(token).and_then(|p| s.sessions.get(p)).cloned() else {
+            return Ok(None);
+        };
+        let came_online = s.touch(&session.phone, http_until);
+        Ok(Some(Touched {
+            session,
+            came_online,
+        }))
+    }
+
+    async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool> {
+        let mut s = self.state()?;
+        let Some(p) = s.presence.get_mut(phone) else {
+            return Ok(false);
+        };
+        p.conns.insert(conn.clone());
+        let came_online = p.offline_since.take().is_some();
+        s.online.insert(phone.clone());
+        s.node_conns
+            .entry(conn.node.clone())
+            .or_default()
+            .insert((phone.clone(), conn.clone()));
+        Ok(came_online)
+    }
+
+    async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()> {
+        let mut s = self.state()?;
+        if let Some(set) = s.node_conns.get_mut(&conn.node) {
+            set.remove(&(phone.clone(), conn.clone()));
+            if set.is_empty() {
+                s.node_conns.remove(&conn.node);
+            }
+        }
+        s.forget_conn(phone, conn, now);
+        Ok(())
+    }
+
+    async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
+        Ok(self.state()?.presence.get(phone).map(Presence::state))
+    }
+
+    async fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> Result<bool> {
+        let mut s = self.state()?;
+        let Some(p) = s.presence.get_mut(phone) else {
+            return Ok(false);
+        };
+        if !p.conns.is_empty() || now < p.http_until || p.offline_since.is_some() {
+            return Ok(false);
+        }
+        p.offline_since = Some(now);
+        s.online.remove(phone);
+        s.schedule(Timer::SessionEnd(phone.clone()), session_end_at);
+        Ok(true)
+    }
+
+    async fn online_page(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+        now: Millis,
+    ) -> Result<OnlinePage> {
+        let after = match cursor.as_deref() {
+            None => None,
+            Some(c) => Some(
+                c.strip_prefix(ONLINE_CURSOR_PREFIX)
+                    .and_then(|p| Phone::parse(p).ok())
+                    .ok_or_else(|| Error::bad_request("not a cursor of this server"))?,
+            ),
+        };
+        let s = self.state()?;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut range = s.online.range((lower, Bound::Unbounded));
+        let page: Vec<&Phone> = range.by_ref().take(limit).collect();
+        let next_cursor = match (range.next(), page.last()) {
+            (Some(_), Some(last)) => Some(format!("{ONLINE_CURSOR_PREFIX}{last}")),
+            _ => None,
+        };
+        let phones = page
+            .into_iter()
+            .filter(|p| s.presence.get(*p).is_some_and(|p| p.state().online_at(now)))
+            .cloned()
+            .collect();
+        Ok(OnlinePage {
+            phones,
+            next_cursor,
+        })
+    }
+
+    async fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> Result<()> {
+        self.state()?.nodes.insert(node.clone(), alive_until);
+        Ok(())
+    }
+
+    async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>> {
+        let mut s = self.state()?;
+        let dead: Vec<NodeId> = s
+            .nodes
+            .iter()
+            .filter(|(_, until)| **until < now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut orphans = Vec::new();
+        for node in dead {
+            orphans.extend(s.forget_node(&node, now));
+        }
+        Ok(orphans)
+    }
+
+    async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>> {
+        Ok(self.state()?.forget_node(node, now))
+    }
+
+    async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
+        let mut s = self.state()?;
+        let (from, to, now) = (&request.from, &request.to, request.created_at);
+        if let Some(id) = s.pair_room.get(&pair(from, to)) {
+            return Ok(SendOutcome::RoomExists(*id));
+        }
+        if s.request_live(to, from, now) {
+            let (from, to) = (to.clone(), from.clone());
+            return Ok(SendOutcome::Accepted(s.make_room(&from, &to, room)));
+        }
+        if s.request_live(from, to, now) {
+            return Ok(SendOutcome::AlreadyPending);
+        }
+        s.incoming.entry(to.clone()).or_default().insert(from.clone());
+        s.outgoing.entry(from.clone()).or_default().insert(to.clone());
+        s.schedule(
+            Timer::RequestExpiry {
+                from: from.clone(),
+                to: to.clone(),
+            },
+            request.expires_at,
+        );
+        s.requests.insert((from.clone(), to.clone()), request);
+        Ok(SendOutcome::Sent)
+    }
+
+    async fn accept_request(
+        &self,
+        from: &Phone,
+        to: &Phone,
+        room: NewRoom,
+        now: Millis,
+    ) -> Result<Option<Room>> {
+        let mut s = self.state()?;
+        if !s.request_live(from, to, now) || s.pair_room.contains_key(&pair(from, to)) {
+            return Ok(None);
+        }
+        Ok(Some(s.make_room(from, to, room)))
+    }
+
+    async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {
+        let mut s = self.state()?;
+        Ok(s.drop_request(from, to).is_some_and(|r| r.expires_at > now))
+    }
+
+    async fn requests(&self, phone: &Phone, now: Millis) -> Result<Requests> {
+        let s = self.state()?;
+        let live = |set: Option<&BTreeSet<Phone>>, incoming: bool| -> Vec<Phone> {
+            set.into_iter()
+                .flatten()
+                .filter(|other| {
+                    let (f, t) = if incoming {
+                        (*other, phone)
+                    } else {
+                        (phone, *other)
+                    };
+                    s.request_live(f, t, now)
+                })
+                .cloned()
+                .collect()
+        };
+        Ok(Requests {
+            incoming: live(s.incoming.get(phone), true),
+            sent: live(s.outgoing.get(phone), false),
+        })
+    }
+
+    async fn room(&self, id: &RoomId) -> Result<Option<Room>> {
+        Ok(self.state()?.rooms.get(id).map(|r| r.room.clone()))
+    }
+
+    async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>> {
+        let s = self.state()?;
+        Ok(s.user_rooms
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| s.rooms.get(id).map(|r| r.room.clone()))
+            .collect())
+    }
+
+    async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>> {
+        Ok(self.state()?.remove_room(id))
+    }
+
+    async fn append_message(
+        &self,
+        room: &RoomId,
+        message: NewMessage,
+        history_max: usize,
+    ) -> Result<Appended> {
+        let mut s = self.state()?;
+        let r = s.rooms.get_mut(room).ok_or(Error::RoomNotFound)?;
+        if !r.room.has_member(&message.sender) {
+            return Err(Error::forbidden("you are not a member of this room"));
+        }
+        let key = message
+            .client_id
+            .as_ref()
+            .map(|c| (message.sender.clone(), c.clone()));
+        if let Some(first) = key.as_ref().and_then(|k| r.client_ids.get(k)) {
+            let first = *first;
+            if let Some(m) = r.messages.iter().rev().find(|m| m.id == first) {
+                return Ok(Appended::Duplicate(m.clone()));
+            }
+        }
+        let id = if message.timestamp > r.last_id.ms {
+            MessageId {
+                ms: message.timestamp,
+                seq: 0,
+            }
+        } else {
+            r.last_id.next()
+        };
+        r.last_id = id;
+        let stored = Message {
+            id,
+            room: *room,
+            sender: message.sender,
+            message: message.message,
+            timestamp: message.timestamp,
+            client_id: message.client_id,
+        };
+        if let Some(k) = key {
+            r.client_ids.insert(k, id);
+        }
+        r.messages.push_back(stored.clone());
+        while r.messages.len() > history_max.max(1) {
+            if let Some(old) = r.messages.pop_front() {
+                if let Some(c) = old.client_id {
+                    r.client_ids.remove(&(old.sender, c));
+                }
+            }
+        }
+        // Delivered under the lock: the order sockets see is the order of history.
+        self.shared.sink.deliver(&Delivery::to_room(
+            *room,
+            Event::ReceiveMessage(stored.clone()),
+        ));
+        Ok(Appended::New(stored))
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let s = self.state()?;
+        let r = s.rooms.get(room).ok_or(Error::RoomNotFound)?;
+        let msgs = &r.messages;
+        let (start, end, more) = match after {
+            Some(after) => {
+                let start = msgs.partition_point(|m| m.id <= after);
+                let end = start.saturating_add(limit).min(msgs.len());
+                (start, end, end < msgs.len())
+            }
+            None => {
+                let start = msgs.len().saturating_sub(limit);
+                (start, msgs.len(), start > 0)
+            }
+        };
+        Ok(HistoryPage {
+            messages: msgs.range(start..end).cloned().collect(),
+            more,
+        })
+    }
+
+    async fn end_session(
+        &self,
+        phone: &Phone,
+        offline_before: Millis,
+    ) -> Result<Option<EndedSession>> {
+        let mut s = self.state()?;
+        let due = s.presence.get(phone).is_none_or(|p| {
+            p.conns.is_empty() && p.offline_since.is_some_and(|t| t <= offline_before)
+        });
+        if !due {
+            return Ok(None);
+        }
+        let Some(session) = s.sessions.remove(phone) else {
+            return Ok(None);
+        };
+        s.tokens.remove(&session.token);
+        s.presence.remove(phone);
+        s.online.remove(phone);
+        let incoming: Vec<Phone> = s.incoming.get(phone).into_iter().flatten().cloned().collect();
+        let sent: Vec<Phone> = s.outgoing.get(phone).into_iter().flatten().cloned().collect();
+        for from in &incoming {
+            s.drop_request(from, phone);
+        }
+        for to in &sent {
+            s.drop_request(phone, to);
+        }
+        let room_ids: Vec<RoomId> = s.user_rooms.get(phone).into_iter().flatten().copied().collect();
+        let rooms = room_ids.iter().filter_map(|id| s.remove_room(id)).collect();
+        Ok(Some(EndedSession {
+            session,
+            rooms,
+            requests: Requests { incoming, sent },
+        }))
+    }
+
+    async fn schedule(&self, timer: Timer, at: Millis) -> Result<()> {
+        self.state()?.schedule(timer, at);
+        Ok(())
+    }
+
+    async fn due_timers(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<DueTimer>> {
+        let mut s = self.state()?;
+        let due: Vec<(Millis, Timer)> = s
+            .timers
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(due
+            .into_iter()
+            .map(|(_, timer)| {
+                s.schedule(timer.clone(), lease_until);
+                DueTimer { timer, lease_until }
+            })
+            .collect())
+    }
+
+    async fn finish_timer(&self, due: &DueTimer) -> Result<()> {
+        let mut s = self.state()?;
+        if s.timer_at.get(&due.timer) == Some(&due.lease_until) {
+            s.timer_at.remove(&due.timer);
+            s.timers.remove(&(due.lease_until, due.timer.clone()));
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.state().map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for MemoryStore {
+    async fn publish(&self, delivery: Delivery) -> Result<()> {
+        self.shared.sink.deliver(&delivery);
+        Ok(())
+    }
+
+    async fn subscribe(&self, _audience: Audience) -> Result<()> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _audience: Audience) -> Result<()> {
+        Ok(())
+    }
+
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        self.shared.sink.set(sink);
+    }
+}

@@ -1,0 +1,828 @@
+//! The service: every rule of the contract, over a [`Store`], an [`EventBus`] and a [`Clock`].
+//! It knows no HTTP, WebSocket, JSON or Redis; the adapters call it with the caller's session
+//! and the raw field values, and map its [`Error`]s onto the wire.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::event::{Delivery, Event, EventBus, Except};
+use crate::store::{Appended, DueTimer, NewRoom, SendOutcome, Store, Timer};
+use crate::time::Clock;
+use crate::types::{
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId,
+    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
+};
+
+/// The lifetimes and sizes of the domain. Defaults are the contract's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// How long a session outlives its user's last moment online.
+    pub session_idle_secs: u64,
+    /// How long an HTTP API request keeps its user online.
+    pub presence_secs: u64,
+    /// How long a request stays pending.
+    pub request_ttl_secs: u64,
+    /// A room's maximum life.
+    pub room_ttl_secs: u64,
+    /// A room ends once both members have been offline this long.
+    pub room_idle_secs: u64,
+    /// A node that has not refreshed its heartbeat this long is dead.
+    pub node_ttl_secs: u64,
+    /// Longest message, in Unicode scalar values.
+    pub max_message_chars: usize,
+    /// Messages a room keeps at least.
+    pub history_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            session_idle_secs: 21_600,
+            presence_secs: 600,
+            request_ttl_secs: 6_000,
+            room_ttl_secs: 21_600,
+            room_idle_secs: 300,
+            node_ttl_secs: 10,
+            max_message_chars: 4096,
+            history_max: 10_000,
+        }
+    }
+}
+
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest `client_id`, in characters.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
+/// Default and largest page of `/online_users`.
+pub const ONLINE_LIMIT: (usize, usize) = (100, 1000);
+/// Default and largest page of `/chatrooms/{id}/messages`.
+pub const HISTORY_LIMIT: (usize, usize) = (50, 500);
+/// `join_room` sends the last this many, or up to `HISTORY_LIMIT.1` after `since`.
+pub const JOIN_HISTORY: usize = 50;
+/// Timers handled per batch of [`ChatService::tick`].
+const TIMER_BATCH: usize = 256;
+/// How long a node owns a timer it took before another node may take it.
+const TIMER_LEASE_MS: u64 = 30_000;
+
+/// The answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The session (same token on a refresh).
+    pub session: Session,
+    /// Seconds the session outlives its user's last moment online.
+    pub expires_in: u64,
+}
+
+/// The answer to `send_request`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    /// Pending now.
+    Sent,
+    /// A crossed request was accepted: this is the new room.
+    Accepted(RoomId),
+}
+
+/// What one [`ChatService::tick`] did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Timers handled.
+    pub timers: usize,
+    /// Users whose last socket was on a dead node.
+    pub orphaned_users: usize,
+}
+
+/// The chat service. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct ChatService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn EventBus>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    node: NodeId,
+    /// Source of this node's socket numbers.
+    next_conn: AtomicU64,
+    /// Counters exported on `/metrics`.
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ChatService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatService")
+            .field("node", &self.inner.node)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn secs(s: u64) -> u64 {
+    s.saturating_mul(1000)
+}
+
+impl ChatService {
+    /// A service for node `node` over the given ports.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn EventBus>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+        node: NodeId,
+    ) -> ChatService {
+        ChatService {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                clock,
+                config,
+                node,
+                next_conn: AtomicU64::new(1),
+                metrics: Arc::default(),
+            }),
+        }
+    }
+
+    /// The same service counting into `metrics` (shared with the store decorator and the
+    /// adapters). Call it before cloning the service.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> ChatService {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.metrics = metrics,
+            None => tracing::warn!("with_metrics called on a shared service; ignored"),
+        }
+        self
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    /// The bus (the socket adapter subscribes through it).
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.inner.bus
+    }
+
+    /// Now, by the service's clock.
+    pub fn now(&self) -> Millis {
+        self.inner.clock.now()
+    }
+
+    /// A key for a new socket on this node.
+    pub fn new_conn(&self) -> ConnKey {
+        ConnKey {
+            node: self.inner.node.clone(),
+            id: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
+    fn http_until(&self, now: Millis) -> Millis {
+        now.saturating_add(secs(self.inner.config.presence_secs))
+    }
+
+    // ---------------------------------------------------------------- sessions
+
+    /// Registers `phone`, or refreshes the session when `token` is that session's.
+    pub async fn register(
+        &self,
+        phone: &str,
+        name: Option<String>,
+        token: Option<&str>,
+    ) -> Result<Registration> {
+        let phone = Phone::parse(phone)?;
+        if let Some(name) = &name {
+            if name.chars().count() > MAX_NAME_CHARS {
+                return Err(Error::bad_request(format!(
+                    "name must be at most {MAX_NAME_CHARS} characters"
+                )));
+            }
+        }
+        let refresh = token.and_then(Token::from_client);
+        let now = self.now();
+        let session = Session {
+            phone: phone.clone(),
+            name,
+            token: Token::generate()?,
+            created_at: now,
+        };
+        let attempt = self
+            .store()
+            .create_session(session.clone(), refresh.clone(), self.http_until(now))
+            .await;
+        let registered = match attempt {
+            Err(Error::PhoneInUse) => {
+                // The old session may be over but not swept yet: end it by the rules, retry once.
+                self.end_session_if_due(&phone).await?;
+                self.store()
+                    .create_session(session, refresh, self.http_until(now))
+                    .await?
+            }
+            other => other?,
+        };
+        if registered.came_online {
+            self.announce_presence(&phone, true).await?;
+        }
+        Ok(Registration {
+            session: registered.session,
+            expires_in: self.inner.config.session_idle_secs,
+        })
+    }
+
+    /// Authenticates an HTTP API request and counts it as presence.
+    pub async fn authenticate(&self, token: &str) -> Result<Session> {
+        let token = Token::from_client(token).ok_or(Error::Unauthorized)?;
+        let now = self.now();
+        let touched = self
+            .store()
+            .touch(&token, self.http_until(now))
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        if touched.came_online {
+            self.announce_presence(&touched.session.phone, true).await?;
+        }
+        Ok(touched.session)
+    }
+
+    /// Authenticates a WebSocket upgrade (not counted as presence).
+    pub async fn session(&self, token: &str) -> Result<Session> {
+        let token = Token::from_client(token).ok_or(Error::Unauthorized)?;
+        self.store().session(&token).await?.ok_or(Error::Unauthorized)
+    }
+
+    /// The caller-identity rule: a field that names the caller, if present, must be them.
+    pub fn check_caller(&self, session: &Session, named: Option<&str>) -> Result<()> {
+        match named {
+            None => Ok(()),
+            Some(raw) => match Phone::parse(raw) {
+                Ok(p) if p == session.phone => Ok(()),
+                _ => Err(Error::forbidden("that phone is not yours")),
+            },
+        }
+    }
+
+    // ---------------------------------------------------------------- presence
+
+    /// One page of online users.
+    pub async fn online_users(
+        &self,
+        cursor: Option<String>,
+        limit: Option<&str>,
+    ) -> Result<OnlinePage> {
+        let limit = page_limit(limit, ONLINE_LIMIT)?;
+        self.store().online_page(cursor, limit, self.now()).await
+    }
+
+    /// Whether `phone` is online now.
+    pub async fn is_online(&self, phone: &Phone) -> Result<bool> {
+        let now = self.now();
+        Ok(self
+            .store()
+            .presence(phone)
+            .await?
+            .is_some_and(|p| p.online_at(now)))
+    }
+
+    /// A socket of `phone` opened on this node.
+    pub async fn connect(&self, phone: &Phone, conn: &ConnKey) -> Result<()> {
+        if self.store().add_conn(phone, conn).await? {
+            self.announce_presence(phone, true).await?;
+        }
+        Ok(())
+    }
+
+    /// A socket of `phone` closed. Going offline (if this was the last) happens in `tick`.
+    pub async fn disconnect(&self, phone: &Phone, conn: &ConnKey) -> Result<()> {
+        self.store().remove_conn(phone, conn, self.now()).await
+    }
+
+    /// Users who share a pending request or a live room with `phone`.
+    async fn peers(&self, phone: &Phone) -> Result<BTreeSet<Phone>> {
+        let now = self.now();
+        let requests = self.store().requests(phone, now).await?;
+        let rooms = self.store().rooms_of(phone).await?;
+        let mut peers: BTreeSet<Phone> = requests.incoming.into_iter().collect();
+        peers.extend(requests.sent);
+        peers.extend(rooms.iter().filter_map(|r| r.other(phone).cloned()));
+        peers.remove(phone);
+        Ok(peers)
+    }
+
+    async fn announce_presence(&self, phone: &Phone, online: bool) -> Result<()> {
+        for peer in self.peers(phone).await? {
+            self.publish(Delivery::to_user(
+                peer,
+                Event::Presence {
+                    phone: phone.clone(),
+                    online,
+                },
+            ))
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Publishes, logging (not failing) when the bus is down: the state change it reports has
+    /// been made, and clients resynchronise over REST.
+    async fn publish(&self, delivery: Delivery) {
+        if let Err(e) = self.inner.bus.publish(delivery).await {
+            tracing::warn!(error = %e, "event not published");
+        }
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    /// `me` asks `to` for a chat.
+    pub async fn send_request(&self, me: &Phone, to: &str) -> Result<SendResult> {
+        let to = Phone::parse(to)?;
+        if &to == me {
+            return Err(Error::SelfRequest);
+        }
+        if !self.is_online(&to).await? {
+            return Err(Error::UserNotFound);
+        }
+        let now = self.now();
+        let request = ChatRequest {
+            from: me.clone(),
+            to: to.clone(),
+            created_at: now,
+            expires_at: now.saturating_add(secs(self.inner.config.request_ttl_secs)),
+        };
+        match self.store().send_request(request, self.new_room(now)).await? {
+            SendOutcome::Sent => {
+                self.publish(Delivery::to_user(
+                    to.clone(),
+                    Event::ChatRequest {
+                        from: me.clone(),
+                        to,
+                        created_at: now,
+                    },
+                ))
+                .await;
+                Ok(SendResult::Sent)
+            }
+            SendOutcome::Accepted(room) => {
+                self.announce_accept(&room).await;
+                Ok(SendResult::Accepted(room.id))
+            }
+            SendOutcome::AlreadyPending => Err(Error::AlreadyPending),
+            SendOutcome::RoomExists(chat_id) => Err(Error::RoomExists { chat_id }),
+        }
+    }
+
+    fn new_room(&self, now: Millis) -> NewRoom {
+        NewRoom {
+            id: RoomId::generate(),
+            created_at: now,
+            expires_at: now.saturating_add(secs(self.inner.config.room_ttl_secs)),
+        }
+    }
+
+    async fn announce_accept(&self, room: &Room) {
+        let [a, b] = &room.members;
+        for (to_user, from_user) in [(a, b), (b, a)] {
+            self.publish(Delivery::to_user(
+                to_user.clone(),
+                Event::RequestAccepted {
+                    chat_id: room.id,
+                    from_user: from_user.clone(),
+                    to_user: to_user.clone(),
+                },
+            ))
+            .await;
+        }
+    }
+
+    /// The user's pending requests.
+    pub async fn requests(&self, me: &Phone) -> Result<Requests> {
+        self.store().requests(me, self.now()).await
+    }
+
+    /// `me` answers the request from `requester`: `Some(room)` when accepted.
+    pub async fn respond_request(
+        &self,
+        me: &Phone,
+        requester: &str,
+        action: &str,
+    ) -> Result<Option<RoomId>> {
+        let requester = Phone::parse(requester)?;
+        let accept = match action {
+            "accept" => true,
+            "decline" => false,
+            _ => return Err(Error::bad_request("action must be \"accept\" or \"decline\"")),
+        };
+        let now = self.now();
+        if accept {
+            let room = self
+                .store()
+                .accept_request(&requester, me, self.new_room(now), now)
+                .await?
+                .ok_or(Error::RequestNotFound)?;
+            self.announce_accept(&room).await;
+            Ok(Some(room.id))
+        } else {
+            if !self.store().remove_request(&requester, me, now).await? {
+                return Err(Error::RequestNotFound);
+            }
+            self.publish(Delivery::to_user(
+                requester.clone(),
+                Event::RequestDeclined {
+                    from_user: me.clone(),
+                    to_user: requester,
+                },
+            ))
+            .await;
+            Ok(None)
+        }
+    }
+
+    /// `me` withdraws the request to `to`.
+    pub async fn cancel_request(&self, me: &Phone, to: &str) -> Result<()> {
+        let to = Phone::parse(to)?;
+        if !self.store().remove_request(me, &to, self.now()).await? {
+            return Err(Error::RequestNotFound);
+        }
+        self.publish(Delivery::to_user(
+            to.clone(),
+            Event::RequestCancelled {
+                from_user: me.clone(),
+                to_user: to,
+            },
+        ))
+        .await;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- rooms
+
+    /// The caller's live rooms.
+    pub async fn active_rooms(&self, me: &Phone) -> Result<Vec<RoomSummary>> {
+        let mut rooms: Vec<RoomSummary> = self
+            .store()
+            .rooms_of(me)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some(RoomSummary {
+                    chat_id: r.id,
+                    other_user: r.other(me)?.clone(),
+                    expires_at: r.expires_at,
+                })
+            })
+            .collect();
+        rooms.sort_by_key(|r| r.expires_at);
+        Ok(rooms)
+    }
+
+    /// Whether a room exists (for the public chatroom page).
+    pub async fn room_exists(&self, room: &str) -> Result<bool> {
+        match RoomId::parse(room) {
+            Ok(id) => Ok(self.store().room(&id).await?.is_some()),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The room, if `me` is a member: `RoomNotFound` / `Forbidden` otherwise.
+    pub async fn member_room(&self, me: &Phone, room: &str) -> Result<Room> {
+        let id = RoomId::parse(room)?;
+        let room = self.store().room(&id).await?.ok_or(Error::RoomNotFound)?;
+        if room.has_member(me) {
+            Ok(room)
+        } else {
+            Err(Error::forbidden("you are not a member of this room"))
+        }
+    }
+
+    /// A page of a room's history for a member.
+    pub async fn history(
+        &self,
+        me: &Phone,
+        room: &str,
+        after: Option<&str>,
+        limit: Option<&str>,
+    ) -> Result<HistoryPage> {
+        let limit = page_limit(limit, HISTORY_LIMIT)?;
+        let after = after.map(MessageId::parse).transpose()?;
+        let room = self.member_room(me, room).await?;
+        self.store().history(&room.id, after, limit).await
+    }
+
+    /// A member joins a room on a socket: the history to send (the last 50, or up to 500 after
+    /// `since`). The adapter sends it, starts delivering the room, then calls
+    /// [`ChatService::announce_join`].
+    pub async fn join_room(
+        &self,
+        me: &Phone,
+        room: &str,
+        since: Option<&str>,
+    ) -> Result<(RoomId, HistoryPage)> {
+        let since = since.map(MessageId::parse).transpose()?;
+        let room = self.member_room(me, room).await?;
+        let limit = if since.is_some() {
+            HISTORY_LIMIT.1
+        } else {
+            JOIN_HISTORY
+        };
+        let page = self.store().history(&room.id, since, limit).await?;
+        Ok((room.id, page))
+    }
+
+    /// Tells the room's sockets (the joiner's included) that `me` joined.
+    pub async fn announce_join(&self, me: &Phone, room: RoomId) {
+        self.publish(Delivery::to_room(
+            room,
+            Event::UserJoined {
+                room,
+                user: me.clone(),
+            },
+        ))
+        .await;
+    }
+
+    /// Tells the room's other sockets that socket `conn` of `me` left.
+    pub async fn announce_leave(&self, me: &Phone, room: RoomId, conn: &ConnKey) {
+        self.publish(
+            Delivery::to_room(
+                room,
+                Event::UserLeft {
+                    room,
+                    user: me.clone(),
+                },
+            )
+            .except(Except::Conn(conn.clone())),
+        )
+        .await;
+    }
+
+    /// A member closes a room.
+    pub async fn close_room(&self, me: &Phone, room: &str) -> Result<()> {
+        let room = self.member_room(me, room).await?;
+        let Some(room) = self.store().delete_room(&room.id).await? else {
+            return Err(Error::RoomNotFound);
+        };
+        for member in &room.members {
+            self.publish(Delivery::to_user(
+                member.clone(),
+                Event::RoomClosed {
+                    room: room.id,
+                    by: me.clone(),
+                },
+            ))
+            .await;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- messages
+
+    /// Validates and stores a message; the store publishes it to the room.
+    pub async fn send_message(
+        &self,
+        me: &Phone,
+        room: &str,
+        text: String,
+        client_id: Option<String>,
+    ) -> Result<Message> {
+        let id = RoomId::parse(room)?;
+        if text.trim().is_empty() {
+            return Err(Error::EmptyMessage);
+        }
+        let max = self.inner.config.max_message_chars;
+        if text.chars().count() > max {
+            return Err(Error::MessageTooLong { max });
+        }
+        if let Some(c) = &client_id {
+            let n = c.chars().count();
+            if n == 0 || n > MAX_CLIENT_ID_CHARS {
+                return Err(Error::bad_request(format!(
+                    "client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters"
+                )));
+            }
+        }
+        let message = NewMessage {
+            sender: me.clone(),
+            message: text,
+            timestamp: self.now(),
+            client_id,
+        };
+        let appended = self
+            .store()
+            .append_message(&id, message, self.inner.config.history_max)
+            .await?;
+        Ok(match appended {
+            Appended::New(m) => {
+                self.inner.metrics.messages_total.fetch_add(1, Ordering::Relaxed);
+                m
+            }
+            Appended::Duplicate(m) => m,
+        })
+    }
+
+    /// A member is typing (or stopped): told to the other member's sockets joined to the room.
+    pub async fn typing(&self, me: &Phone, room: &str, typing: bool) -> Result<()> {
+        let room = self.member_room(me, room).await?;
+        self.publish(
+            Delivery::to_room(
+                room.id,
+                Event::Typing {
+                    room: room.id,
+                    user: me.clone(),
+                    typing,
+                },
+            )
+            .except(Except::User(me.clone())),
+        )
+        .await;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// Runs the lifetimes: refreshes this node's heartbeat, reaps dead nodes, and handles
+    /// every due deadline. The server calls it about every quarter second; any node may.
+    pub async fn tick(&self) -> Result<TickReport> {
+        let now = self.now();
+        let store = self.store();
+        store
+            .heartbeat(
+                &self.inner.node,
+                now.saturating_add(secs(self.inner.config.node_ttl_secs)),
+            )
+            .await?;
+        let orphaned = store.reap_dead_nodes(now).await?;
+        let mut report = TickReport {
+            orphaned_users: orphaned.len(),
+            ..TickReport::default()
+        };
+        loop {
+            let due = store
+                .due_timers(now, now.saturating_add(TIMER_LEASE_MS), TIMER_BATCH)
+                .await?;
+            let batch = due.len();
+            for timer in due {
+                self.handle_timer(&timer, now).await?;
+                report.timers += 1;
+            }
+            if batch < TIMER_BATCH {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// A node shutting down cleanly: forget its sockets now rather than after `node_ttl`.
+    pub async fn leave_cluster(&self) -> Result<()> {
+        self.store()
+            .remove_node(&self.inner.node, self.now())
+            .await
+            .map(|_| ())
+    }
+
+    async fn handle_timer(&self, due: &DueTimer, now: Millis) -> Result<()> {
+        match &due.timer {
+            Timer::Presence(phone) => {
+                let session_end =
+                    now.saturating_add(secs(self.inner.config.session_idle_secs));
+                if self.store().go_offline(phone, now, session_end).await? {
+                    self.announce_presence(phone, false).await?;
+                    self.schedule_idle_rooms(phone, now).await?;
+                }
+            }
+            Timer::SessionEnd(phone) => {
+                self.end_session_if_due(phone).await?;
+            }
+            Timer::RoomExpiry(room) => {
+                if let Some(room) = self.store().room(room).await? {
+                    if room.expires_at <= now {
+                        self.expire_room(&room).await?;
+                    } else {
+                        self.store()
+                            .schedule(Timer::RoomExpiry(room.id), room.expires_at)
+                            .await?;
+                    }
+                }
+            }
+            Timer::RoomIdle(room) => {
+                if let Some(room) = self.store().room(room).await? {
+                    if let Some(idle_since) = self.both_offline_since(&room).await? {
+                        let at = idle_since.saturating_add(secs(self.inner.config.room_idle_secs));
+                        if at <= now {
+                            self.expire_room(&room).await?;
+                        } else {
+                            self.store().schedule(Timer::RoomIdle(room.id), at).await?;
+                        }
+                    }
+                }
+            }
+            Timer::RequestExpiry { from, to } => {
+                self.store().remove_request(from, to, now).await?;
+            }
+        }
+        self.store().finish_timer(due).await
+    }
+
+    /// When both members are offline: since when the later one went offline.
+    async fn both_offline_since(&self, room: &Room) -> Result<Option<Millis>> {
+        let mut since = 0;
+        for member in &room.members {
+            match self.store().presence(member).await? {
+                Some(p) if p.conns == 0 => match p.offline_since {
+                    Some(t) => since = since.max(t),
+                    None => return Ok(None),
+                },
+                Some(_) => return Ok(None),
+                // No session: offline since forever.
+                None => {}
+            }
+        }
+        Ok(Some(since))
+    }
+
+    async fn schedule_idle_rooms(&self, phone: &Phone, now: Millis) -> Result<()> {
+        for room in self.store().rooms_of(phone).await? {
+            if let Some(since) = self.both_offline_since(&room).await? {
+                let at = since
+                    .max(now)
+                    .saturating_add(secs(self.inner.config.room_idle_secs));
+                self.store().schedule(Timer::RoomIdle(room.id), at).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire_room(&self, room: &Room) -> Result<()> {
+        if let Some(room) = self.store().delete_room(&room.id).await? {
+            let now = self.now();
+            for member in &room.members {
+                let online = self
+                    .store()
+                    .presence(member)
+                    .await?
+                    .is_some_and(|p| p.online_at(now));
+                if online {
+                    self.publish(Delivery::to_user(
+                        member.clone(),
+                        Event::RoomExpired { room: room.id },
+                    ))
+                    .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_session_if_due(&self, phone: &Phone) -> Result<()> {
+        let now = self.now();
+        let offline_before = now.saturating_sub(secs(self.inner.config.session_idle_secs));
+        if let Some(ended) = self.store().end_session(phone, offline_before).await? {
+            tracing::debug!(%phone, rooms = ended.rooms.len(), "session ended");
+            for room in &ended.rooms {
+                if let Some(other) = room.other(phone) {
+                    self.publish(Delivery::to_user(
+                        other.clone(),
+                        Event::RoomClosed {
+                            room: room.id,
+                            by: phone.clone(),
+                        },
+                    ))
+                    .await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies a page `limit`: absent → default, over the maximum → the maximum, not a positive
+/// integer → `bad_request`.
+pub fn page_limit(limit: Option<&str>, (default, max): (usize, usize)) -> Result<usize> {
+    let Some(raw) = limit else {
+        return Ok(default);
+    };
+    let bad = || Error::bad_request("limit must be a positive integer");
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if digits.bytes().all(|b| b == b'0') {
+        return Err(bad());
+    }
+    // All digits and not zero: anything too long to parse is over the maximum anyway.
+    Ok(digits.parse::<usize>().map_or(max, |n| n.min(max)))
+}

@@ -1,0 +1,346 @@
+//! Domain values whose invariants live in the type: a `Phone` is always normalised, a `Token`
+//! always carries 256 bits from the OS, a `MessageId` always orders like the history it names.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Unix time in milliseconds.
+pub type Millis = u64;
+
+/// A normalised phone number: an optional `+` then 7 to 15 ASCII digits.
+///
+/// The normalised form is the identity everywhere: `+14155550100` and `14155550100` are two
+/// different phones.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Phone(String);
+
+impl Phone {
+    /// Normalises `raw` (removes spaces, `-`, `(` and `)`) and validates it.
+    ///
+    /// ```
+    /// use chat_core::Phone;
+    /// assert_eq!(Phone::parse("+1 (415) 555-0100").unwrap().as_str(), "+14155550100");
+    /// assert!(Phone::parse("12ab345678").is_err());
+    /// ```
+    pub fn parse(raw: &str) -> Result<Phone> {
+        let cleaned: String = raw
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '(' | ')'))
+            .collect();
+        let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
+        if (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Phone(cleaned))
+        } else {
+            Err(Error::InvalidPhone)
+        }
+    }
+
+    /// The normalised text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Phone {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Phone> {
+        Phone::parse(&s)
+    }
+}
+
+impl From<Phone> for String {
+    fn from(p: Phone) -> String {
+        p.0
+    }
+}
+
+impl FromStr for Phone {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Phone> {
+        Phone::parse(s)
+    }
+}
+
+/// An opaque session token: 32 bytes (256 bits) from the OS random source, as 64 hex digits.
+///
+/// `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Token(String);
+
+impl Token {
+    /// Draws a fresh token from the operating system's random source.
+    pub fn generate() -> Result<Token> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|_| Error::StoreUnavailable)?;
+        let mut s = String::with_capacity(64);
+        for b in bytes {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        Ok(Token(s))
+    }
+
+    /// Wraps a token received from a client. Anything that cannot be one of ours (wrong length or
+    /// alphabet) is refused here, so stores never see arbitrary client strings as keys.
+    pub fn from_client(s: &str) -> Option<Token> {
+        (s.len() == 64 && s.bytes().all(|b| HEX.contains(&b))).then(|| Token(s.to_owned()))
+    }
+
+    /// The token text, for the `Authorization` header and storage.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// A room's id: a UUID v4. Named `chat_id` in REST bodies, `room` in socket events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoomId(pub uuid::Uuid);
+
+impl RoomId {
+    /// A fresh random room id.
+    pub fn generate() -> RoomId {
+        RoomId(uuid::Uuid::new_v4())
+    }
+
+    /// Parses a client-supplied id; anything that is not a UUID is a room that does not exist.
+    pub fn parse(s: &str) -> Result<RoomId> {
+        uuid::Uuid::parse_str(s)
+            .map(RoomId)
+            .map_err(|_| Error::RoomNotFound)
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A message id: `<ms>-<seq>`, the shape of a Redis stream id. Ids order a room's history;
+/// compare them as `(ms, seq)`, never as strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence within the millisecond.
+    pub seq: u64,
+}
+
+impl MessageId {
+    /// Parses an id this server gave out; anything else is `bad_request`.
+    pub fn parse(s: &str) -> Result<MessageId> {
+        let bad = || Error::bad_request("not a message id of this server");
+        let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
+        let num = |p: &str| {
+            if p.is_empty() || p.len() > 20 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                None
+            } else {
+                p.parse::<u64>().ok()
+            }
+        };
+        Ok(MessageId {
+            ms: num(ms).ok_or_else(bad)?,
+            seq: num(seq).ok_or_else(bad)?,
+        })
+    }
+
+    /// The smallest id strictly after `self`.
+    pub fn next(self) -> MessageId {
+        match self.seq.checked_add(1) {
+            Some(seq) => MessageId { ms: self.ms, seq },
+            None => MessageId {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MessageId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The name of one server process among the nodes sharing a store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub String);
+
+impl NodeId {
+    /// A random node id.
+    pub fn random() -> NodeId {
+        NodeId(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One open WebSocket, unique across nodes: the node it lives on and a number unique there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnKey {
+    /// The node holding the socket.
+    pub node: NodeId,
+    /// Unique on that node.
+    pub id: u64,
+}
+
+/// A live session: who holds which token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The phone the session owns.
+    pub phone: Phone,
+    /// Display name given at registration (≤ 64 chars).
+    pub name: Option<String>,
+    /// The secret.
+    pub token: Token,
+    /// When it was created.
+    pub created_at: Millis,
+}
+
+/// A two-person room made by an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Room {
+    /// Its id.
+    pub id: RoomId,
+    /// Exactly two distinct members: requester first.
+    pub members: [Phone; 2],
+    /// When the accept made it.
+    pub created_at: Millis,
+    /// When it ends at the latest (`created_at + room_ttl`).
+    pub expires_at: Millis,
+}
+
+impl Room {
+    /// Whether `phone` is a member.
+    pub fn has_member(&self, phone: &Phone) -> bool {
+        self.members.contains(phone)
+    }
+
+    /// The member who is not `phone` (`None` when `phone` is not a member).
+    pub fn other(&self, phone: &Phone) -> Option<&Phone> {
+        match &self.members {
+            [a, b] if a == phone => Some(b),
+            [a, b] if b == phone => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// A pending chat request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The requester (`phone1`).
+    pub from: Phone,
+    /// The recipient (`phone2`).
+    pub to: Phone,
+    /// When it was sent.
+    pub created_at: Millis,
+    /// When it expires silently.
+    pub expires_at: Millis,
+}
+
+/// A stored chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Orders the room's history.
+    pub id: MessageId,
+    /// The room.
+    pub room: RoomId,
+    /// Who sent it.
+    pub sender: Phone,
+    /// The text, as sent.
+    pub message: String,
+    /// When the store accepted it (unix ms; the wire shows RFC 3339).
+    pub timestamp: Millis,
+    /// The sender's idempotency key, if given.
+    pub client_id: Option<String>,
+}
+
+/// A message before the store gives it an id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// Who sends it.
+    pub sender: Phone,
+    /// The validated text.
+    pub message: String,
+    /// When it was received.
+    pub timestamp: Millis,
+    /// Idempotency key.
+    pub client_id: Option<String>,
+}
+
+/// One page of history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryPage {
+    /// The messages, oldest first.
+    pub messages: Vec<Message>,
+    /// With `after`: newer ones exist. Without: older ones exist.
+    pub more: bool,
+}
+
+/// One page of the online listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OnlinePage {
+    /// Phones online now (a page may be short).
+    pub phones: Vec<Phone>,
+    /// Where the next page starts; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// A user's pending requests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Requests {
+    /// Requesters waiting on this user.
+    pub incoming: Vec<Phone>,
+    /// Recipients this user is waiting on.
+    pub sent: Vec<Phone>,
+}
+
+/// A room as its member sees it in `/active_chatrooms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    /// The room.
+    pub chat_id: RoomId,
+    /// The other member.
+    pub other_user: Phone,
+    /// When it ends at the latest.
+    pub expires_at: Millis,
+}
