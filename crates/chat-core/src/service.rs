@@ -501,12 +501,23 @@ impl ChatService {
 
     /// The room, if `me` is a member: `RoomNotFound` / `Forbidden` otherwise.
     pub async fn member_room(&self, me: &Phone, room: &str) -> Result<Room> {
-        let id = RoomId::parse(room)?;
-        let room = self.store().room(&id).await?.ok_or(Error::RoomNotFound)?;
-        if room.has_member(me) {
-            Ok(room)
-        } else {
-            Err(Error::forbidden("you are not a member of this room"))
+        self.room_if_member(me, room)
+            .await?
+            .ok_or(Error::RoomNotFound)
+    }
+
+    /// `Forbidden` when the room exists and `me` is not a member; `None` when there is no such
+    /// room (a non-UUID id included). Lets callers check field values between the two answers,
+    /// as the contract orders them.
+    async fn room_if_member(&self, me: &Phone, room: &str) -> Result<Option<Room>> {
+        let Ok(id) = RoomId::parse(room) else {
+            return Ok(None);
+        };
+        match self.store().room(&id).await? {
+            Some(room) if !room.has_member(me) => {
+                Err(Error::forbidden("you are not a member of this room"))
+            }
+            found => Ok(found),
         }
     }
 
@@ -518,9 +529,11 @@ impl ChatService {
         after: Option<&str>,
         limit: Option<&str>,
     ) -> Result<HistoryPage> {
+        // The contract's order: identity (403), then field values (400), then state (404).
+        let found = self.room_if_member(me, room).await?;
         let limit = page_limit(limit, HISTORY_LIMIT)?;
         let after = after.map(MessageId::parse).transpose()?;
-        let room = self.member_room(me, room).await?;
+        let room = found.ok_or(Error::RoomNotFound)?;
         self.store().history(&room.id, after, limit).await
     }
 
@@ -533,8 +546,9 @@ impl ChatService {
         room: &str,
         since: Option<&str>,
     ) -> Result<(RoomId, HistoryPage)> {
+        let found = self.room_if_member(me, room).await?;
         let since = since.map(MessageId::parse).transpose()?;
-        let room = self.member_room(me, room).await?;
+        let room = found.ok_or(Error::RoomNotFound)?;
         let limit = if since.is_some() {
             HISTORY_LIMIT.1
         } else {
@@ -600,22 +614,12 @@ impl ChatService {
         text: String,
         client_id: Option<String>,
     ) -> Result<Message> {
+        if let Err(invalid) = self.check_message(&text, client_id.as_deref()) {
+            // Off the hot path: a non-member hears 403 before any 400, as the contract orders.
+            self.room_if_member(me, room).await?;
+            return Err(invalid);
+        }
         let id = RoomId::parse(room)?;
-        if text.trim().is_empty() {
-            return Err(Error::EmptyMessage);
-        }
-        let max = self.inner.config.max_message_chars;
-        if text.chars().count() > max {
-            return Err(Error::MessageTooLong { max });
-        }
-        if let Some(c) = &client_id {
-            let n = c.chars().count();
-            if n == 0 || n > MAX_CLIENT_ID_CHARS {
-                return Err(Error::bad_request(format!(
-                    "client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters"
-                )));
-            }
-        }
         let message = NewMessage {
             sender: me.clone(),
             message: text,
@@ -633,6 +637,25 @@ impl ChatService {
             }
             Appended::Duplicate(m) => m,
         })
+    }
+
+    fn check_message(&self, text: &str, client_id: Option<&str>) -> Result<()> {
+        if text.trim().is_empty() {
+            return Err(Error::EmptyMessage);
+        }
+        let max = self.inner.config.max_message_chars;
+        if text.chars().count() > max {
+            return Err(Error::MessageTooLong { max });
+        }
+        if let Some(c) = client_id {
+            let n = c.chars().count();
+            if n == 0 || n > MAX_CLIENT_ID_CHARS {
+                return Err(Error::bad_request(format!(
+                    "client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A member is typing (or stopped): told to the other member's sockets joined to the room.
