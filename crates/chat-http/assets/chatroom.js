@@ -98,7 +98,7 @@
     const parts = [];
     if (presence) parts.push(presence);
     if (expiresAt) parts.push('expires ' + Chat.formatTime(expiresAt));
-    if (parts.length) $('room-sub').textContent = parts.join(' · ');
+    if (parts.length) $('room-sub').textContent = parts.join(' \u00b7 ');
   }
 
   let roomExpiresAt = null;
@@ -143,7 +143,7 @@
         el('span', { className: 'sender', text: mine ? 'you' : String(sender) }),
         ' ',
         time,
-        status ? el('span', { className: 'status', text: ' · ' + status }) : null,
+        status ? el('span', { className: 'status', text: ' \u00b7 ' + status }) : null,
       ]),
       el('div', { className: 'text', text: String(text) }),
     );
@@ -280,7 +280,7 @@
       }
       // A lost connection rejoins on its own when it comes back.
       if (err.code === 'not_connected' || err.code === 'disconnected') return;
-      showError('Could not join the chat: ' + err.message + ' Retrying…');
+      showError('Could not join the chat: ' + err.message + ' Retrying\u2026');
       retryJoinLater(err.code === 'rate_limited' ? 3 * JOIN_RETRY_MS : JOIN_RETRY_MS);
       return;
     }
@@ -304,7 +304,7 @@
         buffer = null;
         if (isSessionLost(err)) sessionLost();
         else if (!haltOnRoomError(err.code)) {
-          showError('Could not load missed messages: ' + err.message + ' Retrying…');
+          showError('Could not load missed messages: ' + err.message + ' Retrying\u2026');
           retryJoinLater(JOIN_RETRY_MS);
         }
         return;
@@ -339,11 +339,11 @@
     if (entry.done || ended) return;
     if (!socket.isOpen()) {
       entry.state = 'queued';
-      drawPending(entry, 'waiting for connection…');
+      drawPending(entry, 'waiting for connection\u2026');
       return;
     }
     entry.state = 'sending';
-    drawPending(entry, 'sending…');
+    drawPending(entry, 'sending\u2026');
     let stored;
     try {
       stored = await socket.request('send_message', {
@@ -357,7 +357,7 @@
         // It may or may not have been stored; resending the same client_id is safe (the
         // server stores it once), so queue it for the next connection.
         entry.state = 'queued';
-        drawPending(entry, 'waiting for connection…');
+        drawPending(entry, 'waiting for connection\u2026');
         if (err.code === 'timeout') setTimeout(() => { if (entry.state === 'queued') transmit(entry); }, JOIN_RETRY_MS);
         return;
       }
@@ -441,7 +441,7 @@
   }
 
   function showTyping(user) {
-    Chat.showText($('typing'), user + ' is typing…');
+    Chat.showText($('typing'), user + ' is typing\u2026');
     clearTimeout(typingHideTimer);
     typingHideTimer = setTimeout(hideTyping, TYPING_SHOW_MS);
   }

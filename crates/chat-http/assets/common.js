@@ -4,6 +4,9 @@
 //
 // Invariant: text from users or from the server only ever reaches the page through
 // `textContent` (see `Chat.el`), never as markup.
+//
+// The scripts are kept ASCII-only (non-ASCII text as \u escapes), so they read the same
+// whatever charset the server declares for them.
 'use strict';
 
 (function () {
@@ -232,9 +235,9 @@
   Chat.renderStatus = function renderStatus(node, status) {
     const labels = {
       idle: 'offline',
-      connecting: 'connecting…',
+      connecting: 'connecting\u2026',
       connected: 'connected',
-      disconnected: 'reconnecting…',
+      disconnected: 'reconnecting\u2026',
       stopped: 'offline',
       unauthorized: 'signed out',
     };

@@ -267,7 +267,7 @@
       const m = res.message;
       // A crossed request (they had already asked us) is accepted on the spot.
       if (m && typeof m === 'object' && m.accepted && m.chat_id) {
-        notify('You and ' + phone + ' both asked: opening the chat…');
+        notify('You and ' + phone + ' both asked: opening the chat\u2026');
         goToRoom(m.chat_id);
         return;
       }
@@ -295,7 +295,7 @@
       if (gen !== generation) return;
       const m = res.message || {};
       if (action === 'accept' && m.chat_id) {
-        notify('Accepted ' + phone + ': opening the chat…');
+        notify('Accepted ' + phone + ': opening the chat\u2026');
         goToRoom(m.chat_id);
         return;
       }
@@ -349,7 +349,7 @@
       notify('Chat request from ' + d.from + '.');
     });
     s.on('request_accepted', (d) => {
-      notify('Chat with ' + d.from_user + ' is open: joining…');
+      notify('Chat with ' + d.from_user + ' is open: joining\u2026');
       goToRoom(d.chat_id);
     });
     s.on('request_declined', (d) => {
