@@ -1,0 +1,681 @@
+//! `chat`: paired users exchange messages over their rooms.
+//!
+//! Each message text is `<sender>:<seq>:<send_ns>:` padded with `x` to `--msg-bytes`, where
+//! `send_ns` is nanoseconds on this process's monotonic clock. The peer's socket measures the
+//! latency when `receive_message` arrives and checks the sender's sequence numbers (duplicates,
+//! order); the sender's own socket counts its echo apart and records the `ack`.
+//!
+//! Load: `--rate R` is an open loop. R messages/s are spread evenly over the senders, and each
+//! message is stamped with its *scheduled* send time, so a stall (server or client) shows up
+//! as latency instead of quietly lowering the rate (no coordinated omission). `--window W` is a
+//! closed loop: each sender keeps W messages in flight, and a message completes when the peer
+//! receives it (or the server refuses it). Both members of every pair send, unless `--one-way`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::report::{Progress, Report, histogram};
+use crate::stats::{Observers, cpu_delta, per};
+use crate::target::Target;
+use crate::users::{Plan, raise_nofile};
+use crate::ws::{ErrorData, Incoming, MessageData, Ws};
+use crate::{CommonArgs, Result, secs};
+
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Pairs of users; each pair shares one room.
+    #[arg(long, default_value_t = 50)]
+    pub pairs: usize,
+    /// Seconds of sending (the measurement window).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Message text length in bytes (at least the header, about 30 bytes).
+    #[arg(long, default_value_t = 64)]
+    pub msg_bytes: usize,
+    /// Open loop: total messages per second over all senders.
+    #[arg(long, conflicts_with = "window")]
+    pub rate: Option<f64>,
+    /// Closed loop: messages in flight per sender.
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Only the first member of each pair sends (default: both members send).
+    #[arg(long)]
+    pub one_way: bool,
+    /// After the sending stops, wait at most this long (seconds) for outstanding deliveries
+    /// before counting what is missing as lost.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Sockets per client source address.
+    #[arg(long, default_value_t = 900)]
+    pub per_addr: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// Nanoseconds between two sends of one sender.
+    Open {
+        interval_ns: f64,
+    },
+    Closed {
+        window: usize,
+    },
+}
+
+/// Growable bit set over sequence numbers.
+#[derive(Debug, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    /// Sets bit `i`; returns whether it was already set.
+    fn set(&mut self, i: u64) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        let was = self.0[w] & (1 << b) != 0;
+        self.0[w] |= 1 << b;
+        was
+    }
+
+    fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn ones(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| w as u64 * 64 + b)
+        })
+    }
+}
+
+/// What happened to one sender's messages; written by its own socket (acks) and by its peer's
+/// socket (deliveries).
+#[derive(Debug, Default)]
+struct Tracker {
+    acked: Bits,
+    delivered: Bits,
+    /// Highest sequence delivered so far, for the order check.
+    highest: Option<u64>,
+}
+
+/// One sender's flow of messages.
+#[derive(Debug)]
+struct Flow {
+    tracker: Mutex<Tracker>,
+    /// Closed loop: free slots in the sender's window.
+    window: Semaphore,
+}
+
+/// Run-wide counters (read by the progress line).
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    /// Sends answered with `error` (rate limits included).
+    refused: AtomicU64,
+    rate_limited: AtomicU64,
+    /// First delivery of a message to the peer.
+    delivered: AtomicU64,
+    duplicated: AtomicU64,
+    out_of_order: AtomicU64,
+    /// The sender's own copy of its message.
+    echoes: AtomicU64,
+    /// `error` events without an ack (not answers to sends).
+    other_errors: AtomicU64,
+    /// `receive_message` whose text is not a bench message.
+    foreign: AtomicU64,
+    /// Sockets that closed or failed during the run.
+    closed: AtomicU64,
+}
+
+/// Shared by every task of the run.
+#[derive(Debug)]
+struct Shared {
+    flows: Vec<Flow>,
+    counters: Counters,
+    /// Zero of the `send_ns` stamps.
+    base: Instant,
+    first_close: Mutex<Option<String>>,
+    /// Deliveries and refusals give back window slots (closed loop only).
+    closed_loop: bool,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn note_close(&self, who: usize, why: String) {
+        self.counters.closed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_close.lock() {
+            first.get_or_insert_with(|| format!("socket {who}: {why}"));
+        }
+    }
+}
+
+pub async fn run(args: ChatArgs) -> Result<()> {
+    let load = match (args.rate, args.window) {
+        (Some(r), None) if r > 0.0 && r.is_finite() => Load::Open { interval_ns: 0.0 },
+        (None, Some(w)) if w > 0 => Load::Closed { window: w },
+        _ => return Err("give exactly one of --rate R (R > 0) or --window W (W > 0)".into()),
+    };
+    if args.pairs == 0 {
+        return Err("--pairs must be at least 1".into());
+    }
+    let duration = secs(args.duration);
+    let drain = secs(args.drain);
+    let nofile = raise_nofile();
+    let target = Target::resolve(&args.common.url).await?;
+    let observers = Observers::new(&args.common).await?;
+
+    let users = args.pairs * 2;
+    let plan = Plan {
+        users,
+        per_addr: args.per_addr,
+        read_buffer: 16 << 10,
+        connect_concurrency: args.common.connect_concurrency,
+    };
+    let pop = crate::users::build(&target, &args.common, plan).await?;
+    let senders: Vec<usize> = (0..users).filter(|u| !args.one_way || u % 2 == 0).collect();
+    let load = match load {
+        Load::Open { .. } => Load::Open {
+            interval_ns: senders.len() as f64 / args.rate.unwrap_or(1.0) * 1e9,
+        },
+        closed => closed,
+    };
+    let window = match load {
+        Load::Closed { window } => window,
+        Load::Open { .. } => 0,
+    };
+    let shared = Arc::new(Shared {
+        flows: (0..users)
+            .map(|_| Flow {
+                tracker: Mutex::new(Tracker::default()),
+                window: Semaphore::new(window),
+            })
+            .collect(),
+        counters: Counters::default(),
+        base: Instant::now(),
+        first_close: Mutex::new(None),
+        closed_loop: window > 0,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut readers = tokio::task::JoinSet::new();
+    let mut sinks = Vec::with_capacity(users);
+    for (u, ws) in pop.sockets.into_iter().enumerate() {
+        let (sink, stream) = ws.split();
+        sinks.push(Some(sink));
+        readers.spawn(reader(stream, u, shared.clone(), stop_rx.clone()));
+    }
+
+    let _progress = {
+        let s = shared.clone();
+        let mut last = 0u64;
+        Progress::start("chat", move || {
+            let c = &s.counters;
+            let d = c.delivered.load(Ordering::Relaxed);
+            let line = format!(
+                "sent {}  delivered {} ({}/s)  acked {}  refused {}  dup {}  ooo {}  closed {}",
+                c.sent.load(Ordering::Relaxed),
+                d,
+                d - last,
+                c.acked.load(Ordering::Relaxed),
+                c.refused.load(Ordering::Relaxed),
+                c.duplicated.load(Ordering::Relaxed),
+                c.out_of_order.load(Ordering::Relaxed),
+                c.closed.load(Ordering::Relaxed),
+            );
+            last = d;
+            line
+        })
+    };
+
+    // Measurement window: from the first send to the end of the drain.
+    let window_start = observers.sample().await?;
+    let start = tokio::time::Instant::now();
+    let deadline = start + duration;
+    let mut sender_tasks = tokio::task::JoinSet::new();
+    for (k, &u) in senders.iter().enumerate() {
+        let Some(sink) = sinks[u].take() else {
+            continue;
+        };
+        let room = pop.rooms[u / 2].clone();
+        let offset_ns = match load {
+            Load::Open { interval_ns } => interval_ns * k as f64 / senders.len() as f64,
+            Load::Closed { .. } => 0.0,
+        };
+        sender_tasks.spawn(sender(
+            sink,
+            u,
+            room,
+            shared.clone(),
+            load,
+            start,
+            offset_ns,
+            deadline,
+            deadline + drain,
+            args.msg_bytes,
+        ));
+    }
+    tokio::time::sleep_until(deadline).await;
+    let delivered_in_window = shared.counters.delivered.load(Ordering::Relaxed);
+    let sent_in_window = shared.counters.sent.load(Ordering::Relaxed);
+    let mut idle_sinks: Vec<_> = sinks.into_iter().flatten().collect();
+    while sender_tasks.join_next().await.is_some() {}
+    let send_end = tokio::time::Instant::now();
+
+    // Drain: until every sent message is delivered or refused, or the grace period ends.
+    let drain_deadline = send_end + drain;
+    loop {
+        let c = &shared.counters;
+        let settled = c.delivered.load(Ordering::Relaxed) + c.refused.load(Ordering::Relaxed);
+        if settled >= c.sent.load(Ordering::Relaxed)
+            || tokio::time::Instant::now() >= drain_deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain_secs = send_end.elapsed().as_secs_f64();
+    let window_end = observers.sample().await?;
+    let _ = stop_tx.send(true);
+    let mut latency = histogram();
+    while let Some(joined) = readers.join_next().await {
+        if let Ok(h) = joined {
+            latency
+                .add(h)
+                .map_err(|e| format!("merging histograms: {e}"))?;
+        }
+    }
+    idle_sinks.clear();
+
+    // Lost: acked, yet never delivered to the peer.
+    let mut lost = 0u64;
+    for flow in &shared.flows {
+        let t = flow.tracker.lock().map_err(|_| "tracker lock poisoned")?;
+        lost += t.acked.ones().filter(|&s| !t.delivered.get(s)).count() as u64;
+    }
+
+    let c = &shared.counters;
+    let (sent, acked, refused, delivered) = (
+        c.sent.load(Ordering::Relaxed),
+        c.acked.load(Ordering::Relaxed),
+        c.refused.load(Ordering::Relaxed),
+        c.delivered.load(Ordering::Relaxed),
+    );
+    let window_secs = duration.as_secs_f64();
+    let (server_cpu, redis_cpu) = cpu_delta(&window_start, &window_end);
+    let mut r = Report::new("chat");
+    r.add("pairs", args.pairs, "pairs (one room each)")
+        .add(
+            "senders",
+            senders.len(),
+            if args.one_way {
+                "one per pair"
+            } else {
+                "both members of each pair"
+            },
+        )
+        .add(
+            "load",
+            match load {
+                Load::Open { .. } => "open",
+                Load::Closed { .. } => "closed",
+            },
+            "open = --rate, closed = --window",
+        )
+        .num("target_rate", args.rate, "msgs/s offered (open loop)")
+        .add("window", args.window, "in flight per sender (closed loop)")
+        .add("msg_bytes", args.msg_bytes, "bytes of message text")
+        .num("duration_s", Some(window_secs), "s of sending")
+        .num("drain_s", Some(drain_secs), "s waited for stragglers")
+        .num("setup_register_s", Some(pop.setup_secs[0]), "s")
+        .num("setup_pair_s", Some(pop.setup_secs[1]), "s")
+        .num("setup_connect_s", Some(pop.setup_secs[2]), "s")
+        .add("sent", sent, "send_message frames")
+        .num(
+            "sent_per_sec",
+            Some(sent_in_window as f64 / window_secs),
+            "msgs/s during the window",
+        )
+        .add("acked", acked, "acks for sends")
+        .add("refused", refused, "sends answered with error")
+        .add(
+            "rate_limited",
+            c.rate_limited.load(Ordering::Relaxed),
+            "of which rate_limited",
+        )
+        .add(
+            "unanswered",
+            sent.saturating_sub(acked + refused),
+            "sends with neither ack nor error",
+        )
+        .add("delivered", delivered, "first deliveries to the peer")
+        .num(
+            "delivered_per_sec",
+            Some(delivered_in_window as f64 / window_secs),
+            "deliveries/s during the window",
+        )
+        .add(
+            "echoes",
+            c.echoes.load(Ordering::Relaxed),
+            "own messages echoed to the sender",
+        )
+        .add("lost", lost, "acked but never delivered")
+        .add(
+            "duplicated",
+            c.duplicated.load(Ordering::Relaxed),
+            "delivered more than once",
+        )
+        .add(
+            "out_of_order",
+            c.out_of_order.load(Ordering::Relaxed),
+            "delivered after a later one",
+        )
+        .add(
+            "foreign",
+            c.foreign.load(Ordering::Relaxed),
+            "messages not sent by this run",
+        )
+        .add(
+            "other_errors",
+            c.other_errors.load(Ordering::Relaxed),
+            "error events without ack",
+        )
+        .add(
+            "sockets_closed",
+            c.closed.load(Ordering::Relaxed),
+            "sockets closed during the run",
+        )
+        .add(
+            "first_close",
+            shared.first_close.lock().ok().and_then(|f| f.clone()),
+            "",
+        )
+        .latency(
+            [
+                "latency_p50_us",
+                "latency_p90_us",
+                "latency_p99_us",
+                "latency_max_us",
+                "latency_mean_us",
+            ],
+            &latency,
+        )
+        .add(
+            "server_cpu_us",
+            server_cpu,
+            "server CPU over the window + drain",
+        )
+        .num(
+            "server_cpu_us_per_msg",
+            per(server_cpu, delivered as f64),
+            "µs per delivered message",
+        )
+        .add(
+            "server_rss_kib",
+            window_end.server.map(|s| s.rss_kib),
+            "KiB at the end",
+        )
+        .add(
+            "redis_cpu_us",
+            redis_cpu,
+            "Redis CPU over the window + drain",
+        )
+        .num(
+            "redis_cpu_us_per_msg",
+            per(redis_cpu, delivered as f64),
+            "µs per delivered message",
+        )
+        .add("client_nofile", nofile, "this process's open-file limit");
+    r.print(args.common.json);
+    Ok(())
+}
+
+/// Sends this user's messages until `deadline`; every wait is bounded by `hard_deadline`.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
+async fn sender(
+    mut sink: SplitSink<Ws, Message>,
+    me: usize,
+    room: String,
+    shared: Arc<Shared>,
+    load: Load,
+    start: tokio::time::Instant,
+    offset_ns: f64,
+    deadline: tokio::time::Instant,
+    hard_deadline: tokio::time::Instant,
+    msg_bytes: usize,
+) {
+    let flow = &shared.flows[me];
+    let mut frame = String::with_capacity(msg_bytes + room.len() + 96);
+    let mut seq: u64 = 0;
+    loop {
+        if tokio::time::Instant::now() >= deadline {
+            // A sender that fell behind its schedule does not catch up after the window.
+            break;
+        }
+        let stamp_ns = match load {
+            Load::Open { interval_ns } => {
+                let at =
+                    start + Duration::from_nanos((offset_ns + interval_ns * seq as f64) as u64);
+                if at >= deadline {
+                    break;
+                }
+                if at > tokio::time::Instant::now() {
+                    tokio::time::sleep_until(at).await;
+                }
+                // The scheduled time, not the actual one: lateness counts as latency.
+                (at.into_std().saturating_duration_since(shared.base)).as_nanos() as u64
+            }
+            Load::Closed { .. } => {
+                match tokio::time::timeout_at(deadline, flow.window.acquire()).await {
+                    Ok(Ok(permit)) => permit.forget(),
+                    _ => break,
+                }
+                shared.now_ns()
+            }
+        };
+        frame.clear();
+        build_frame(&mut frame, &room, me, seq, stamp_ns, msg_bytes);
+        match tokio::time::timeout_at(hard_deadline, sink.send(Message::text(frame.as_str()))).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.note_close(me, format!("send failed: {e}"));
+                break;
+            }
+            Err(_) => {
+                shared.note_close(me, "send blocked past the drain".into());
+                break;
+            }
+        }
+        shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+        seq += 1;
+    }
+}
+
+/// `{"event":"send_message","data":{"room":...,"message":"me:seq:ns:xxx"},"ack":seq}`. The
+/// text is digits, colons and `x`, so it needs no JSON escaping.
+fn build_frame(out: &mut String, room: &str, me: usize, seq: u64, stamp_ns: u64, msg_bytes: usize) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        r#"{{"event":"send_message","data":{{"room":"{room}","message":""#
+    );
+    let text_start = out.len();
+    let _ = write!(out, "{me}:{seq}:{stamp_ns}:");
+    let text_len = out.len() - text_start;
+    out.extend(std::iter::repeat_n('x', msg_bytes.saturating_sub(text_len)));
+    let _ = write!(out, r#""}},"ack":{seq}}}"#);
+}
+
+/// `(sender, seq, stamp_ns)` from a bench message text.
+fn parse_text(text: &str) -> Option<(usize, u64, u64)> {
+    let mut it = text.splitn(4, ':');
+    let sender = it.next()?.parse().ok()?;
+    let seq = it.next()?.parse().ok()?;
+    let ns = it.next()?.parse().ok()?;
+    it.next()?;
+    Some((sender, seq, ns))
+}
+
+/// Reads user `me`'s socket until told to stop; returns its latency histogram (µs).
+async fn reader(
+    mut stream: SplitStream<Ws>,
+    me: usize,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Histogram<u64> {
+    let mut hist = histogram();
+    let c = &shared.counters;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            msg = stream.next() => msg,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(frame))) => {
+                shared.note_close(me, format!("closed by the server: {frame:?}"));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                shared.note_close(me, format!("read failed: {e}"));
+                break;
+            }
+            None => {
+                shared.note_close(me, "connection ended".into());
+                break;
+            }
+        };
+        let Ok(frame) = serde_json::from_str::<Incoming>(&text) else {
+            c.other_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match frame.event.as_ref() {
+            "receive_message" => {
+                let parsed = frame
+                    .data
+                    .and_then(|d| serde_json::from_str::<MessageData>(d.get()).ok())
+                    .and_then(|m| parse_text(&m.message));
+                let Some((from, seq, stamp_ns)) =
+                    parsed.filter(|(from, _, _)| *from < shared.flows.len())
+                else {
+                    c.foreign.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if from == me {
+                    c.echoes.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let now = shared.now_ns();
+                let flow = &shared.flows[from];
+                let (dup, late) = match flow.tracker.lock() {
+                    Ok(mut t) => {
+                        let dup = t.delivered.set(seq);
+                        let late = !dup && t.highest.is_some_and(|h| seq < h);
+                        if !dup && !late {
+                            t.highest = Some(seq);
+                        }
+                        (dup, late)
+                    }
+                    Err(_) => continue,
+                };
+                if dup {
+                    c.duplicated.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if late {
+                    c.out_of_order.fetch_add(1, Ordering::Relaxed);
+                }
+                c.delivered.fetch_add(1, Ordering::Relaxed);
+                if shared.closed_loop {
+                    flow.window.add_permits(1);
+                }
+                let us = now.saturating_sub(stamp_ns) / 1000;
+                hist.saturating_record(us.max(1));
+            }
+            "ack" => {
+                if let Some(seq) = frame.ack {
+                    if let Ok(mut t) = shared.flows[me].tracker.lock() {
+                        t.acked.set(seq);
+                    }
+                    c.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            "error" => match frame.ack {
+                Some(_) => {
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                    let code = frame
+                        .data
+                        .and_then(|d| serde_json::from_str::<ErrorData>(d.get()).ok());
+                    if code.and_then(|e| e.code).as_deref() == Some("rate_limited") {
+                        c.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A refused message will never arrive: free its window slot.
+                    if shared.closed_loop {
+                        shared.flows[me].window.add_permits(1);
+                    }
+                }
+                None => {
+                    c.other_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            _ => {}
+        }
+    }
+    hist
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_a_parseable_text_of_the_asked_size() {
+        let mut f = String::new();
+        build_frame(&mut f, "room-1", 3, 42, 123_456_789, 64);
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["event"], "send_message");
+        assert_eq!(v["ack"], 42);
+        assert_eq!(v["data"]["room"], "room-1");
+        let text = v["data"]["message"].as_str().unwrap();
+        assert_eq!(text.len(), 64);
+        assert_eq!(parse_text(text), Some((3, 42, 123_456_789)));
+        // Shorter than the header: the header alone.
+        f.clear();
+        build_frame(&mut f, "r", 1, 2, 3, 1);
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["data"]["message"], "1:2:3:");
+        assert_eq!(parse_text("hello"), None);
+        assert_eq!(parse_text("1:2:x:"), None);
+    }
+
+    #[test]
+    fn bits_track_sequences() {
+        let mut b = Bits::default();
+        assert!(!b.set(3));
+        assert!(b.set(3));
+        assert!(!b.set(200));
+        assert!(b.get(200) && !b.get(199));
+        assert_eq!(b.ones().collect::<Vec<_>>(), vec![3, 200]);
+    }
+}
