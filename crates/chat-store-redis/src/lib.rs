@@ -1,8 +1,279 @@
 //! # chat-store-redis
 //!
-//! The Redis implementation of chat-core's `Store` and `EventBus` (in progress).
+//! chat-core's [`Store`](chat_core::Store) and [`EventBus`](chat_core::EventBus) on Redis
+//! (7.0 or later), so that several server processes sharing one Redis and key prefix behave as
+//! one server. [`RedisStore`] is both; clones share one command connection and one subscriber
+//! connection.
+//!
+//! This crate knows Redis and the JSON of chat-core's types, and nothing of HTTP or WebSocket.
+//! It holds no rule of the chat: every check it makes is one chat-core's store contract names,
+//! made inside a Lua script with the caller's clock values.
+//!
+//! ## Atomicity and time
+//!
+//! Every operation that reads then writes, or writes more than one key, is one Lua script
+//! (`EVALSHA`, loaded at connect and reloaded by itself after `NOSCRIPT`): Redis runs it whole,
+//! so races between nodes (two accepts, an accept against a crossed request, a reap by two
+//! nodes) resolve to one serial order and a failure leaves nothing half-written. No operation
+//! reads, decides in Rust, then writes.
+//!
+//! Logical time is the caller's (`now`, deadlines). Redis's clock is used only for key expiry:
+//! each key expires [`MARGIN`](#lifetimes) after the later of its deadline and Redis's now, so
+//! data is freed even when no node runs, and never before the timer that acts on the deadline
+//! had its chance. There is no sweeper and no `KEYS`/`SCAN` over the keyspace.
+//!
+//! ## Key map
+//!
+//! `P` is the key prefix (default `chat:`; it must not contain `{` or `}`).
+//!
+//! | key | type | content | lifetime |
+//! |---|---|---|---|
+//! | `P s:<phone>` | hash | session and presence: `token`, `n` (name), `c` (created_at), `h` (http_until), `off` (offline_since, absent while online) | no expiry while the user has a socket; else `h` + 7 days (`USER_GRACE`), or session end + `MARGIN` once offline; deleted when the session ends |
+//! | `P t:<token>` | string | phone | as `s:` |
+//! | `P uc:<phone>` | set | the user's sockets, `<conn id>\|<node>` (its size is the socket count) | as `s:` |
+//! | `P online` | sorted set | users not marked offline, all score 0, walked by member (`ZRANGE BYLEX`) | permanent (one key); entries leave on go-offline/session end |
+//! | `P nodes` | sorted set | node → alive_until | permanent (one key) |
+//! | `P nc:<node>` | set | the node's sockets, `<phone>\|<conn id>` | deleted when the node is reaped/removed |
+//! | `P rq:<from>:<to>` | hash | pending request: `c` created_at, `x` expires_at | `x` + `MARGIN` |
+//! | `P in:<phone>` / `P out:<phone>` | set | requesters of / recipients of the user's requests | longest entry's expiry |
+//! | `P ur:<phone>` | set | the user's room ids | longest room's expiry |
+//! | `P pr:<a>:<b>` | string | the room two users share (`a` < `b` bytewise) | room's expiry |
+//! | `P {<room>}:m` | hash | room meta: `a`, `b` (members, requester first), `c` created_at, `x` expires_at | `x` + `MARGIN` |
+//! | `P {<room>}:h` | stream | history; entry fields `s` sender, `m` text, `t` timestamp, `c` client_id | as `:m` |
+//! | `P {<room>}:d` | hash | `<sender>\|<client_id>` → message id (dedupe) | as `:m` |
+//! | `P {<room>}:q` | list | `<id>\|<sender>\|<client_id>`, oldest first: caps `:d` at `history_max` | as `:m` |
+//! | `P timers` | sorted set | `Timer::encode()` → due time (ms) | permanent (one key); entries leave when handled |
+//!
+//! A room's keys share the hash tag `{<room>}`, so the hot path (append, history) stays in one
+//! slot. The other scripts compute key names from the prefix and span users, rooms and the
+//! global sets: they assume one Redis (or one shard), which is what this crate supports today.
+//!
+//! Channels: `P u:<phone>` (a user's sockets) and `P r:<room>` (sockets joined to a room).
+//!
+//! ## Lifetimes
+//!
+//! `MARGIN` is one hour. A session online through HTTP only whose go-offline timer never runs
+//! (no node alive) is freed 7 days after its presence window; a user with a socket counted on a
+//! node keeps their session until that node is reaped (reaping needs a running node). Index
+//! entries whose target was freed by expiry are dropped lazily by the scripts that read them.
+//! The bounded collections: history (`XADD MAXLEN = history_max`, exact), the dedupe hash and
+//! its queue (at most `history_max` entries), the delivery queue ([`bus::DELIVERY_QUEUE`]).
+//!
+//! ## Round trips per operation
+//!
+//! Every operation is one round trip (one command or one `EVALSHA`; the first call of a script
+//! after Redis lost its script cache costs one more for the reload):
+//!
+//! | operation | command |
+//! |---|---|
+//! | `create_session`, `session`, `touch`, `add_conn`, `remove_conn`, `presence`, `go_offline`, `online_page` | one script each |
+//! | `heartbeat` | `ZADD` |
+//! | `reap_dead_nodes`, `remove_node` | one script (O(sockets of the dead node)) |
+//! | `send_request`, `accept_request`, `remove_request`, `requests` | one script each |
+//! | `room` | `HMGET` |
+//! | `rooms_of`, `delete_room`, `end_session` | one script each |
+//! | `append_message` | one script: membership, dedupe, `XADD MAXLEN`, expiry, `PUBLISH` |
+//! | `history` | one script: room check and `XRANGE (after` / `XREVRANGE` |
+//! | `schedule` | `ZADD` |
+//! | `due_timers`, `finish_timer` | one script each |
+//! | `ping` | `PING` |
+//! | `publish` | `PUBLISH` |
+//! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` on the first / last count, else none |
+//!
+//! ## The bus
+//!
+//! See [`bus`]: per-audience channels subscribed on demand with reference counts, a dedicated
+//! RESP3 subscriber connection that resubscribes by itself, a bounded delivery queue.
+//! `append_message` publishes the `receive_message` delivery inside its script, right after the
+//! `XADD`, so every node sees a room's messages in history order.
+//!
+//! ## Failures
+//!
+//! Every call is bounded by [`OP_TIMEOUT`] and fails with `Error::StoreUnavailable` when Redis
+//! does not answer in time or the connection is down; both connections reconnect by themselves
+//! when Redis is back (the subscriber through its watchdog).
 //!
 //! Feature `test-server`: [`test_server::RedisServer`] starts a private `redis-server` for tests.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chat_core::{Error, NodeId, Result, SinkSlot};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError};
+use tokio::sync::mpsc;
+
+pub mod bus;
+mod scripts;
+mod store;
 #[cfg(feature = "test-server")]
 pub mod test_server;
+
+pub use bus::BusStats;
+
+use crate::bus::Bus;
+use crate::scripts::Scripts;
+
+/// Longest any store or bus call waits for Redis before failing with `StoreUnavailable`
+/// (the contract allows 2 s to the client, end to end).
+pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Redis's own reply timeout per command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Timeout of one connection attempt.
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Reconnect attempts after a connection loss before the manager gives up until the next call.
+const RECONNECT_RETRIES: usize = 2;
+/// Longest wait at [`RedisStore::connect`] (connection, script loading).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Redis [`Store`](chat_core::Store) and [`EventBus`](chat_core::EventBus). Clones share
+/// connections, subscriptions and the sink.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    /// Namespace of every key and channel.
+    pub(crate) prefix: String,
+    /// This process's node (for logs; store calls name their node explicitly).
+    pub(crate) node: NodeId,
+    /// Commands and scripts (RESP2). Cloned per call; reconnects by itself.
+    pub(crate) conn: ConnectionManager,
+    pub(crate) scripts: Scripts,
+    pub(crate) bus: Bus,
+}
+
+impl RedisStore {
+    /// Connects to Redis at `url` (a `redis://` URL), loads the scripts, and starts the
+    /// subscriber connection, its dispatcher and its watchdog. Keys and channels are named under
+    /// `key_prefix`. Must be called inside a Tokio runtime.
+    ///
+    /// Fails with `BadRequest` for an unusable URL or prefix, `StoreUnavailable` when Redis
+    /// does not answer within a few seconds.
+    pub async fn connect(url: &str, key_prefix: &str, node: NodeId) -> Result<RedisStore> {
+        if key_prefix.contains(['{', '}']) {
+            return Err(Error::bad_request(
+                "the key prefix must not contain '{' or '}' (they would change the hash slot)",
+            ));
+        }
+        let info = url
+            .into_connection_info()
+            .map_err(|e| Error::bad_request(format!("invalid redis url: {e}")))?;
+        let settings = info.redis_settings().clone();
+        let cmd_info = info
+            .clone()
+            .set_redis_settings(settings.clone().set_protocol(ProtocolVersion::RESP2));
+        let sub_info = info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
+        let cmd_client = Client::open(cmd_info)
+            .map_err(|e| Error::bad_request(format!("invalid redis url: {e}")))?;
+        let sub_client = Client::open(sub_info)
+            .map_err(|e| Error::bad_request(format!("invalid redis url: {e}")))?;
+
+        let stats = Arc::new(BusStats::default());
+        let resync = Arc::new(AtomicBool::new(false));
+        let sink = Arc::new(SinkSlot::default());
+        let (tx, rx) = mpsc::channel(bus::DELIVERY_QUEUE);
+
+        let setup = async {
+            let conn = ConnectionManager::new_with_config(cmd_client, manager_config()).await?;
+            let pubsub = ConnectionManager::new_with_config(
+                sub_client,
+                manager_config()
+                    .set_push_sender(bus::push_sender(tx, stats.clone(), resync.clone()))
+                    .set_automatic_resubscription(),
+            )
+            .await?;
+            let scripts = Scripts::new();
+            let mut c = conn.clone();
+            for script in scripts.all() {
+                script.load_async(&mut c).await?;
+            }
+            Ok::<_, RedisError>((conn, pubsub, scripts))
+        };
+        let (conn, pubsub, scripts) = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(Error::StoreUnavailable),
+        };
+
+        tokio::spawn(bus::dispatch(rx, sink.clone(), stats.clone()));
+        let inner = Arc::new(Inner {
+            prefix: key_prefix.to_owned(),
+            node,
+            conn,
+            scripts,
+            bus: Bus::new(key_prefix.to_owned(), pubsub, sink, stats, resync),
+        });
+        tokio::spawn(watchdog(Arc::downgrade(&inner)));
+        tracing::debug!(prefix = key_prefix, node = %inner.node, "redis store connected");
+        Ok(RedisStore { inner })
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Counters of the bus's receive path (deliveries handed over, dropped, undecodable).
+    pub fn bus_stats(&self) -> &BusStats {
+        &self.inner.bus.stats
+    }
+
+    /// Deliveries dropped so far because the queue to the sink was full.
+    pub fn dropped_deliveries(&self) -> u64 {
+        self.inner.bus.stats.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_ATTEMPT_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(250))
+}
+
+/// Pings the subscriber connection until the store is dropped (see [`bus`]).
+async fn watchdog(inner: std::sync::Weak<Inner>) {
+    let mut every = tokio::time::interval(bus::WATCHDOG_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.bus.check().await;
+    }
+}
+
+/// The one mapping of Redis's errors: the store is unavailable. Logged here, once.
+pub(crate) fn unavailable(e: RedisError) -> Error {
+    tracing::warn!(error = %e, "redis call failed");
+    Error::StoreUnavailable
+}
+
+/// Bounds a Redis call by [`OP_TIMEOUT`] and maps its error.
+pub(crate) async fn bounded<T>(
+    fut: impl Future<Output = std::result::Result<T, RedisError>>,
+) -> Result<T> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => {
+            tracing::warn!("redis call timed out after {OP_TIMEOUT:?}");
+            Err(Error::StoreUnavailable)
+        }
+    }
+}

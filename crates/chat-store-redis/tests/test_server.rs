@@ -8,11 +8,12 @@ use std::time::Duration;
 use chat_store_redis::test_server::RedisServer;
 
 fn command(port: u16, cmd: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.write_all(cmd.as_bytes()).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s.write_all(cmd.as_bytes()).expect("write");
     let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).unwrap();
+    let n = s.read(&mut buf).expect("read");
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 

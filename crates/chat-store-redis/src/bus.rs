@@ -1,0 +1,268 @@
+//! The cross-node event bus on Redis pub/sub.
+//!
+//! One channel per audience (`<prefix>u:<phone>`, `<prefix>r:<room>`). A node subscribes to an
+//! audience's channel when chat-ws declares the first local socket for it and unsubscribes at
+//! the last (the calls are counted here), so an event crosses Redis once per interested node and
+//! a node only reads what its sockets need. A node's own publishes come back to it through its
+//! own subscription, exactly once, in the order Redis fixed.
+//!
+//! Subscriptions live on a dedicated RESP3 `ConnectionManager` with a push sender and automatic
+//! resubscription; a watchdog task pings it every [`WATCHDOG_EVERY`], which makes it reconnect
+//! even after its retries ran out while Redis was down, and re-issues every wanted subscription
+//! after a disconnect (SUBSCRIBE is idempotent), so the subscriber resumes by itself.
+//!
+//! Received messages go through a bounded queue ([`DELIVERY_QUEUE`]) to one dispatcher task that
+//! decodes them and hands them to the attached sink. A full queue drops the delivery, counts it
+//! ([`BusStats::dropped`]) and logs: blocking instead would stall the reading of the Redis
+//! connection, and Redis would soon disconnect a subscriber that does not read (its pub/sub
+//! output buffer limit), losing more. Sockets that missed messages catch up from history.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chat_core::{Audience, Delivery, Error, Result, SinkSlot};
+use redis::aio::ConnectionManager;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use crate::OP_TIMEOUT;
+
+/// Deliveries received from Redis and not yet handed to the sink. At most this many are queued;
+/// past it they are dropped and counted. Sized for a burst of a few seconds of a busy node while
+/// bounding memory (a delivery is at most a few KiB of JSON).
+pub const DELIVERY_QUEUE: usize = 16_384;
+
+/// How often the watchdog checks the subscriber connection.
+pub const WATCHDOG_EVERY: Duration = Duration::from_millis(500);
+
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command when re-issuing them in bulk.
+const RESUBSCRIBE_CHUNK: usize = 256;
+
+/// Counters of the receive path.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Deliveries handed to the sink.
+    pub delivered: AtomicU64,
+    /// Deliveries dropped because the queue to the sink was full.
+    pub dropped: AtomicU64,
+    /// Payloads that were not a `Delivery`.
+    pub undecodable: AtomicU64,
+    /// Disconnects of the subscriber connection seen.
+    pub disconnects: AtomicU64,
+}
+
+/// Reference counts of this node's audiences, and what still has to be undone in Redis.
+#[derive(Default)]
+struct Subs {
+    /// Channel → number of `subscribe` calls not yet undone (only counts > 0 are kept).
+    counts: HashMap<String, u32>,
+    /// Channels whose UNSUBSCRIBE failed (Redis down): retried by the watchdog.
+    stale: HashSet<String>,
+}
+
+pub(crate) struct Bus {
+    prefix: String,
+    /// The RESP3 subscriber connection (commands go through the store's own connection).
+    pubsub: ConnectionManager,
+    /// Held across SUBSCRIBE/UNSUBSCRIBE so the count and Redis's state change in one order.
+    subs: tokio::sync::Mutex<Subs>,
+    /// Where received deliveries go.
+    pub(crate) sink: Arc<SinkSlot>,
+    pub(crate) stats: Arc<BusStats>,
+    /// Set on a disconnect: the watchdog re-issues every wanted subscription.
+    resync: Arc<AtomicBool>,
+}
+
+impl Bus {
+    /// The subscriber connection and the dispatcher task. `connect` builds the manager with the
+    /// push sender returned by [`push_sender`].
+    pub(crate) fn new(
+        prefix: String,
+        pubsub: ConnectionManager,
+        sink: Arc<SinkSlot>,
+        stats: Arc<BusStats>,
+        resync: Arc<AtomicBool>,
+    ) -> Bus {
+        Bus {
+            prefix,
+            pubsub,
+            subs: tokio::sync::Mutex::default(),
+            sink,
+            stats,
+            resync,
+        }
+    }
+
+    pub(crate) fn channel(&self, audience: &Audience) -> String {
+        channel(&self.prefix, audience)
+    }
+
+    pub(crate) async fn subscribe(&self, audience: &Audience) -> Result<()> {
+        let ch = self.channel(audience);
+        let work = async {
+            let mut subs = self.subs.lock().await;
+            if !subs.counts.contains_key(&ch) {
+                let mut ps = self.pubsub.clone();
+                ps.subscribe(&ch).await.map_err(crate::unavailable)?;
+                subs.stale.remove(&ch);
+            }
+            *subs.counts.entry(ch.clone()).or_insert(0) += 1;
+            Ok(())
+        };
+        let done = tokio::time::timeout(OP_TIMEOUT, work)
+            .await
+            .unwrap_or(Err(Error::StoreUnavailable));
+        if done.is_err() {
+            // The SUBSCRIBE may still reach Redis after we gave up: have the watchdog undo it
+            // unless a later subscribe counts the channel.
+            if let Ok(mut subs) = self.subs.try_lock()
+                && !subs.counts.contains_key(&ch)
+            {
+                subs.stale.insert(ch);
+            }
+        }
+        done
+    }
+
+    /// Undoes one `subscribe`. The count drops even when Redis is down (the socket is gone
+    /// either way); the UNSUBSCRIBE is then retried by the watchdog, and until it succeeds the
+    /// sink merely receives deliveries no local socket wants.
+    pub(crate) async fn unsubscribe(&self, audience: &Audience) -> Result<()> {
+        let ch = self.channel(audience);
+        let mut subs = self.subs.lock().await;
+        let Some(n) = subs.counts.get_mut(&ch) else {
+            return Ok(());
+        };
+        *n -= 1;
+        if *n > 0 {
+            return Ok(());
+        }
+        subs.counts.remove(&ch);
+        let mut ps = self.pubsub.clone();
+        match tokio::time::timeout(OP_TIMEOUT, ps.unsubscribe(&ch)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                tracing::warn!(channel = %ch, "unsubscribe failed; retrying in the background");
+                subs.stale.insert(ch);
+            }
+        }
+        Ok(())
+    }
+
+    /// The watchdog's check: ping the subscriber connection (which reconnects it if needed),
+    /// then re-issue subscriptions after a disconnect and retry failed unsubscribes.
+    pub(crate) async fn check(&self) {
+        let mut ps = self.pubsub.clone();
+        let ping =
+            tokio::time::timeout(OP_TIMEOUT, redis::cmd("PING").query_async::<Value>(&mut ps))
+                .await;
+        if !matches!(ping, Ok(Ok(_))) {
+            self.resync.store(true, Ordering::SeqCst);
+            return;
+        }
+        let resync = self.resync.swap(false, Ordering::SeqCst);
+        let Ok(mut subs) = self.subs.try_lock() else {
+            // A subscribe is in flight; check again on the next round.
+            if resync {
+                self.resync.store(true, Ordering::SeqCst);
+            }
+            return;
+        };
+        if resync {
+            let wanted: Vec<String> = subs.counts.keys().cloned().collect();
+            for chunk in wanted.chunks(RESUBSCRIBE_CHUNK) {
+                let done = tokio::time::timeout(OP_TIMEOUT, ps.subscribe(chunk)).await;
+                if !matches!(done, Ok(Ok(()))) {
+                    self.resync.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+            if !wanted.is_empty() {
+                tracing::info!(channels = wanted.len(), "pub/sub subscriptions restored");
+            }
+        }
+        if !subs.stale.is_empty() {
+            let stale: Vec<String> = subs
+                .stale
+                .iter()
+                .filter(|c| !subs.counts.contains_key(*c))
+                .cloned()
+                .collect();
+            for chunk in stale.chunks(RESUBSCRIBE_CHUNK) {
+                let done = tokio::time::timeout(OP_TIMEOUT, ps.unsubscribe(chunk)).await;
+                if !matches!(done, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            subs.stale.clear();
+        }
+    }
+}
+
+/// The channel of an audience.
+pub(crate) fn channel(prefix: &str, audience: &Audience) -> String {
+    match audience {
+        Audience::User(phone) => format!("{prefix}u:{phone}"),
+        Audience::Room(room) => format!("{prefix}r:{room}"),
+    }
+}
+
+/// The push sender of the subscriber connection. Runs on the connection's read path, so it
+/// never blocks: messages go to the bounded queue (or are dropped and counted), a disconnect
+/// flags a resubscription.
+pub(crate) fn push_sender(
+    tx: mpsc::Sender<Vec<u8>>,
+    stats: Arc<BusStats>,
+    resync: Arc<AtomicBool>,
+) -> impl Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync + 'static {
+    move |push: PushInfo| {
+        match push.kind {
+            PushKind::Message => {
+                let payload = push.data.into_iter().nth(1);
+                if let Some(Value::BulkString(payload)) = payload {
+                    match tx.try_send(payload) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            let n = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n == 1 || n.is_multiple_of(1000) {
+                                tracing::warn!(
+                                    dropped_total = n,
+                                    "delivery queue full ({DELIVERY_QUEUE}); delivery dropped"
+                                );
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                resync.store(true, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Decodes queued payloads and hands them to the sink, in the order Redis delivered them.
+pub(crate) async fn dispatch(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    sink: Arc<SinkSlot>,
+    stats: Arc<BusStats>,
+) {
+    while let Some(payload) = rx.recv().await {
+        match serde_json::from_slice::<Delivery>(&payload) {
+            Ok(delivery) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                sink.deliver(&delivery);
+            }
+            Err(e) => {
+                stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "pub/sub payload is not a delivery; ignored");
+            }
+        }
+    }
+}

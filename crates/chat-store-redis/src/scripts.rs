@@ -1,0 +1,615 @@
+//! The Lua scripts: every store operation that reads and then writes, or writes more than one
+//! key, is one script, so Redis runs it atomically and a failure leaves nothing half-written.
+//!
+//! Scripts that touch users, requests, nodes or timers share [`PRELUDE`], which builds key names
+//! from the prefix in `ARGV[1]` (see the key map in the crate docs). The room hot path
+//! ([`APPEND`], [`HISTORY`]) names its keys in `KEYS`, all under the room's hash tag.
+//!
+//! Times are the caller's: every logical check compares the caller's `now` with the caller's
+//! deadlines. Redis's clock (`TIME`) is only used to set key expiry a margin after the later of
+//! the deadline and the server's now, so data is freed even if no node runs, and a caller clock
+//! that is behind (tests with a manual clock) never makes a key vanish early. Timestamps are
+//! stored as the decimal text the caller sent and compared with `tonumber` (exact below 2^53).
+
+use redis::Script;
+
+/// Shared helpers. `ARGV[1]` is the key prefix in every script that includes it.
+const PRELUDE: &str = r#"
+local P = ARGV[1]
+-- Keys outlive the deadline they serve by this much (ms): the timer that acts on the deadline
+-- still finds them, yet nothing stays forever if no node runs.
+local MARGIN = 3600000
+-- A session online through HTTP only, whose go-offline timer never ran (no node alive): freed
+-- this long after its presence window (ms).
+local USER_GRACE = 604800000
+local MAX_AT = 4000000000000000
+
+local K_ONLINE = P .. 'online'
+local K_NODES = P .. 'nodes'
+local K_TIMERS = P .. 'timers'
+local function k_sess(p) return P .. 's:' .. p end
+local function k_tok(t) return P .. 't:' .. t end
+local function k_uconns(p) return P .. 'uc:' .. p end
+local function k_urooms(p) return P .. 'ur:' .. p end
+local function k_in(p) return P .. 'in:' .. p end
+local function k_out(p) return P .. 'out:' .. p end
+local function k_req(f, t) return P .. 'rq:' .. f .. ':' .. t end
+local function k_nconns(n) return P .. 'nc:' .. n end
+-- Byte order, not Lua's `<` (which follows the server's collation locale).
+local function bytes_less(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local function k_pair(a, b)
+  if bytes_less(a, b) then return P .. 'pr:' .. a .. ':' .. b end
+  return P .. 'pr:' .. b .. ':' .. a
+end
+local function k_room(r) return P .. '{' .. r .. '}:m' end
+local function k_hist(r) return P .. '{' .. r .. '}:h' end
+local function k_dedupe(r) return P .. '{' .. r .. '}:d' end
+local function k_dedupe_q(r) return P .. '{' .. r .. '}:q' end
+
+local function later(a, b)
+  if tonumber(a) >= tonumber(b) then return a end
+  return b
+end
+
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Absolute expiry (text, ms) `extra` after the later of `deadline` and the server's now.
+local function expire_at(deadline, extra)
+  local d = tonumber(deadline) or 0
+  local now = server_ms()
+  if d < now then d = now end
+  d = d + extra
+  if d > MAX_AT then d = MAX_AT end
+  return string.format('%.0f', d)
+end
+
+-- An index set lives as long as its longest-lived entry: never shorten its expiry. A set just
+-- created by SADD has none yet (PTTL -1): give it this one.
+local function expire_index(key, at)
+  if redis.call('PTTL', key) == -1 then
+    redis.call('PEXPIREAT', key, at)
+  else
+    redis.call('PEXPIREAT', key, at, 'GT')
+  end
+end
+
+-- The session's own keys (session hash, token, socket set) never expire while the user has a
+-- socket (`at` nil); otherwise they expire at `at`.
+local function user_expiry(phone, at)
+  local s = k_sess(phone)
+  local keys = {s, k_uconns(phone)}
+  local tok = redis.call('HGET', s, 'token')
+  if tok then keys[3] = k_tok(tok) end
+  for _, k in ipairs(keys) do
+    if at then redis.call('PEXPIREAT', k, at) else redis.call('PERSIST', k) end
+  end
+end
+
+-- Extends the HTTP presence window (never shortens it) and marks the user online.
+-- Returns whether they were offline.
+local function touch(phone, http_until)
+  local s = k_sess(phone)
+  local h = redis.call('HGET', s, 'h')
+  if (not h) or tonumber(http_until) > tonumber(h) then
+    h = http_until
+    redis.call('HSET', s, 'h', h)
+  end
+  local came = redis.call('HDEL', s, 'off') == 1
+  redis.call('ZADD', K_ONLINE, 0, phone)
+  redis.call('ZADD', K_TIMERS, h, 'p|' .. phone)
+  if redis.call('SCARD', k_uconns(phone)) == 0 then
+    user_expiry(phone, expire_at(h, USER_GRACE))
+  end
+  return came
+end
+
+-- Forgets one socket (`cm` = "<id>|<node>"). When it was the user's last: schedules the presence
+-- timer at max(http_until, now) and returns true.
+local function forget_conn(phone, cm, now)
+  local uc = k_uconns(phone)
+  if redis.call('SREM', uc, cm) == 0 then return false end
+  if redis.call('SCARD', uc) > 0 then return false end
+  local h = redis.call('HGET', k_sess(phone), 'h')
+  if not h then return false end
+  local at = later(h, now)
+  redis.call('ZADD', K_TIMERS, at, 'p|' .. phone)
+  user_expiry(phone, expire_at(at, USER_GRACE))
+  return true
+end
+
+-- Forgets a node and its sockets; appends users left with none to `orphans`.
+local function forget_node(node, now, orphans)
+  redis.call('ZREM', K_NODES, node)
+  local nk = k_nconns(node)
+  local conns = redis.call('SMEMBERS', nk)
+  redis.call('DEL', nk)
+  for _, m in ipairs(conns) do
+    local sep = string.find(m, '|', 1, true)
+    if sep then
+      local phone = string.sub(m, 1, sep - 1)
+      local id = string.sub(m, sep + 1)
+      if forget_conn(phone, id .. '|' .. node, now) then orphans[#orphans + 1] = phone end
+    end
+  end
+end
+
+local function request_live(f, t, now)
+  local x = redis.call('HGET', k_req(f, t), 'x')
+  return x ~= false and tonumber(x) > tonumber(now)
+end
+
+-- Removes the request f -> t with its index entries and timer; its expires_at if it existed.
+local function drop_request(f, t)
+  local k = k_req(f, t)
+  local x = redis.call('HGET', k, 'x')
+  if x then redis.call('DEL', k) end
+  redis.call('SREM', k_in(t), f)
+  redis.call('SREM', k_out(f), t)
+  redis.call('ZREM', K_TIMERS, 'q|' .. f .. '|' .. t)
+  return x
+end
+
+local function room_get(r)
+  local v = redis.call('HMGET', k_room(r), 'a', 'b', 'c', 'x')
+  if not v[1] then return nil end
+  return v
+end
+
+-- The live room the two share, if any.
+local function pair_room(a, b)
+  local id = redis.call('GET', k_pair(a, b))
+  if id and redis.call('EXISTS', k_room(id)) == 1 then return id end
+  return nil
+end
+
+-- Deletes a room with its history, dedupe entries, indexes and timers; its fields if it existed.
+local function delete_room(r)
+  local v = room_get(r)
+  if not v then return nil end
+  redis.call('DEL', k_room(r), k_hist(r), k_dedupe(r), k_dedupe_q(r))
+  if redis.call('GET', k_pair(v[1], v[2])) == r then redis.call('DEL', k_pair(v[1], v[2])) end
+  redis.call('SREM', k_urooms(v[1]), r)
+  redis.call('SREM', k_urooms(v[2]), r)
+  redis.call('ZREM', K_TIMERS, 'e|' .. r, 'i|' .. r)
+  return {r, v[1], v[2], v[3], v[4]}
+end
+
+-- Accepts f -> t: drops both requests and creates the room with members [f, t].
+local function make_room(f, t, id, created, expires)
+  drop_request(f, t)
+  drop_request(t, f)
+  local m = k_room(id)
+  redis.call('HSET', m, 'a', f, 'b', t, 'c', created, 'x', expires)
+  local at = expire_at(expires, MARGIN)
+  redis.call('PEXPIREAT', m, at)
+  redis.call('SET', k_pair(f, t), id, 'PXAT', at)
+  for _, u in ipairs({f, t}) do
+    local k = k_urooms(u)
+    redis.call('SADD', k, id)
+    expire_index(k, at)
+  end
+  redis.call('ZADD', K_TIMERS, expires, 'e|' .. id)
+  return {id, f, t, created, expires}
+end
+
+-- Deletes everything of a user's session: session, token, sockets, listing entry, own timers,
+-- pending requests both ways, and rooms with their history.
+local function purge_user(phone)
+  local s = k_sess(phone)
+  local tok = redis.call('HGET', s, 'token')
+  if tok then redis.call('DEL', k_tok(tok)) end
+  redis.call('DEL', s, k_uconns(phone))
+  redis.call('ZREM', K_ONLINE, phone)
+  redis.call('ZREM', K_TIMERS, 'p|' .. phone, 's|' .. phone)
+  local incoming = {}
+  for _, f in ipairs(redis.call('SMEMBERS', k_in(phone))) do
+    if drop_request(f, phone) then incoming[#incoming + 1] = f end
+  end
+  local sent = {}
+  for _, t in ipairs(redis.call('SMEMBERS', k_out(phone))) do
+    if drop_request(phone, t) then sent[#sent + 1] = t end
+  end
+  redis.call('DEL', k_in(phone), k_out(phone))
+  local rooms = {}
+  for _, r in ipairs(redis.call('SMEMBERS', k_urooms(phone))) do
+    local v = delete_room(r)
+    if v then rooms[#rooms + 1] = v end
+  end
+  redis.call('DEL', k_urooms(phone))
+  return incoming, sent, rooms
+end
+"#;
+
+/// ARGV: prefix, phone, token, has_name (0/1), name, created_at, http_until, refresh ('' = none).
+/// → {'in_use'} | {'refreshed', came(0/1), token, created_at, has_name, name} | {'created'}
+const CREATE_SESSION: &str = r#"
+local phone, token, has_name, name = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local created, http_until, refresh = ARGV[6], ARGV[7], ARGV[8]
+local s = k_sess(phone)
+local cur = redis.call('HMGET', s, 'token', 'c', 'n')
+if cur[1] then
+  if refresh == '' or refresh ~= cur[1] then return {'in_use'} end
+  local came = touch(phone, http_until)
+  local hn, n = '0', ''
+  if cur[3] then hn, n = '1', cur[3] end
+  return {'refreshed', came and '1' or '0', cur[1], cur[2], hn, n}
+end
+-- Leftovers of a session that Redis expired without it ending by the rules: nobody inherits them.
+purge_user(phone)
+redis.call('HSET', s, 'token', token, 'c', created, 'h', http_until)
+if has_name == '1' then redis.call('HSET', s, 'n', name) end
+redis.call('SET', k_tok(token), phone)
+redis.call('ZADD', K_ONLINE, 0, phone)
+redis.call('ZADD', K_TIMERS, http_until, 'p|' .. phone)
+user_expiry(phone, expire_at(http_until, USER_GRACE))
+return {'created'}
+"#;
+
+/// ARGV: prefix, token. → nil | {phone, created_at, has_name, name}
+const SESSION: &str = r#"
+local token = ARGV[2]
+local phone = redis.call('GET', k_tok(token))
+if not phone then return nil end
+local v = redis.call('HMGET', k_sess(phone), 'token', 'c', 'n')
+if v[1] ~= token then return nil end
+if v[3] then return {phone, v[2], '1', v[3]} end
+return {phone, v[2], '0', ''}
+"#;
+
+/// ARGV: prefix, token, http_until. → nil | {phone, created_at, has_name, name, came(0/1)}
+const TOUCH: &str = r#"
+local token, http_until = ARGV[2], ARGV[3]
+local phone = redis.call('GET', k_tok(token))
+if not phone then return nil end
+local v = redis.call('HMGET', k_sess(phone), 'token', 'c', 'n')
+if v[1] ~= token then return nil end
+local came = touch(phone, http_until) and '1' or '0'
+if v[3] then return {phone, v[2], '1', v[3], came} end
+return {phone, v[2], '0', '', came}
+"#;
+
+/// ARGV: prefix, phone, "<conn id>|<node>", node, "<phone>|<conn id>". → came online (0/1)
+const ADD_CONN: &str = r#"
+local phone, cm, node, nm = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local s = k_sess(phone)
+if redis.call('EXISTS', s) == 0 then return 0 end
+redis.call('SADD', k_uconns(phone), cm)
+redis.call('SADD', k_nconns(node), nm)
+local came = redis.call('HDEL', s, 'off')
+redis.call('ZADD', K_ONLINE, 0, phone)
+user_expiry(phone, nil)
+return came
+"#;
+
+/// ARGV: prefix, phone, "<conn id>|<node>", node, "<phone>|<conn id>", now. → 1
+const REMOVE_CONN: &str = r#"
+local phone, cm, node, nm, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+redis.call('SREM', k_nconns(node), nm)
+forget_conn(phone, cm, now)
+return 1
+"#;
+
+/// ARGV: prefix, phone. → nil | {conns, http_until, offline_since ('' = online)}
+const PRESENCE: &str = r#"
+local phone = ARGV[2]
+local v = redis.call('HMGET', k_sess(phone), 'h', 'off')
+if not v[1] then return nil end
+return {redis.call('SCARD', k_uconns(phone)), v[1], v[2] or ''}
+"#;
+
+/// ARGV: prefix, phone, now, session_end_at. → 0/1
+const GO_OFFLINE: &str = r#"
+local phone, now, end_at = ARGV[2], ARGV[3], ARGV[4]
+local s = k_sess(phone)
+local v = redis.call('HMGET', s, 'h', 'off')
+if not v[1] or v[2] then return 0 end
+if redis.call('SCARD', k_uconns(phone)) > 0 then return 0 end
+if tonumber(now) < tonumber(v[1]) then return 0 end
+redis.call('HSET', s, 'off', now)
+redis.call('ZREM', K_ONLINE, phone)
+redis.call('ZADD', K_TIMERS, end_at, 's|' .. phone)
+user_expiry(phone, expire_at(end_at, MARGIN))
+return 1
+"#;
+
+/// ARGV: prefix, lex start ('-' or '(<phone>'), limit (> 0), now.
+/// → {more(0/1), last member walked, {online phones}}
+const ONLINE_PAGE: &str = r#"
+local start, limit, now = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local members = redis.call('ZRANGE', K_ONLINE, start, '+', 'BYLEX', 'LIMIT', 0, limit + 1)
+local n = #members
+local more = '0'
+if n > limit then more = '1'; n = limit end
+local out = {}
+for i = 1, n do
+  local p = members[i]
+  local h = redis.call('HGET', k_sess(p), 'h')
+  if not h then
+    -- The session was freed by expiry: drop its stale listing entry.
+    redis.call('ZREM', K_ONLINE, p)
+  elseif redis.call('SCARD', k_uconns(p)) > 0 or tonumber(now) < tonumber(h) then
+    out[#out + 1] = p
+  end
+end
+return {more, members[n] or '', out}
+"#;
+
+/// ARGV: prefix, now. → users left without a socket (may repeat)
+const REAP: &str = r#"
+local now = ARGV[2]
+local dead = redis.call('ZRANGE', K_NODES, '-inf', '(' .. now, 'BYSCORE')
+local orphans = {}
+for _, node in ipairs(dead) do forget_node(node, now, orphans) end
+return orphans
+"#;
+
+/// ARGV: prefix, node, now. → users left without a socket (may repeat)
+const REMOVE_NODE: &str = r#"
+local orphans = {}
+forget_node(ARGV[2], ARGV[3], orphans)
+return orphans
+"#;
+
+/// ARGV: prefix, from, to, created_at, expires_at, room id, room created_at, room expires_at.
+/// → {'exists', id} | {'accepted', id, a, b, created, expires} | {'pending'} | {'sent'}
+const SEND_REQUEST: &str = r#"
+local from, to, created, expires = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local rid, rc, rx = ARGV[6], ARGV[7], ARGV[8]
+local id = pair_room(from, to)
+if id then return {'exists', id} end
+if request_live(to, from, created) then
+  local r = make_room(to, from, rid, rc, rx)
+  return {'accepted', r[1], r[2], r[3], r[4], r[5]}
+end
+if request_live(from, to, created) then return {'pending'} end
+local k = k_req(from, to)
+redis.call('DEL', k)
+redis.call('HSET', k, 'c', created, 'x', expires)
+local at = expire_at(expires, MARGIN)
+redis.call('PEXPIREAT', k, at)
+redis.call('SADD', k_in(to), from)
+expire_index(k_in(to), at)
+redis.call('SADD', k_out(from), to)
+expire_index(k_out(from), at)
+redis.call('ZADD', K_TIMERS, expires, 'q|' .. from .. '|' .. to)
+return {'sent'}
+"#;
+
+/// ARGV: prefix, from, to, now, room id, room created_at, room expires_at.
+/// → nil | {id, a, b, created, expires}
+const ACCEPT: &str = r#"
+local from, to, now = ARGV[2], ARGV[3], ARGV[4]
+if not request_live(from, to, now) then return nil end
+if pair_room(from, to) then return nil end
+return make_room(from, to, ARGV[5], ARGV[6], ARGV[7])
+"#;
+
+/// ARGV: prefix, from, to, now. → 0/1 (was pending at now)
+const REMOVE_REQUEST: &str = r#"
+local x = drop_request(ARGV[2], ARGV[3])
+if x and tonumber(x) > tonumber(ARGV[4]) then return 1 end
+return 0
+"#;
+
+/// ARGV: prefix, phone, now. → {{incoming}, {sent}}
+const REQUESTS: &str = r#"
+local phone, now = ARGV[2], ARGV[3]
+local function live(index, req_of)
+  local out = {}
+  for _, other in ipairs(redis.call('SMEMBERS', index)) do
+    local x = redis.call('HGET', req_of(other), 'x')
+    if not x then
+      -- The request was freed by expiry: drop its stale index entry.
+      redis.call('SREM', index, other)
+    elseif tonumber(x) > tonumber(now) then
+      out[#out + 1] = other
+    end
+  end
+  return out
+end
+return {
+  live(k_in(phone), function(o) return k_req(o, phone) end),
+  live(k_out(phone), function(o) return k_req(phone, o) end),
+}
+"#;
+
+/// ARGV: prefix, phone. → {{id, a, b, created, expires}...}
+const ROOMS_OF: &str = r#"
+local phone = ARGV[2]
+local index = k_urooms(phone)
+local out = {}
+for _, r in ipairs(redis.call('SMEMBERS', index)) do
+  local v = room_get(r)
+  if v then out[#out + 1] = {r, v[1], v[2], v[3], v[4]} else redis.call('SREM', index, r) end
+end
+return out
+"#;
+
+/// ARGV: prefix, room id. → nil | {id, a, b, created, expires}
+const DELETE_ROOM: &str = r#"
+return delete_room(ARGV[2])
+"#;
+
+/// ARGV: prefix, phone, offline_before.
+/// → nil | {token, created_at, has_name, name, {incoming}, {sent}, {{room}...}}
+const END_SESSION: &str = r#"
+local phone, before = ARGV[2], ARGV[3]
+local v = redis.call('HMGET', k_sess(phone), 'token', 'c', 'n', 'off')
+if not v[1] then return nil end
+if redis.call('SCARD', k_uconns(phone)) > 0 then return nil end
+if not v[4] or tonumber(v[4]) > tonumber(before) then return nil end
+local incoming, sent, rooms = purge_user(phone)
+local hn, n = '0', ''
+if v[3] then hn, n = '1', v[3] end
+return {v[1], v[2], hn, n, incoming, sent, rooms}
+"#;
+
+/// ARGV: prefix, now, lease_until, limit (> 0). → due members, now leased until lease_until
+const DUE_TIMERS: &str = r#"
+local due = redis.call('ZRANGE', K_TIMERS, '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, ARGV[4])
+for _, m in ipairs(due) do redis.call('ZADD', K_TIMERS, 'XX', ARGV[3], m) end
+return due
+"#;
+
+/// ARGV: prefix, member, lease_until. → 0/1 (removed)
+const FINISH_TIMER: &str = r#"
+local s = redis.call('ZSCORE', K_TIMERS, ARGV[2])
+if s and tonumber(s) == tonumber(ARGV[3]) then
+  return redis.call('ZREM', K_TIMERS, ARGV[2])
+end
+return 0
+"#;
+
+/// The room hot path, one round trip: membership, dedupe, XADD, trim, expiry, PUBLISH.
+///
+/// KEYS: room meta, history stream, dedupe hash, dedupe queue (one hash tag).
+/// ARGV: sender, has_client_id (0/1), client_id, text, timestamp, history_max (>= 1), channel,
+/// delivery JSON before the id, delivery JSON after the id.
+/// → {'no_room'} | {'forbidden'} | {'dup', id, {field, value...}} | {'new', id}
+pub(crate) const APPEND: &str = r#"
+local sender, has_cid, cid, text, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local max, channel = tonumber(ARGV[6]), ARGV[7]
+local meta = redis.call('HMGET', KEYS[1], 'a', 'b')
+if not meta[1] then return {'no_room'} end
+if sender ~= meta[1] and sender ~= meta[2] then return {'forbidden'} end
+local field = nil
+if has_cid == '1' then
+  field = sender .. '|' .. cid
+  local prev = redis.call('HGET', KEYS[3], field)
+  if prev then
+    local e = redis.call('XRANGE', KEYS[2], prev, prev)
+    if e[1] then return {'dup', e[1][1], e[1][2]} end
+  end
+end
+local id
+if field then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', max, '*', 's', sender, 'm', text, 't', ts, 'c', cid)
+else
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', max, '*', 's', sender, 'm', text, 't', ts)
+end
+local at = redis.call('PEXPIRETIME', KEYS[1])
+if at > 0 then redis.call('PEXPIREAT', KEYS[2], at) end
+if field then
+  -- The dedupe hash covers the newest `max` client ids, oldest dropped first: bounded, and
+  -- covering at least every message the trimmed history still holds.
+  redis.call('HSET', KEYS[3], field, id)
+  redis.call('RPUSH', KEYS[4], id .. '|' .. field)
+  while redis.call('LLEN', KEYS[4]) > max do
+    local old = redis.call('LPOP', KEYS[4])
+    local sep = string.find(old, '|', 1, true)
+    local old_id, old_field = string.sub(old, 1, sep - 1), string.sub(old, sep + 1)
+    if redis.call('HGET', KEYS[3], old_field) == old_id then redis.call('HDEL', KEYS[3], old_field) end
+  end
+  if at > 0 then
+    redis.call('PEXPIREAT', KEYS[3], at)
+    redis.call('PEXPIREAT', KEYS[4], at)
+  end
+end
+redis.call('PUBLISH', channel, ARGV[8] .. id .. ARGV[9])
+return {'new', id}
+"#;
+
+/// KEYS: room meta, history stream. ARGV: 'after' | 'latest', exclusive start id, count.
+/// → nil (no room) | entries
+pub(crate) const HISTORY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if ARGV[1] == 'after' then
+  return redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
+end
+return redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+"#;
+
+/// Every script, compiled once per store (the SHA1 is computed here; `EVALSHA` reloads the
+/// source by itself after a `NOSCRIPT`, e.g. when Redis restarted).
+pub(crate) struct Scripts {
+    pub create_session: Script,
+    pub session: Script,
+    pub touch: Script,
+    pub add_conn: Script,
+    pub remove_conn: Script,
+    pub presence: Script,
+    pub go_offline: Script,
+    pub online_page: Script,
+    pub reap: Script,
+    pub remove_node: Script,
+    pub send_request: Script,
+    pub accept: Script,
+    pub remove_request: Script,
+    pub requests: Script,
+    pub rooms_of: Script,
+    pub delete_room: Script,
+    pub end_session: Script,
+    pub due_timers: Script,
+    pub finish_timer: Script,
+    pub append: Script,
+    pub history: Script,
+}
+
+fn with_prelude(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Scripts {
+        Scripts {
+            create_session: with_prelude(CREATE_SESSION),
+            session: with_prelude(SESSION),
+            touch: with_prelude(TOUCH),
+            add_conn: with_prelude(ADD_CONN),
+            remove_conn: with_prelude(REMOVE_CONN),
+            presence: with_prelude(PRESENCE),
+            go_offline: with_prelude(GO_OFFLINE),
+            online_page: with_prelude(ONLINE_PAGE),
+            reap: with_prelude(REAP),
+            remove_node: with_prelude(REMOVE_NODE),
+            send_request: with_prelude(SEND_REQUEST),
+            accept: with_prelude(ACCEPT),
+            remove_request: with_prelude(REMOVE_REQUEST),
+            requests: with_prelude(REQUESTS),
+            rooms_of: with_prelude(ROOMS_OF),
+            delete_room: with_prelude(DELETE_ROOM),
+            end_session: with_prelude(END_SESSION),
+            due_timers: with_prelude(DUE_TIMERS),
+            finish_timer: with_prelude(FINISH_TIMER),
+            append: Script::new(APPEND),
+            history: Script::new(HISTORY),
+        }
+    }
+
+    /// Every script, for loading them all at connect.
+    pub(crate) fn all(&self) -> [&Script; 21] {
+        [
+            &self.create_session,
+            &self.session,
+            &self.touch,
+            &self.add_conn,
+            &self.remove_conn,
+            &self.presence,
+            &self.go_offline,
+            &self.online_page,
+            &self.reap,
+            &self.remove_node,
+            &self.send_request,
+            &self.accept,
+            &self.remove_request,
+            &self.requests,
+            &self.rooms_of,
+            &self.delete_room,
+            &self.end_session,
+            &self.due_timers,
+            &self.finish_timer,
+            &self.append,
+            &self.history,
+        ]
+    }
+}

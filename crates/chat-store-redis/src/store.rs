@@ -1,0 +1,771 @@
+//! `Store` and `EventBus` for [`RedisStore`]: argument encoding, one script or command per
+//! operation, and decoding of the replies. The rules themselves live in the scripts.
+
+use std::sync::Arc;
+
+use chat_core::{
+    Appended, Audience, ChatRequest, ConnKey, Delivery, DueTimer, EndedSession, Error, Event,
+    EventBus, EventSink, HistoryPage, Message, MessageId, Millis, NewMessage, NewRoom, NodeId,
+    OnlinePage, Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome,
+    Session, Store, Timer, Token, Touched,
+};
+use redis::{Script, Value};
+
+use crate::{RedisStore, bounded};
+
+/// Online-listing cursors start with this, then the last phone of the page.
+const CURSOR_PREFIX: &str = "o1.";
+
+/// The id placeholder in the `receive_message` JSON the append script completes.
+const ID_PLACEHOLDER: &str = "\"id\":\"0-0\"";
+
+// ------------------------------------------------------------------ reply decoding
+
+/// A reply that does not have the shape the script returns: a bug or foreign data under our
+/// prefix. Logged; the caller sees the store as unavailable rather than wrong data.
+fn bad_reply(what: &str) -> Error {
+    tracing::error!("unexpected redis reply: {what}");
+    Error::StoreUnavailable
+}
+
+fn text(v: &Value) -> Result<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| bad_reply("not utf-8")),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        Value::Okay => Ok("OK".to_owned()),
+        _ => Err(bad_reply("expected a string")),
+    }
+}
+
+fn items(v: Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Ok(a),
+        _ => Err(bad_reply("expected an array")),
+    }
+}
+
+fn at(v: &[Value], i: usize) -> Result<&Value> {
+    v.get(i).ok_or_else(|| bad_reply("array too short"))
+}
+
+fn text_at(v: &[Value], i: usize) -> Result<String> {
+    text(at(v, i)?)
+}
+
+fn millis(s: &str) -> Result<Millis> {
+    s.parse().map_err(|_| bad_reply("not a time"))
+}
+
+fn millis_at(v: &[Value], i: usize) -> Result<Millis> {
+    millis(&text_at(v, i)?)
+}
+
+fn phone(s: &str) -> Result<Phone> {
+    Phone::parse(s).map_err(|_| bad_reply("not a phone"))
+}
+
+fn phones(v: Value) -> Result<Vec<Phone>> {
+    let mut out = items(v)?
+        .iter()
+        .map(|p| phone(&text(p)?))
+        .collect::<Result<Vec<_>>>()?;
+    out.sort();
+    Ok(out)
+}
+
+fn integer(v: &Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => text(other)?
+            .parse()
+            .map_err(|_| bad_reply("not an integer")),
+    }
+}
+
+/// `{id, a, b, created_at, expires_at}` → a room.
+fn room(v: Value) -> Result<Room> {
+    let v = items(v)?;
+    Ok(Room {
+        id: RoomId::parse(&text_at(&v, 0)?).map_err(|_| bad_reply("not a room id"))?,
+        members: [phone(&text_at(&v, 1)?)?, phone(&text_at(&v, 2)?)?],
+        created_at: millis_at(&v, 3)?,
+        expires_at: millis_at(&v, 4)?,
+    })
+}
+
+fn rooms(v: Value) -> Result<Vec<Room>> {
+    let mut out = items(v)?
+        .into_iter()
+        .map(room)
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_by_key(|r| r.id);
+    Ok(out)
+}
+
+/// `{phone, created_at, has_name, name}` at `v[i..]` plus the token the caller holds.
+fn session_at(v: &[Value], i: usize, token: Token) -> Result<Session> {
+    Ok(Session {
+        phone: phone(&text_at(v, i)?)?,
+        created_at: millis_at(v, i + 1)?,
+        name: (text_at(v, i + 2)? == "1")
+            .then(|| text_at(v, i + 3))
+            .transpose()?,
+        token,
+    })
+}
+
+/// A stream entry (`id`, `[field, value, ...]`) of `room` → a message.
+fn entry_message(room: RoomId, id: &Value, fields: Value) -> Result<Message> {
+    let id = MessageId::parse(&text(id)?).map_err(|_| bad_reply("not a stream id"))?;
+    let fields = items(fields)?;
+    let (mut sender, mut body, mut ts, mut client_id) = (None, None, None, None);
+    for pair in fields.chunks(2) {
+        let [k, v] = pair else {
+            return Err(bad_reply("odd stream fields"));
+        };
+        match text(k)?.as_str() {
+            "s" => sender = Some(phone(&text(v)?)?),
+            "m" => body = Some(text(v)?),
+            "t" => ts = Some(millis(&text(v)?)?),
+            "c" => client_id = Some(text(v)?),
+            _ => {}
+        }
+    }
+    Ok(Message {
+        id,
+        room,
+        sender: sender.ok_or_else(|| bad_reply("entry without sender"))?,
+        message: body.ok_or_else(|| bad_reply("entry without text"))?,
+        timestamp: ts.ok_or_else(|| bad_reply("entry without timestamp"))?,
+        client_id,
+    })
+}
+
+fn entries(room: RoomId, v: Value) -> Result<Vec<Message>> {
+    items(v)?
+        .into_iter()
+        .map(|e| {
+            let mut e = items(e)?.into_iter();
+            match (e.next(), e.next()) {
+                (Some(id), Some(fields)) => entry_message(room, &id, fields),
+                _ => Err(bad_reply("stream entry")),
+            }
+        })
+        .collect()
+}
+
+/// Socket encodings: in the user's set `<conn id>|<node>`, in the node's set `<phone>|<conn id>`
+/// (a phone has no `|`, a conn id is digits, so both split at the first `|`).
+fn conn_members(phone: &Phone, conn: &ConnKey) -> (String, String) {
+    (
+        format!("{}|{}", conn.id, conn.node),
+        format!("{}|{}", phone, conn.id),
+    )
+}
+
+impl RedisStore {
+    fn room_keys(&self, room: &RoomId) -> [String; 4] {
+        let p = &self.inner.prefix;
+        [
+            format!("{p}{{{room}}}:m"),
+            format!("{p}{{{room}}}:h"),
+            format!("{p}{{{room}}}:d"),
+            format!("{p}{{{room}}}:q"),
+        ]
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.inner.prefix)
+    }
+
+    /// Runs a script of the prelude family: `ARGV[1]` is the prefix, then `args`.
+    async fn run(&self, script: &Script, args: &[&str]) -> Result<Value> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(&self.inner.prefix);
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.inner.conn.clone();
+        bounded(inv.invoke_async::<Value>(&mut conn)).await
+    }
+
+    /// Runs a room script with explicit keys.
+    async fn run_keys(&self, script: &Script, keys: &[String], args: &[&str]) -> Result<Value> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.inner.conn.clone();
+        bounded(inv.invoke_async::<Value>(&mut conn)).await
+    }
+
+    async fn command(&self, cmd: &redis::Cmd) -> Result<Value> {
+        let mut conn = self.inner.conn.clone();
+        bounded(cmd.query_async::<Value>(&mut conn)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn create_session(
+        &self,
+        session: Session,
+        refresh: Option<Token>,
+        http_until: Millis,
+    ) -> Result<Registered> {
+        let (has_name, name) = match &session.name {
+            Some(n) => ("1", n.as_str()),
+            None => ("0", ""),
+        };
+        let reply = self
+            .run(
+                &self.inner.scripts.create_session,
+                &[
+                    session.phone.as_str(),
+                    session.token.as_str(),
+                    has_name,
+                    name,
+                    &session.created_at.to_string(),
+                    &http_until.to_string(),
+                    refresh.as_ref().map_or("", |t| t.as_str()),
+                ],
+            )
+            .await?;
+        let v = items(reply)?;
+        match text_at(&v, 0)?.as_str() {
+            "in_use" => Err(Error::PhoneInUse),
+            "created" => Ok(Registered {
+                session,
+                refreshed: false,
+                came_online: true,
+            }),
+            "refreshed" => {
+                let token = Token::from_client(&text_at(&v, 2)?)
+                    .ok_or_else(|| bad_reply("stored token"))?;
+                Ok(Registered {
+                    session: Session {
+                        phone: session.phone,
+                        name: (text_at(&v, 4)? == "1")
+                            .then(|| text_at(&v, 5))
+                            .transpose()?,
+                        token,
+                        created_at: millis_at(&v, 3)?,
+                    },
+                    refreshed: true,
+                    came_online: text_at(&v, 1)? == "1",
+                })
+            }
+            _ => Err(bad_reply("create_session")),
+        }
+    }
+
+    async fn session(&self, token: &Token) -> Result<Option<Session>> {
+        match self
+            .run(&self.inner.scripts.session, &[token.as_str()])
+            .await?
+        {
+            Value::Nil => Ok(None),
+            v => Ok(Some(session_at(&items(v)?, 0, token.clone())?)),
+        }
+    }
+
+    async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
+        let reply = self
+            .run(
+                &self.inner.scripts.touch,
+                &[token.as_str(), &http_until.to_string()],
+            )
+            .await?;
+        match reply {
+            Value::Nil => Ok(None),
+            v => {
+                let v = items(v)?;
+                Ok(Some(Touched {
+                    session: session_at(&v, 0, token.clone())?,
+                    came_online: text_at(&v, 4)? == "1",
+                }))
+            }
+        }
+    }
+
+    async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool> {
+        let (cm, nm) = conn_members(phone, conn);
+        let v = self
+            .run(
+                &self.inner.scripts.add_conn,
+                &[phone.as_str(), &cm, &conn.node.0, &nm],
+            )
+            .await?;
+        Ok(integer(&v)? == 1)
+    }
+
+    async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()> {
+        let (cm, nm) = conn_members(phone, conn);
+        self.run(
+            &self.inner.scripts.remove_conn,
+            &[phone.as_str(), &cm, &conn.node.0, &nm, &now.to_string()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
+        match self
+            .run(&self.inner.scripts.presence, &[phone.as_str()])
+            .await?
+        {
+            Value::Nil => Ok(None),
+            v => {
+                let v = items(v)?;
+                let off = text_at(&v, 2)?;
+                Ok(Some(PresenceState {
+                    conns: u32::try_from(integer(at(&v, 0)?)?).unwrap_or(u32::MAX),
+                    http_until: millis_at(&v, 1)?,
+                    offline_since: if off.is_empty() {
+                        None
+                    } else {
+                        Some(millis(&off)?)
+                    },
+                }))
+            }
+        }
+    }
+
+    async fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> Result<bool> {
+        let v = self
+            .run(
+                &self.inner.scripts.go_offline,
+                &[
+                    phone.as_str(),
+                    &now.to_string(),
+                    &session_end_at.to_string(),
+                ],
+            )
+            .await?;
+        Ok(integer(&v)? == 1)
+    }
+
+    async fn online_page(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+        now: Millis,
+    ) -> Result<OnlinePage> {
+        let start = match cursor.as_deref() {
+            None => "-".to_owned(),
+            Some(c) => {
+                let after = c
+                    .strip_prefix(CURSOR_PREFIX)
+                    .and_then(|raw| Phone::parse(raw).ok().filter(|p| p.as_str() == raw))
+                    .ok_or_else(|| Error::bad_request("not a cursor of this server"))?;
+                format!("({after}")
+            }
+        };
+        if limit == 0 {
+            return Ok(OnlinePage::default());
+        }
+        let v = items(
+            self.run(
+                &self.inner.scripts.online_page,
+                &[&start, &limit.to_string(), &now.to_string()],
+            )
+            .await?,
+        )?;
+        let more = text_at(&v, 0)? == "1";
+        let last = text_at(&v, 1)?;
+        let phones = items(at(&v, 2)?.clone())?
+            .iter()
+            .map(|p| phone(&text(p)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OnlinePage {
+            phones,
+            next_cursor: (more && !last.is_empty()).then(|| format!("{CURSOR_PREFIX}{last}")),
+        })
+    }
+
+    async fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> Result<()> {
+        self.command(
+            redis::cmd("ZADD")
+                .arg(self.key("nodes"))
+                .arg(alive_until)
+                .arg(&node.0),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>> {
+        let v = self
+            .run(&self.inner.scripts.reap, &[&now.to_string()])
+            .await?;
+        let mut orphans = phones(v)?;
+        orphans.dedup();
+        Ok(orphans)
+    }
+
+    async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>> {
+        let v = self
+            .run(
+                &self.inner.scripts.remove_node,
+                &[&node.0, &now.to_string()],
+            )
+            .await?;
+        let mut orphans = phones(v)?;
+        orphans.dedup();
+        Ok(orphans)
+    }
+
+    async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<SendOutcome> {
+        let v = items(
+            self.run(
+                &self.inner.scripts.send_request,
+                &[
+                    request.from.as_str(),
+                    request.to.as_str(),
+                    &request.created_at.to_string(),
+                    &request.expires_at.to_string(),
+                    &room_.id.to_string(),
+                    &room_.created_at.to_string(),
+                    &room_.expires_at.to_string(),
+                ],
+            )
+            .await?,
+        )?;
+        match text_at(&v, 0)?.as_str() {
+            "sent" => Ok(SendOutcome::Sent),
+            "pending" => Ok(SendOutcome::AlreadyPending),
+            "exists" => Ok(SendOutcome::RoomExists(
+                RoomId::parse(&text_at(&v, 1)?).map_err(|_| bad_reply("room id"))?,
+            )),
+            "accepted" => Ok(SendOutcome::Accepted(room(Value::Array(
+                v.into_iter().skip(1).collect(),
+            ))?)),
+            _ => Err(bad_reply("send_request")),
+        }
+    }
+
+    async fn accept_request(
+        &self,
+        from: &Phone,
+        to: &Phone,
+        room_: NewRoom,
+        now: Millis,
+    ) -> Result<Option<Room>> {
+        match self
+            .run(
+                &self.inner.scripts.accept,
+                &[
+                    from.as_str(),
+                    to.as_str(),
+                    &now.to_string(),
+                    &room_.id.to_string(),
+                    &room_.created_at.to_string(),
+                    &room_.expires_at.to_string(),
+                ],
+            )
+            .await?
+        {
+            Value::Nil => Ok(None),
+            v => Ok(Some(room(v)?)),
+        }
+    }
+
+    async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {
+        let v = self
+            .run(
+                &self.inner.scripts.remove_request,
+                &[from.as_str(), to.as_str(), &now.to_string()],
+            )
+            .await?;
+        Ok(integer(&v)? == 1)
+    }
+
+    async fn requests(&self, phone: &Phone, now: Millis) -> Result<Requests> {
+        let v = items(
+            self.run(
+                &self.inner.scripts.requests,
+                &[phone.as_str(), &now.to_string()],
+            )
+            .await?,
+        )?;
+        let mut v = v.into_iter();
+        match (v.next(), v.next()) {
+            (Some(incoming), Some(sent)) => Ok(Requests {
+                incoming: phones(incoming)?,
+                sent: phones(sent)?,
+            }),
+            _ => Err(bad_reply("requests")),
+        }
+    }
+
+    async fn room(&self, id: &RoomId) -> Result<Option<Room>> {
+        let [meta, ..] = self.room_keys(id);
+        let v = items(
+            self.command(redis::cmd("HMGET").arg(meta).arg(&["a", "b", "c", "x"]))
+                .await?,
+        )?;
+        if matches!(v.first(), None | Some(Value::Nil)) {
+            return Ok(None);
+        }
+        Ok(Some(Room {
+            id: *id,
+            members: [phone(&text_at(&v, 0)?)?, phone(&text_at(&v, 1)?)?],
+            created_at: millis_at(&v, 2)?,
+            expires_at: millis_at(&v, 3)?,
+        }))
+    }
+
+    async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>> {
+        rooms(
+            self.run(&self.inner.scripts.rooms_of, &[phone.as_str()])
+                .await?,
+        )
+    }
+
+    async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>> {
+        match self
+            .run(&self.inner.scripts.delete_room, &[&id.to_string()])
+            .await?
+        {
+            Value::Nil => Ok(None),
+            v => Ok(Some(room(v)?)),
+        }
+    }
+
+    async fn append_message(
+        &self,
+        room_: &RoomId,
+        message: NewMessage,
+        history_max: usize,
+    ) -> Result<Appended> {
+        let mut stored = Message {
+            id: MessageId { ms: 0, seq: 0 },
+            room: *room_,
+            sender: message.sender,
+            message: message.message,
+            timestamp: message.timestamp,
+            client_id: message.client_id,
+        };
+        // The delivery is serialised here with a placeholder id; the script splices in the id
+        // XADD gave, so the published JSON is exactly the `Delivery` every node decodes.
+        let json = serde_json::to_string(&Delivery::to_room(
+            *room_,
+            Event::ReceiveMessage(stored.clone()),
+        ))
+        .map_err(|_| bad_reply("message not serialisable"))?;
+        let cut = json
+            .find(ID_PLACEHOLDER)
+            .ok_or_else(|| bad_reply("message JSON without id"))?;
+        let before = format!("{}\"id\":\"", &json[..cut]);
+        let after = format!("\"{}", &json[cut + ID_PLACEHOLDER.len()..]);
+        let channel = self.inner.bus.channel(&Audience::Room(*room_));
+        let (has_cid, cid) = match &stored.client_id {
+            Some(c) => ("1", c.as_str()),
+            None => ("0", ""),
+        };
+        let v = items(
+            self.run_keys(
+                &self.inner.scripts.append,
+                &self.room_keys(room_),
+                &[
+                    stored.sender.as_str(),
+                    has_cid,
+                    cid,
+                    &stored.message,
+                    &stored.timestamp.to_string(),
+                    &history_max.max(1).to_string(),
+                    &channel,
+                    &before,
+                    &after,
+                ],
+            )
+            .await?,
+        )?;
+        match text_at(&v, 0)?.as_str() {
+            "no_room" => Err(Error::RoomNotFound),
+            "forbidden" => Err(Error::forbidden("you are not a member of this room")),
+            "new" => {
+                stored.id =
+                    MessageId::parse(&text_at(&v, 1)?).map_err(|_| bad_reply("stream id"))?;
+                Ok(Appended::New(stored))
+            }
+            "dup" => {
+                let mut v = v.into_iter().skip(1);
+                match (v.next(), v.next()) {
+                    (Some(id), Some(fields)) => {
+                        Ok(Appended::Duplicate(entry_message(*room_, &id, fields)?))
+                    }
+                    _ => Err(bad_reply("duplicate")),
+                }
+            }
+            _ => Err(bad_reply("append")),
+        }
+    }
+
+    async fn history(
+        &self,
+        room_: &RoomId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let [meta, hist, ..] = self.room_keys(room_);
+        let count = limit.saturating_add(1).min(i64::MAX as usize).to_string();
+        let (mode, start) = match after {
+            // Nothing can follow the largest id (and `(` of it is not a valid range start).
+            Some(MessageId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            }) => {
+                return match self.room(room_).await? {
+                    Some(_) => Ok(HistoryPage::default()),
+                    None => Err(Error::RoomNotFound),
+                };
+            }
+            Some(a) => ("after", a.to_string()),
+            None => ("latest", String::new()),
+        };
+        let reply = self
+            .run_keys(
+                &self.inner.scripts.history,
+                &[meta, hist],
+                &[mode, &start, &count],
+            )
+            .await?;
+        if reply == Value::Nil {
+            return Err(Error::RoomNotFound);
+        }
+        let mut messages = entries(*room_, reply)?;
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        if after.is_none() {
+            messages.reverse();
+        }
+        Ok(HistoryPage { messages, more })
+    }
+
+    async fn end_session(
+        &self,
+        phone_: &Phone,
+        offline_before: Millis,
+    ) -> Result<Option<EndedSession>> {
+        let reply = self
+            .run(
+                &self.inner.scripts.end_session,
+                &[phone_.as_str(), &offline_before.to_string()],
+            )
+            .await?;
+        if reply == Value::Nil {
+            return Ok(None);
+        }
+        let v = items(reply)?;
+        let token = Token::from_client(&text_at(&v, 0)?).ok_or_else(|| bad_reply("token"))?;
+        let session = Session {
+            phone: phone_.clone(),
+            name: (text_at(&v, 2)? == "1")
+                .then(|| text_at(&v, 3))
+                .transpose()?,
+            token,
+            created_at: millis_at(&v, 1)?,
+        };
+        let mut v = v.into_iter().skip(4);
+        match (v.next(), v.next(), v.next()) {
+            (Some(incoming), Some(sent), Some(rs)) => Ok(Some(EndedSession {
+                session,
+                rooms: rooms(rs)?,
+                requests: Requests {
+                    incoming: phones(incoming)?,
+                    sent: phones(sent)?,
+                },
+            })),
+            _ => Err(bad_reply("end_session")),
+        }
+    }
+
+    async fn schedule(&self, timer: Timer, at_: Millis) -> Result<()> {
+        self.command(
+            redis::cmd("ZADD")
+                .arg(self.key("timers"))
+                .arg(at_)
+                .arg(timer.encode()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn due_timers(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<DueTimer>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let v = items(
+            self.run(
+                &self.inner.scripts.due_timers,
+                &[
+                    &now.to_string(),
+                    &lease_until.to_string(),
+                    &limit.to_string(),
+                ],
+            )
+            .await?,
+        )?;
+        let mut due = Vec::with_capacity(v.len());
+        for member in &v {
+            let member = text(member)?;
+            match Timer::decode(&member) {
+                Ok(timer) => due.push(DueTimer { timer, lease_until }),
+                Err(_) => {
+                    // Not ours: drop it so it does not come due forever.
+                    tracing::error!(member, "undecodable timer removed");
+                    self.command(redis::cmd("ZREM").arg(self.key("timers")).arg(&member))
+                        .await?;
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    async fn finish_timer(&self, due: &DueTimer) -> Result<()> {
+        self.run(
+            &self.inner.scripts.finish_timer,
+            &[&due.timer.encode(), &due.lease_until.to_string()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.command(&redis::cmd("PING")).await.map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for RedisStore {
+    async fn publish(&self, delivery: Delivery) -> Result<()> {
+        let channel = self.inner.bus.channel(&delivery.audience);
+        let json =
+            serde_json::to_vec(&delivery).map_err(|_| bad_reply("delivery not serialisable"))?;
+        self.command(redis::cmd("PUBLISH").arg(channel).arg(json))
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, audience: Audience) -> Result<()> {
+        self.inner.bus.subscribe(&audience).await
+    }
+
+    async fn unsubscribe(&self, audience: Audience) -> Result<()> {
+        self.inner.bus.unsubscribe(&audience).await
+    }
+
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        self.inner.bus.sink.set(sink);
+    }
+}
