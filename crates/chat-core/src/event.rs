@@ -213,7 +213,10 @@ pub struct RecordingSink(std::sync::Mutex<Vec<Delivery>>);
 impl RecordingSink {
     /// Takes everything received so far.
     pub fn take(&self) -> Vec<Delivery> {
-        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 
     /// The events received so far for `audience`, without taking them.

@@ -27,9 +27,9 @@ mod types;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use event::{Audience, Delivery, Event, EventBus, EventSink, Except, RecordingSink, SinkSlot};
 #[cfg(any(test, feature = "mocks"))]
 pub use event::MockEventBus;
+pub use event::{Audience, Delivery, Event, EventBus, EventSink, Except, RecordingSink, SinkSlot};
 pub use limits::{KeyedLimiter, TokenBucket};
 pub use memory::MemoryStore;
 pub use metrics::{Histogram, LATENCY_BUCKETS, Metrics};
@@ -45,6 +45,6 @@ pub use store::{
 };
 pub use time::{Clock, ManualClock, SystemClock, rfc3339};
 pub use types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
+    Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
 };

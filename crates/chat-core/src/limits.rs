@@ -44,7 +44,10 @@ impl TokenBucket {
                 .saturating_mul(self.rate)
                 .saturating_mul(1000)
                 / self.per_ms;
-            self.milli_tokens = self.milli_tokens.saturating_add(gained).min(self.burst_milli);
+            self.milli_tokens = self
+                .milli_tokens
+                .saturating_add(gained)
+                .min(self.burst_milli);
             self.at = now;
         }
     }

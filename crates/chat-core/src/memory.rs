@@ -13,8 +13,8 @@ use crate::store::{
     Timer, Touched,
 };
 use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
+    Phone, Requests, Room, RoomId, Session, Token,
 };
 
 /// The in-memory [`Store`] and [`EventBus`]. Clones share state.
@@ -161,7 +161,10 @@ impl State {
         let [a, b] = &room.members;
         self.pair_room.insert(pair(a, b), room.id);
         for m in [a, b] {
-            self.user_rooms.entry(m.clone()).or_default().insert(room.id);
+            self.user_rooms
+                .entry(m.clone())
+                .or_default()
+                .insert(room.id);
         }
         self.schedule(Timer::RoomExpiry(room.id), room.expires_at);
         self.rooms.insert(
@@ -257,7 +260,10 @@ impl MemoryStore {
 
     fn state(&self) -> Result<MutexGuard<'_, State>> {
         // A poisoned lock means a bug panicked mid-operation; refuse rather than serve torn state.
-        self.shared.state.lock().map_err(|_| Error::StoreUnavailable)
+        self.shared
+            .state
+            .lock()
+            .map_err(|_| Error::StoreUnavailable)
     }
 
     /// How many records the store holds (sessions, requests, rooms, messages, timers), to
@@ -305,7 +311,8 @@ impl Store for MemoryStore {
         s.tokens
             .insert(session.token.clone(), session.phone.clone());
         s.sessions.insert(session.phone.clone(), session.clone());
-        s.presence.insert(session.phone.clone(), Presence::default());
+        s.presence
+            .insert(session.phone.clone(), Presence::default());
         s.touch(&session.phone, http_until);
         Ok(Registered {
             session,
@@ -446,8 +453,14 @@ impl Store for MemoryStore {
         if s.request_live(from, to, now) {
             return Ok(SendOutcome::AlreadyPending);
         }
-        s.incoming.entry(to.clone()).or_default().insert(from.clone());
-        s.outgoing.entry(from.clone()).or_default().insert(to.clone());
+        s.incoming
+            .entry(to.clone())
+            .or_default()
+            .insert(from.clone());
+        s.outgoing
+            .entry(from.clone())
+            .or_default()
+            .insert(to.clone());
         s.schedule(
             Timer::RequestExpiry {
                 from: from.clone(),
@@ -619,15 +632,33 @@ impl Store for MemoryStore {
         s.tokens.remove(&session.token);
         s.presence.remove(phone);
         s.online.remove(phone);
-        let incoming: Vec<Phone> = s.incoming.get(phone).into_iter().flatten().cloned().collect();
-        let sent: Vec<Phone> = s.outgoing.get(phone).into_iter().flatten().cloned().collect();
+        let incoming: Vec<Phone> = s
+            .incoming
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let sent: Vec<Phone> = s
+            .outgoing
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         for from in &incoming {
             s.drop_request(from, phone);
         }
         for to in &sent {
             s.drop_request(phone, to);
         }
-        let room_ids: Vec<RoomId> = s.user_rooms.get(phone).into_iter().flatten().copied().collect();
+        let room_ids: Vec<RoomId> = s
+            .user_rooms
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         let rooms = room_ids.iter().filter_map(|id| s.remove_room(id)).collect();
         Ok(Some(EndedSession {
             session,

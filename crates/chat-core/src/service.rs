@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::event::{Delivery, Event, EventBus, Except};
+use crate::metrics::Metrics;
 use crate::store::{Appended, DueTimer, NewRoom, SendOutcome, Store, Timer};
 use crate::time::Clock;
 use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
+    Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
 };
 
 /// The lifetimes and sizes of the domain. Defaults are the contract's.
@@ -264,7 +264,10 @@ impl ChatService {
     /// Authenticates a WebSocket upgrade (not counted as presence).
     pub async fn session(&self, token: &str) -> Result<Session> {
         let token = Token::from_client(token).ok_or(Error::Unauthorized)?;
-        self.store().session(&token).await?.ok_or(Error::Unauthorized)
+        self.store()
+            .session(&token)
+            .await?
+            .ok_or(Error::Unauthorized)
     }
 
     /// The caller-identity rule: a field that names the caller, if present, must be them.
@@ -365,7 +368,11 @@ impl ChatService {
             created_at: now,
             expires_at: now.saturating_add(secs(self.inner.config.request_ttl_secs)),
         };
-        match self.store().send_request(request, self.new_room(now)).await? {
+        match self
+            .store()
+            .send_request(request, self.new_room(now))
+            .await?
+        {
             SendOutcome::Sent => {
                 self.publish(Delivery::to_user(
                     to.clone(),
@@ -426,7 +433,11 @@ impl ChatService {
         let accept = match action {
             "accept" => true,
             "decline" => false,
-            _ => return Err(Error::bad_request("action must be \"accept\" or \"decline\"")),
+            _ => {
+                return Err(Error::bad_request(
+                    "action must be \"accept\" or \"decline\"",
+                ));
+            }
         };
         let now = self.now();
         if accept {
@@ -632,7 +643,10 @@ impl ChatService {
             .await?;
         Ok(match appended {
             Appended::New(m) => {
-                self.inner.metrics.messages_total.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .metrics
+                    .messages_total
+                    .fetch_add(1, Ordering::Relaxed);
                 m
             }
             Appended::Duplicate(m) => m,
@@ -720,8 +734,7 @@ impl ChatService {
     async fn handle_timer(&self, due: &DueTimer, now: Millis) -> Result<()> {
         match &due.timer {
             Timer::Presence(phone) => {
-                let session_end =
-                    now.saturating_add(secs(self.inner.config.session_idle_secs));
+                let session_end = now.saturating_add(secs(self.inner.config.session_idle_secs));
                 if self.store().go_offline(phone, now, session_end).await? {
                     self.announce_presence(phone, false).await?;
                     self.schedule_idle_rooms(phone, now).await?;

@@ -7,8 +7,8 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
+    Phone, Requests, Room, RoomId, Session, Token,
 };
 
 /// A deadline the service acts on when it passes. Stores keep them in a due-ordered index
@@ -302,8 +302,11 @@ pub trait Store: Send + Sync + 'static {
     /// Ends the user's session if they have no socket and went offline at or before
     /// `offline_before`: deletes the session, its token, presence, pending requests (both
     /// ways) and rooms with their history. `None` when the condition does not hold.
-    async fn end_session(&self, phone: &Phone, offline_before: Millis)
-    -> Result<Option<EndedSession>>;
+    async fn end_session(
+        &self,
+        phone: &Phone,
+        offline_before: Millis,
+    ) -> Result<Option<EndedSession>>;
 
     // ---- deadlines ----
 
@@ -312,8 +315,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Leases up to `limit` timers due at `now` to the caller: each is moved to `lease_until`,
     /// so no other caller gets it before then.
-    async fn due_timers(&self, now: Millis, lease_until: Millis, limit: usize)
-    -> Result<Vec<DueTimer>>;
+    async fn due_timers(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<DueTimer>>;
 
     /// Removes a leased timer that was handled, unless it was rescheduled since the lease.
     async fn finish_timer(&self, due: &DueTimer) -> Result<()>;
