@@ -1,0 +1,305 @@
+//! The JSON API. Each route runs the contract's checks in its order — (route and method are
+//! done by the router,) body size, token, rate limit, body shape, caller identity, field
+//! values, state — and the first that fails answers. The field-value and state checks are the
+//! service's; this module only decodes, authenticates and encodes.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, EXPECT, HeaderMap};
+use hyper::http::request::Parts;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use chat_core::{Error, Message, Result, RoomSummary, SendResult, rfc3339};
+
+use crate::App;
+use crate::query;
+use crate::reply::{self, Resp};
+use crate::router::Route;
+
+/// Largest request body the API reads (the contract's 64 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// After a 413, up to this much of the rest of the body is read and dropped, so the client
+/// reads the answer instead of a connection reset. Larger bodies are cut off unanswered-ish.
+const DRAIN_MAX_BYTES: u64 = 1024 * 1024;
+/// How long that draining may take.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`] within `timeout`.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    timeout: Duration,
+) -> Result<Bytes> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES as u64) {
+        // A client waiting for `100 Continue` has sent nothing: nothing to drain.
+        let waiting = headers.contains_key(EXPECT);
+        if !waiting && n <= MAX_BODY_BYTES as u64 + DRAIN_MAX_BYTES {
+            drain(&mut body).await;
+        }
+        return Err(Error::PayloadTooLarge);
+    }
+    let read = tokio::time::timeout(timeout, Limited::new(&mut body, MAX_BODY_BYTES).collect());
+    match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            drain(&mut body).await;
+            Err(Error::PayloadTooLarge)
+        }
+        Ok(Err(_)) => Err(Error::bad_request("the request body could not be read")),
+        Err(_) => Err(Error::bad_request(
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+async fn drain(body: &mut Incoming) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The token of `Authorization: Bearer <token>`, if the header has that form.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Parses a body as a JSON object of shape `T`: anything else is `bad_request`. Unknown
+/// fields are ignored; the Content-Type is not looked at.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| Error::bad_request("the body must be a JSON object"))?;
+    if !value.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| Error::bad_request(format!("bad body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    phone: String,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SendRequestBody {
+    phone1: Option<String>,
+    phone2: String,
+}
+
+#[derive(Deserialize)]
+struct RespondBody {
+    phone1: String,
+    phone2: Option<String>,
+    action: String,
+}
+
+#[derive(Deserialize)]
+struct CancelBody {
+    phone2: String,
+}
+
+#[derive(Deserialize)]
+struct CloseRoomBody {
+    chat_id: String,
+}
+
+/// A stored message on the wire.
+pub(crate) fn message_json(m: &Message) -> Value {
+    json!({
+        "id": m.id.to_string(),
+        "room": m.room.to_string(),
+        "sender": m.sender.as_str(),
+        "message": m.message,
+        "timestamp": rfc3339(m.timestamp),
+        "client_id": m.client_id,
+    })
+}
+
+fn rooms_json(rooms: &[RoomSummary]) -> Value {
+    rooms
+        .iter()
+        .map(|r| {
+            json!({
+                "chat_id": r.chat_id.to_string(),
+                "other_user": r.other_user.as_str(),
+                "expires_at": r.expires_at,
+            })
+        })
+        .collect()
+}
+
+/// Answers an API route whose body has been read.
+pub(crate) async fn handle(
+    app: App,
+    route: Route,
+    parts: Parts,
+    body: Bytes,
+    peer: IpAddr,
+) -> Result<Resp> {
+    let service = app.service();
+    if route == Route::RegisterUser {
+        let refresh = bearer(&parts.headers);
+        app.take_registration(peer)?;
+        let b: RegisterBody = parse(&body)?;
+        let reg = service.register(&b.phone, b.name, refresh).await?;
+        return Ok(reply::ok(json!({
+            "message": true,
+            "phone": reg.session.phone.as_str(),
+            "token": reg.session.token.as_str(),
+            "expires_in": reg.expires_in,
+        })));
+    }
+
+    let token = bearer(&parts.headers).ok_or(Error::Unauthorized)?;
+    let session = service.authenticate(token).await?;
+    let me = &session.phone;
+    let raw_query = parts.uri.query();
+    query::validate(raw_query)?;
+    let q = |name: &str| query::param(raw_query, name);
+    // `?phone=` names the caller on any route.
+    let named = q("phone")?;
+
+    match route {
+        Route::OnlineUsers => {
+            service.check_caller(&session, named.as_deref())?;
+            let page = service
+                .online_users(q("cursor")?, q("limit")?.as_deref())
+                .await?;
+            let phones: Vec<&str> = page.phones.iter().map(|p| p.as_str()).collect();
+            Ok(reply::ok(json!({
+                "online_users": phones,
+                "next_cursor": page.next_cursor,
+            })))
+        }
+        Route::Reconnect => {
+            // Any body: authenticating has already refreshed presence.
+            service.check_caller(&session, named.as_deref())?;
+            let rooms = service.active_rooms(me).await?;
+            Ok(reply::ok(json!({
+                "data": {"status": "reconnected", "chatrooms": rooms_json(&rooms)},
+            })))
+        }
+        Route::SendRequest => {
+            let b: SendRequestBody = parse(&body)?;
+            service.check_caller(&session, named.as_deref())?;
+            service.check_caller(&session, b.phone1.as_deref())?;
+            Ok(match service.send_request(me, &b.phone2).await? {
+                SendResult::Sent => reply::ok(json!({"message": "Request sent successfully"})),
+                SendResult::Accepted(room) => reply::ok(json!({
+                    "message": {"accepted": true, "chat_id": room.to_string()},
+                })),
+            })
+        }
+        Route::IncomingRequest => {
+            service.check_caller(&session, named.as_deref())?;
+            let r = service.requests(me).await?;
+            let list = |v: &[chat_core::Phone]| -> Vec<String> {
+                v.iter().map(|p| p.as_str().to_owned()).collect()
+            };
+            Ok(reply::ok(json!({
+                "incoming_request": list(&r.incoming),
+                "sent_request": list(&r.sent),
+            })))
+        }
+        Route::RespondRequest => {
+            let b: RespondBody = parse(&body)?;
+            service.check_caller(&session, named.as_deref())?;
+            service.check_caller(&session, b.phone2.as_deref())?;
+            Ok(
+                match service.respond_request(me, &b.phone1, &b.action).await? {
+                    Some(room) => reply::ok(json!({
+                        "message": {"accepted": true, "chat_id": room.to_string()},
+                    })),
+                    None => reply::ok(json!({"message": {"accepted": false}})),
+                },
+            )
+        }
+        Route::CancelRequest => {
+            let b: CancelBody = parse(&body)?;
+            service.check_caller(&session, named.as_deref())?;
+            service.cancel_request(me, &b.phone2).await?;
+            Ok(reply::ok(json!({"message": "Request cancelled"})))
+        }
+        Route::ActiveChatrooms => {
+            service.check_caller(&session, named.as_deref())?;
+            let rooms = service.active_rooms(me).await?;
+            Ok(reply::ok(json!({"chatrooms": rooms_json(&rooms)})))
+        }
+        Route::Messages(room) => {
+            service.check_caller(&session, named.as_deref())?;
+            let page = service
+                .history(me, &room, q("after")?.as_deref(), q("limit")?.as_deref())
+                .await?;
+            let messages: Vec<Value> = page.messages.iter().map(message_json).collect();
+            Ok(reply::ok(json!({"messages": messages, "more": page.more})))
+        }
+        Route::CloseRoom => {
+            let b: CloseRoomBody = parse(&body)?;
+            service.check_caller(&session, named.as_deref())?;
+            service.close_room(me, &b.chat_id).await?;
+            Ok(reply::ok_empty())
+        }
+        // Not API routes: the caller never sends them here.
+        Route::RegisterUser
+        | Route::Index
+        | Route::Chatroom(_)
+        | Route::Static(_)
+        | Route::Healthz
+        | Route::Readyz
+        | Route::Metrics
+        | Route::Ws => Err(Error::NotFound),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(AUTHORIZATION, "bearer   abc ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, "Bearer".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn body_shapes() {
+        assert!(parse::<CancelBody>(b"[1]").is_err());
+        assert!(parse::<CancelBody>(b"not json").is_err());
+        assert!(parse::<CancelBody>(b"{}").is_err());
+        assert!(parse::<CancelBody>(br#"{"phone2": 5}"#).is_err());
+        assert!(parse::<CancelBody>(b"\xff").is_err());
+        let b: CancelBody = parse(br#"{"phone2": "x", "extra": [1]}"#).unwrap();
+        assert_eq!(b.phone2, "x");
+        let r: RegisterBody = parse(br#"{"phone": "1", "name": null}"#).unwrap();
+        assert_eq!(r.name, None);
+        assert!(parse::<RegisterBody>(br#"{"phone": "1", "name": 3}"#).is_err());
+    }
+}

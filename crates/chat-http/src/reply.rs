@@ -1,0 +1,147 @@
+//! Responses: the JSON envelope, and the one mapping of [`Error`] to an HTTP status.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use chat_core::Error;
+
+/// Every response body is in memory: JSON answers, embedded pages, the metrics text.
+pub(crate) type Body = Full<Bytes>;
+/// A response.
+pub(crate) type Resp = Response<Body>;
+
+const JSON: &str = "application/json";
+
+/// The status class of an error, as the contract's conventions assign them.
+pub(crate) fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::BadRequest(_)
+        | Error::InvalidPhone
+        | Error::SelfRequest
+        | Error::EmptyMessage
+        | Error::MessageTooLong { .. }
+        | Error::UnknownEvent => StatusCode::BAD_REQUEST,
+        Error::Unauthorized => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::NotFound | Error::UserNotFound | Error::RequestNotFound | Error::RoomNotFound => {
+            StatusCode::NOT_FOUND
+        }
+        Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Error::PhoneInUse | Error::AlreadyPending | Error::RoomExists { .. } => {
+            StatusCode::CONFLICT
+        }
+        Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The failure envelope `{"success": false, "error", "code"}` with its status (and
+/// `chat_id` / `Retry-After` where the error carries them).
+pub(crate) fn error(e: &Error) -> Resp {
+    let mut body = Map::new();
+    body.insert("success".into(), Value::Bool(false));
+    body.insert("error".into(), Value::String(e.to_string()));
+    body.insert("code".into(), Value::String(e.code().into()));
+    if let Error::RoomExists { chat_id } = e {
+        body.insert("chat_id".into(), Value::String(chat_id.to_string()));
+    }
+    let mut resp = json(status_of(e), Value::Object(body));
+    if let Error::RateLimited { retry_after_secs } = e {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    resp
+}
+
+/// A success: `fields` with `"success": true` added.
+pub(crate) fn ok(fields: Value) -> Resp {
+    let mut body = match fields {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    body.insert("success".into(), Value::Bool(true));
+    json(StatusCode::OK, Value::Object(body))
+}
+
+/// `{"success": true}` alone.
+pub(crate) fn ok_empty() -> Resp {
+    ok(json!({}))
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: Value) -> Resp {
+    let bytes = serde_json::to_vec(&value).unwrap_or_else(|_| b"{\"success\":false}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    // API answers are about one user's state at one moment.
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A non-JSON response from text made for it.
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// A non-JSON response from static text.
+pub(crate) fn raw(status: StatusCode, content_type: &'static str, body: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_4xx_or_503() {
+        let all = [
+            Error::bad_request("x"),
+            Error::InvalidPhone,
+            Error::SelfRequest,
+            Error::EmptyMessage,
+            Error::MessageTooLong { max: 1 },
+            Error::Unauthorized,
+            Error::forbidden("x"),
+            Error::NotFound,
+            Error::MethodNotAllowed,
+            Error::UserNotFound,
+            Error::RequestNotFound,
+            Error::RoomNotFound,
+            Error::PhoneInUse,
+            Error::AlreadyPending,
+            Error::RoomExists {
+                chat_id: chat_core::RoomId::generate(),
+            },
+            Error::PayloadTooLarge,
+            Error::RateLimited {
+                retry_after_secs: 3,
+            },
+            Error::UnknownEvent,
+            Error::StoreUnavailable,
+        ];
+        for e in &all {
+            let s = status_of(e).as_u16();
+            assert!((400..500).contains(&s) || s == 503, "{e:?} → {s}");
+        }
+        let r = error(&Error::RateLimited {
+            retry_after_secs: 3,
+        });
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "3");
+    }
+}
