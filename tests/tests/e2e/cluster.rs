@@ -1,0 +1,234 @@
+//! Two `chat-server` processes sharing one Redis and key prefix behave as one server.
+
+use std::time::Duration;
+
+use chat_tests::{App, Backend, Client, bounded, eventually};
+use serde_json::json;
+
+const A: &str = "+14155550141";
+const B: &str = "+14155550142";
+const C: &str = "+14155550143";
+
+#[tokio::test]
+async fn users_on_two_nodes_find_each_other_and_chat() {
+    bounded(async {
+        let app = App::start(Backend::Redis, &[]).await;
+        let node2 = app.another_node().await;
+        let n1 = Client::new(app.server.addr);
+        let n2 = Client::new(node2.addr);
+        let a = n1.register(A).await;
+        let bu = n2.register(B).await;
+        let c = n2.register(C).await;
+        // A phone is one identity across nodes.
+        n1.post("/register_user", None, &json!({ "phone": B }))
+            .await
+            .err(409, "phone_in_use");
+        let mut a_ws = n1.ws(&a).await;
+        let mut b_ws = n2.ws(&bu).await;
+        let mut c_ws = n2.ws(&c).await;
+        // Each node lists the other's users.
+        for (node, me) in [(&n1, &a), (&n2, &bu)] {
+            let online = node.online(&me.token).await;
+            for p in [A, B, C] {
+                assert!(
+                    online.contains(&p.to_owned()),
+                    "{p} missing from {online:?}"
+                );
+            }
+        }
+        // Tokens work on either node.
+        n2.get("/active_chatrooms", Some(&a.token)).await.ok();
+
+        // Request through node 1, accept through node 2.
+        n1.post("/send_request", Some(&a.token), &json!({ "phone2": B }))
+            .await
+            .ok();
+        let ev = b_ws.recv_event("chat_request").await;
+        assert_eq!(ev["data"]["from"], A);
+        let v = n2.get("/incoming_request", Some(&bu.token)).await.ok();
+        assert_eq!(v["incoming_request"], json!([A]));
+        let room = n2
+            .post(
+                "/respond_request",
+                Some(&bu.token),
+                &json!({"phone1": A, "action": "accept"}),
+            )
+            .await
+            .ok()["message"]["chat_id"]
+            .as_str()
+            .expect("chat_id")
+            .to_owned();
+        let ea = a_ws.recv_event("request_accepted").await;
+        assert_eq!(
+            ea["data"],
+            json!({"chat_id": room, "from_user": B, "to_user": A})
+        );
+        let eb = b_ws.recv_event("request_accepted").await;
+        assert_eq!(
+            eb["data"],
+            json!({"chat_id": room, "from_user": A, "to_user": B})
+        );
+
+        // Decline and cancel cross nodes too.
+        n1.post("/send_request", Some(&a.token), &json!({ "phone2": C }))
+            .await
+            .ok();
+        c_ws.recv_event("chat_request").await;
+        n1.post("/cancel_request", Some(&a.token), &json!({ "phone2": C }))
+            .await
+            .ok();
+        let ev = c_ws.recv_event("request_cancelled").await;
+        assert_eq!(ev["data"], json!({"from_user": A, "to_user": C}));
+        n2.post("/send_request", Some(&c.token), &json!({ "phone2": A }))
+            .await
+            .ok();
+        a_ws.recv_event("chat_request").await;
+        n1.post(
+            "/respond_request",
+            Some(&a.token),
+            &json!({"phone1": C, "action": "decline"}),
+        )
+        .await
+        .ok();
+        let ev = c_ws.recv_event("request_declined").await;
+        assert_eq!(ev["data"], json!({"from_user": A, "to_user": C}));
+
+        // Chat both ways: joins, messages in one order on both nodes, typing.
+        a_ws.join(&room).await;
+        b_ws.join(&room).await;
+        let ev = a_ws
+            .recv_where("B joined", chat_tests::EVENT_TIMEOUT, |v| {
+                v["event"] == "user_joined" && v["data"]["user"] == B
+            })
+            .await;
+        assert_eq!(ev["data"]["room"], room.as_str());
+        let mut acked = Vec::new();
+        for i in 0..10 {
+            let (ws, who) = if i % 2 == 0 {
+                (&mut a_ws, "a")
+            } else {
+                (&mut b_ws, "b")
+            };
+            acked.push(ws.say(&room, &format!("{who}{i}")).await);
+        }
+        let mut orders = Vec::new();
+        for ws in [&mut a_ws, &mut b_ws] {
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                got.push(ws.recv_event("receive_message").await["data"].clone());
+            }
+            orders.push(got);
+        }
+        assert_eq!(orders[0], orders[1], "both nodes deliver one order");
+        let history = n2
+            .get(&format!("/chatrooms/{room}/messages"), Some(&bu.token))
+            .await
+            .ok();
+        assert_eq!(
+            history["messages"],
+            json!(orders[0]),
+            "the order of history"
+        );
+        assert_eq!(
+            chat_tests::texts(&json!(acked)),
+            chat_tests::texts(&history["messages"]),
+            "sequential sends keep their order"
+        );
+        b_ws.call_ok("typing", json!({"room": room, "typing": true}))
+            .await;
+        let ev = a_ws.recv_event("typing").await;
+        assert_eq!(ev["data"], json!({"room": room, "user": B, "typing": true}));
+
+        // Close through node 2: both told.
+        n2.post("/close_room", Some(&bu.token), &json!({ "chat_id": room }))
+            .await
+            .ok();
+        for ws in [&mut a_ws, &mut b_ws] {
+            let ev = ws.recv_event("room_closed").await;
+            assert_eq!(ev["data"], json!({"room": room, "by": B}));
+        }
+        drop(node2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn presence_changes_cross_nodes() {
+    bounded(async {
+        let app = App::start(Backend::Redis, &["--presence-secs", "1"]).await;
+        let node2 = app.another_node().await;
+        let n1 = Client::new(app.server.addr);
+        let n2 = Client::new(node2.addr);
+        let a = n1.register(A).await;
+        let bu = n2.register(B).await;
+        let mut a_ws = n1.ws(&a).await;
+        n1.post("/send_request", Some(&a.token), &json!({ "phone2": B }))
+            .await
+            .ok();
+        // B's HTTP presence lapses: A (on node 1) hears B went offline.
+        let ev = a_ws
+            .recv_event_within("presence", Duration::from_secs(10))
+            .await;
+        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        // B opens a socket on node 2: online on node 1.
+        let b_ws = n2.ws(&bu).await;
+        let ev = a_ws.recv_event("presence").await;
+        assert_eq!(ev["data"], json!({"phone": B, "online": true}));
+        assert!(n1.online(&a.token).await.contains(&B.to_owned()));
+        // B closes it: offline on node 1.
+        b_ws.close().await;
+        let ev = a_ws
+            .recv_event_within("presence", Duration::from_secs(10))
+            .await;
+        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        assert!(!n1.online(&a.token).await.contains(&B.to_owned()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_killed_node_stops_counting_its_users_within_node_ttl() {
+    bounded(async {
+        let app = App::start(
+            Backend::Redis,
+            &["--presence-secs", "1", "--node-ttl-secs", "2"],
+        )
+        .await;
+        let mut node2 = app.another_node().await;
+        let n1 = Client::new(app.server.addr);
+        let n2 = Client::new(node2.addr);
+        let a = n1.register(A).await;
+        let bu = n2.register(B).await;
+        let mut a_ws = n1.ws(&a).await;
+        let _b_ws = n2.ws(&bu).await;
+        let room = n1.make_room(&a, &bu).await;
+        // Past B's HTTP presence window, B is online only through the socket on node 2.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            n1.online(&a.token).await.contains(&B.to_owned()),
+            "B's open socket on node 2 keeps B online"
+        );
+        a_ws.drain_backlog("presence");
+        node2.kill();
+        let started = std::time::Instant::now();
+        let ev = a_ws
+            .recv_where("B offline", Duration::from_secs(10), |v| {
+                v["event"] == "presence" && v["data"]["phone"] == B
+            })
+            .await;
+        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        let offline = eventually(Duration::from_secs(5), || async {
+            !n1.online(&a.token).await.contains(&B.to_owned())
+        })
+        .await;
+        assert!(offline, "B still listed online after node 2 died");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "took {:?} with node_ttl 2 s",
+            started.elapsed()
+        );
+        // Node 1 keeps serving, and the room is still there.
+        a_ws.say(&room, "anyone?").await;
+    })
+    .await
+}
