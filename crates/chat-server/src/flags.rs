@@ -1,0 +1,268 @@
+//! The command line: every flag of the contract's table, each also `CHAT_<FLAG>` in the
+//! environment (the flag wins), checked into the settings the crates take.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A real-time chat server: REST API, pages and WebSocket on one HTTP/1.1 port.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-server", version, about)]
+pub struct Flags {
+    /// Listen address; port 0 picks a free port.
+    #[arg(long, env = "CHAT_BIND", default_value = "127.0.0.1:5000")]
+    pub bind: SocketAddr,
+
+    /// Redis URL of the shared store and bus; without it, an in-memory store (one process).
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Namespace of every Redis key and channel.
+    #[arg(long, env = "CHAT_KEY_PREFIX", default_value = "chat:")]
+    pub key_prefix: String,
+
+    /// This process's name among the nodes sharing a Redis (default: random).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How long a session outlives its user's last moment online.
+    #[arg(long, env = "CHAT_SESSION_IDLE_SECS", default_value_t = 21_600, value_parser = positive)]
+    pub session_idle_secs: u64,
+
+    /// How long an HTTP API request keeps its user online.
+    #[arg(long, env = "CHAT_PRESENCE_SECS", default_value_t = 600, value_parser = positive)]
+    pub presence_secs: u64,
+
+    /// How long a chat request stays pending.
+    #[arg(long, env = "CHAT_REQUEST_TTL_SECS", default_value_t = 6_000, value_parser = positive)]
+    pub request_ttl_secs: u64,
+
+    /// A room's maximum life.
+    #[arg(long, env = "CHAT_ROOM_TTL_SECS", default_value_t = 21_600, value_parser = positive)]
+    pub room_ttl_secs: u64,
+
+    /// A room ends once both members have been offline this long.
+    #[arg(long, env = "CHAT_ROOM_IDLE_SECS", default_value_t = 300, value_parser = positive)]
+    pub room_idle_secs: u64,
+
+    /// A node silent this long is dead and its users' sockets no longer count.
+    #[arg(long, env = "CHAT_NODE_TTL_SECS", default_value_t = 10, value_parser = positive)]
+    pub node_ttl_secs: u64,
+
+    /// Longest message, in Unicode scalar values.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_CHARS", default_value_t = 4096, value_parser = positive)]
+    pub max_message_chars: u64,
+
+    /// Largest WebSocket frame a client may send.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 65_536, value_parser = positive)]
+    pub max_frame_bytes: u64,
+
+    /// Messages a room keeps at least.
+    #[arg(long, env = "CHAT_HISTORY_MAX", default_value_t = 10_000, value_parser = positive)]
+    pub history_max: u64,
+
+    /// Per socket: frames per second, refilled evenly.
+    #[arg(long, env = "CHAT_FRAMES_PER_SEC", default_value_t = 20, value_parser = positive)]
+    pub frames_per_sec: u64,
+
+    /// Per socket: burst of frames.
+    #[arg(long, env = "CHAT_FRAME_BURST", default_value_t = 40, value_parser = positive)]
+    pub frame_burst: u64,
+
+    /// Per client address on this node: registrations per minute (and burst).
+    #[arg(long, env = "CHAT_REGISTRATIONS_PER_MIN", default_value_t = 10, value_parser = positive)]
+    pub registrations_per_min: u64,
+
+    /// The server pings every socket this often.
+    #[arg(long, env = "CHAT_PING_INTERVAL_SECS", default_value_t = 25, value_parser = positive)]
+    pub ping_interval_secs: u64,
+
+    /// A socket silent this long (no frame, no pong) is closed.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = positive)]
+    pub idle_timeout_secs: u64,
+
+    /// A connection must deliver a request's headers within this.
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = positive)]
+    pub header_timeout_secs: u64,
+
+    /// Open TCP connections per client address; more are closed at once.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1000, value_parser = positive)]
+    pub max_connections_per_address: u64,
+
+    /// Comma-separated origins a WebSocket upgrade may come from, or `any`.
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", default_value = "any")]
+    pub allowed_origins: String,
+}
+
+/// Zero is meaningless for every number of the table (a lifetime of nothing, a rate of
+/// nothing, no connections), so each must be a whole number of at least 1.
+fn positive(raw: &str) -> Result<u64, String> {
+    match raw.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+/// Longest node id: it becomes part of Redis keys.
+const MAX_NODE_ID: usize = 64;
+
+impl Flags {
+    /// Checks what clap's parsers cannot; the message says which flag and why.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(id) = &self.node_id {
+            let ok = !id.is_empty()
+                && id.len() <= MAX_NODE_ID
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "--node-id must be 1 to {MAX_NODE_ID} characters of A-Z a-z 0-9 - _ ."
+                ));
+            }
+        }
+        if self.key_prefix.chars().any(char::is_whitespace) {
+            return Err("--key-prefix must not contain white space".into());
+        }
+        self.origins().map(|_| ())
+    }
+
+    /// The allowed origins: `None` for any.
+    pub fn origins(&self) -> Result<Option<Vec<String>>, String> {
+        let raw = self.allowed_origins.trim();
+        if raw.eq_ignore_ascii_case("any") || raw == "*" {
+            return Ok(None);
+        }
+        let list: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(chat_http::normalize_origin)
+            .collect();
+        if list.is_empty() {
+            return Err("--allowed-origins must name at least one origin, or be `any`".into());
+        }
+        if let Some(bad) = list.iter().find(|o| {
+            let rest = o
+                .strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"));
+            rest.is_none_or(|host| host.is_empty() || host.contains('/'))
+        }) {
+            return Err(format!(
+                "--allowed-origins: `{bad}` is not an origin like https://chat.example or http://localhost:5000"
+            ));
+        }
+        Ok(Some(list))
+    }
+
+    /// The domain's settings.
+    pub fn core_config(&self) -> chat_core::Config {
+        chat_core::Config {
+            session_idle_secs: self.session_idle_secs,
+            presence_secs: self.presence_secs,
+            request_ttl_secs: self.request_ttl_secs,
+            room_ttl_secs: self.room_ttl_secs,
+            room_idle_secs: self.room_idle_secs,
+            node_ttl_secs: self.node_ttl_secs,
+            max_message_chars: to_usize(self.max_message_chars),
+            history_max: to_usize(self.history_max),
+        }
+    }
+
+    /// The sockets' settings.
+    pub fn ws_config(&self) -> chat_ws::WsConfig {
+        chat_ws::WsConfig {
+            max_frame_bytes: to_usize(self.max_frame_bytes),
+            frames_per_sec: self.frames_per_sec,
+            frame_burst: self.frame_burst,
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ..chat_ws::WsConfig::default()
+        }
+    }
+
+    /// The HTTP side's settings; `shutdown_grace` keeps the whole shutdown under 10 s.
+    pub fn http_config(&self, shutdown_grace: Duration) -> Result<chat_http::HttpConfig, String> {
+        Ok(chat_http::HttpConfig {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            max_connections_per_address: to_usize(self.max_connections_per_address),
+            registrations_per_min: self.registrations_per_min,
+            allowed_origins: self.origins()?,
+            shutdown_grace,
+        })
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Flags, clap::Error> {
+        Flags::try_parse_from(std::iter::once("chat-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_contracts() {
+        let f = parse(&[]).unwrap();
+        assert_eq!(f.bind.to_string(), "127.0.0.1:5000");
+        assert_eq!(f.core_config(), chat_core::Config::default());
+        assert_eq!(f.key_prefix, "chat:");
+        assert_eq!(f.origins().unwrap(), None);
+        let h = f.http_config(Duration::from_secs(1)).unwrap();
+        assert_eq!(h.header_timeout, Duration::from_secs(10));
+        assert_eq!(h.max_connections_per_address, 1000);
+        assert_eq!(h.registrations_per_min, 10);
+        let w = f.ws_config();
+        assert_eq!(
+            (w.frames_per_sec, w.frame_burst, w.max_frame_bytes),
+            (20, 40, 65_536)
+        );
+        assert_eq!(w.ping_interval, Duration::from_secs(25));
+        assert_eq!(w.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn zero_and_junk_are_refused_with_exit_2() {
+        for args in [
+            &["--presence-secs", "0"][..],
+            &["--frames-per-sec", "-1"],
+            &["--bind", "nowhere"],
+            &["--history-max", "lots"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn checks_what_clap_cannot() {
+        assert!(parse(&["--node-id", "a b"]).unwrap().check().is_err());
+        assert!(parse(&["--node-id", "node-1"]).unwrap().check().is_ok());
+        assert!(parse(&["--allowed-origins", ","]).unwrap().check().is_err());
+        assert!(
+            parse(&["--allowed-origins", "chat.example"])
+                .unwrap()
+                .check()
+                .is_err()
+        );
+        let f = parse(&[
+            "--allowed-origins",
+            "https://Chat.example/, http://localhost:5000",
+        ])
+        .unwrap();
+        assert_eq!(
+            f.origins().unwrap(),
+            Some(vec![
+                "https://chat.example".into(),
+                "http://localhost:5000".into()
+            ])
+        );
+    }
+}
