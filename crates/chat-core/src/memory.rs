@@ -144,6 +144,14 @@ impl State {
         self.timers.insert((at, timer));
     }
 
+    /// Forgets a timer whose subject ended, so ended things leave nothing behind until the
+    /// deadline they no longer have. A leased copy being handled finishes as a no-op.
+    fn unschedule(&mut self, timer: &Timer) {
+        if let Some(at) = self.timer_at.remove(timer) {
+            self.timers.remove(&(at, timer.clone()));
+        }
+    }
+
     fn request_live(&self, from: &Phone, to: &Phone, now: Millis) -> bool {
         self.requests
             .get(&(from.clone(), to.clone()))
@@ -154,6 +162,10 @@ impl State {
         let r = self.requests.remove(&(from.clone(), to.clone()))?;
         remove_from(&mut self.incoming, to, from);
         remove_from(&mut self.outgoing, from, to);
+        self.unschedule(&Timer::RequestExpiry {
+            from: from.clone(),
+            to: to.clone(),
+        });
         Some(r)
     }
 
@@ -182,6 +194,8 @@ impl State {
         let state = self.rooms.remove(id)?;
         let [a, b] = &state.room.members;
         self.pair_room.remove(&pair(a, b));
+        self.unschedule(&Timer::RoomExpiry(*id));
+        self.unschedule(&Timer::RoomIdle(*id));
         for m in [a, b] {
             remove_from(&mut self.user_rooms, m, id);
         }
@@ -400,7 +414,8 @@ impl Store for MemoryStore {
         let s = self.state()?;
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut range = s.online.range((lower, Bound::Unbounded));
-        let page: Vec<&Phone> = range.by_ref().take(limit).collect();
+        // A page of nothing would end the walk with `next_cursor: None`: serve at least one.
+        let page: Vec<&Phone> = range.by_ref().take(limit.max(1)).collect();
         let next_cursor = match (range.next(), page.last()) {
             (Some(_), Some(last)) => Some(format!("{ONLINE_CURSOR_PREFIX}{last}")),
             _ => None,
@@ -632,6 +647,8 @@ impl Store for MemoryStore {
         s.tokens.remove(&session.token);
         s.presence.remove(phone);
         s.online.remove(phone);
+        s.unschedule(&Timer::Presence(phone.clone()));
+        s.unschedule(&Timer::SessionEnd(phone.clone()));
         let incoming: Vec<Phone> = s
             .incoming
             .get(phone)
