@@ -231,7 +231,7 @@ impl App {
         let started = Instant::now();
         let method = req.method().clone();
         let matched = router::route(&method, req.uri().path(), req.uri().query());
-        let (pattern, mut resp) = match matched {
+        let (pattern, resp) = match matched {
             Matched::NotFound => (router::UNMATCHED, reply::error(&Error::NotFound)),
             Matched::WrongMethod { pattern, allow } => {
                 let mut resp = reply::error(&Error::MethodNotAllowed);
@@ -245,10 +245,6 @@ impl App {
                 (pattern, resp)
             }
         };
-        resp.headers_mut().insert(
-            "x-content-type-options",
-            HeaderValue::from_static("nosniff"),
-        );
         let status = resp.status();
         self.inner.http_metrics.count(pattern, status.as_u16());
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -14,6 +14,8 @@ pub(crate) type Body = Full<Bytes>;
 pub(crate) type Resp = Response<Body>;
 
 const JSON: &str = "application/json";
+/// On every response: browsers must not guess a type other than the one sent.
+const NOSNIFF: (&str, &str) = ("x-content-type-options", "nosniff");
 
 /// The status class of an error, as the contract's conventions assign them.
 pub(crate) fn status_of(e: &Error) -> StatusCode {
@@ -79,6 +81,7 @@ pub(crate) fn json(status: StatusCode, value: Value) -> Resp {
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    h.insert(NOSNIFF.0, HeaderValue::from_static(NOSNIFF.1));
     // API answers are about one user's state at one moment.
     h.insert("cache-control", HeaderValue::from_static("no-store"));
     resp
@@ -88,8 +91,9 @@ pub(crate) fn json(status: StatusCode, value: Value) -> Resp {
 pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(NOSNIFF.0, HeaderValue::from_static(NOSNIFF.1));
     resp
 }
 
@@ -97,8 +101,9 @@ pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String)
 pub(crate) fn raw(status: StatusCode, content_type: &'static str, body: &'static str) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(NOSNIFF.0, HeaderValue::from_static(NOSNIFF.1));
     resp
 }
 
