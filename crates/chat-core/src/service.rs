@@ -238,7 +238,7 @@ impl ChatService {
             other => other?,
         };
         if registered.came_online {
-            self.announce_presence(&phone, true).await?;
+            self.announce_presence(&phone, true).await;
         }
         Ok(Registration {
             session: registered.session,
@@ -256,7 +256,7 @@ impl ChatService {
             .await?
             .ok_or(Error::Unauthorized)?;
         if touched.came_online {
-            self.announce_presence(&touched.session.phone, true).await?;
+            self.announce_presence(&touched.session.phone, true).await;
         }
         Ok(touched.session)
     }
@@ -306,7 +306,7 @@ impl ChatService {
     /// A socket of `phone` opened on this node.
     pub async fn connect(&self, phone: &Phone, conn: &ConnKey) -> Result<()> {
         if self.store().add_conn(phone, conn).await? {
-            self.announce_presence(phone, true).await?;
+            self.announce_presence(phone, true).await;
         }
         Ok(())
     }
@@ -328,8 +328,19 @@ impl ChatService {
         Ok(peers)
     }
 
-    async fn announce_presence(&self, phone: &Phone, online: bool) -> Result<()> {
-        for peer in self.peers(phone).await? {
+    /// Tells the user's peers. Best effort, like [`ChatService::publish`]: it runs after the
+    /// presence change is stored, so failing the caller here would report as failed a change
+    /// that was made (a registration answered 503 yet holding the phone, a socket counted yet
+    /// never disconnected).
+    async fn announce_presence(&self, phone: &Phone, online: bool) {
+        let peers = match self.peers(phone).await {
+            Ok(peers) => peers,
+            Err(e) => {
+                tracing::warn!(error = %e, %phone, online, "presence not announced");
+                return;
+            }
+        };
+        for peer in peers {
             self.publish(Delivery::to_user(
                 peer,
                 Event::Presence {
@@ -339,7 +350,6 @@ impl ChatService {
             ))
             .await;
         }
-        Ok(())
     }
 
     /// Publishes, logging (not failing) when the bus is down: the state change it reports has
@@ -736,8 +746,18 @@ impl ChatService {
             Timer::Presence(phone) => {
                 let session_end = now.saturating_add(secs(self.inner.config.session_idle_secs));
                 if self.store().go_offline(phone, now, session_end).await? {
-                    self.announce_presence(phone, false).await?;
-                    self.schedule_idle_rooms(phone, now).await?;
+                    self.announce_presence(phone, false).await;
+                    self.schedule_idle_rooms(phone).await?;
+                } else if self
+                    .store()
+                    .presence(phone)
+                    .await?
+                    .is_some_and(|p| p.conns == 0 && p.offline_since.is_some())
+                {
+                    // Already offline: a handler that failed after `go_offline` left this timer
+                    // to come back after its lease. Finish its work, or the user's rooms would
+                    // never be scheduled to end when idle.
+                    self.schedule_idle_rooms(phone).await?;
                 }
             }
             Timer::SessionEnd(phone) => {
@@ -790,12 +810,12 @@ impl ChatService {
         Ok(Some(since))
     }
 
-    async fn schedule_idle_rooms(&self, phone: &Phone, now: Millis) -> Result<()> {
+    async fn schedule_idle_rooms(&self, phone: &Phone) -> Result<()> {
         for room in self.store().rooms_of(phone).await? {
             if let Some(since) = self.both_offline_since(&room).await? {
-                let at = since
-                    .max(now)
-                    .saturating_add(secs(self.inner.config.room_idle_secs));
+                // From when the later member went offline, not from now: a retried handler
+                // must not push the deadline back. A past deadline is simply due at once.
+                let at = since.saturating_add(secs(self.inner.config.room_idle_secs));
                 self.store().schedule(Timer::RoomIdle(room.id), at).await?;
             }
         }
@@ -806,11 +826,15 @@ impl ChatService {
         if let Some(room) = self.store().delete_room(&room.id).await? {
             let now = self.now();
             for member in &room.members {
-                let online = self
-                    .store()
-                    .presence(member)
-                    .await?
-                    .is_some_and(|p| p.online_at(now));
+                // The room is gone already; if presence cannot be read, tell the member anyway
+                // (a user with no socket receives nothing) rather than fail after the fact.
+                let online = match self.store().presence(member).await {
+                    Ok(p) => p.is_some_and(|p| p.online_at(now)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %member, "presence unknown; telling anyway");
+                        true
+                    }
+                };
                 if online {
                     self.publish(Delivery::to_user(
                         member.clone(),

@@ -1,0 +1,378 @@
+//! What the service does when the store fails: the caller gets `Error::StoreUnavailable`, and
+//! nothing is left half-done: no event announces a change the store refused, no counter counts
+//! it, and a change the store did make is not reported as failed. Mocks (feature `mocks`) play
+//! the store and the bus; a bus with no expectation for `publish` fails the test if called.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap: a failure is the test failing
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chat_core::{
+    ChatService, Config, DueTimer, Error, ManualClock, MockEventBus, MockStore, NodeId, Phone,
+    PresenceState, Registered, Room, RoomId, SendOutcome, SendResult, Session, Timer, Token,
+    Touched,
+};
+use mockall::predicate::eq;
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn service(store: MockStore, bus: MockEventBus) -> ChatService {
+    ChatService::new(
+        Arc::new(store),
+        Arc::new(bus),
+        Arc::new(ManualClock::new(NOW)),
+        Config::default(),
+        NodeId("node-1".into()),
+    )
+}
+
+/// A bus that must not be used.
+fn silent_bus() -> MockEventBus {
+    let mut bus = MockEventBus::new();
+    bus.expect_publish().never();
+    bus
+}
+
+fn down<T>() -> Result<T, Error> {
+    Err(Error::StoreUnavailable)
+}
+
+fn a() -> Phone {
+    Phone::parse("+14155550100").unwrap()
+}
+
+fn b() -> Phone {
+    Phone::parse("+14155550101").unwrap()
+}
+
+fn session(phone: Phone) -> Session {
+    Session {
+        phone,
+        name: None,
+        token: Token::generate().unwrap(),
+        created_at: NOW,
+    }
+}
+
+fn room() -> Room {
+    Room {
+        id: RoomId::generate(),
+        members: [a(), b()],
+        created_at: NOW,
+        expires_at: NOW + 21_600_000,
+    }
+}
+
+fn online() -> PresenceState {
+    PresenceState {
+        conns: 1,
+        http_until: NOW + 600_000,
+        offline_since: None,
+    }
+}
+
+#[tokio::test]
+async fn register_with_store_down_publishes_nothing() {
+    let mut store = MockStore::new();
+    store
+        .expect_create_session()
+        .times(1)
+        .returning(|_, _, _| down());
+    let chat = service(store, silent_bus());
+    assert_eq!(
+        chat.register("+14155550100", None, None).await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn register_that_was_stored_is_not_reported_failed() {
+    // The session exists once create_session returns; if telling the peers fails after that, a
+    // 503 would leave the phone taken by a session whose token nobody has.
+    let mut store = MockStore::new();
+    store.expect_create_session().returning(|s, _, _| {
+        Ok(Registered {
+            session: s,
+            refreshed: false,
+            came_online: true,
+        })
+    });
+    store.expect_requests().returning(|_, _| down());
+    store.expect_rooms_of().returning(|_| down());
+    let chat = service(store, silent_bus());
+    let got = chat.register("+14155550100", None, None).await.unwrap();
+    assert_eq!(got.session.phone, a());
+}
+
+#[tokio::test]
+async fn authenticate_with_store_down_is_not_unauthorized() {
+    let mut store = MockStore::new();
+    store.expect_touch().returning(|_, _| down());
+    store.expect_session().returning(|_| down());
+    let chat = service(store, silent_bus());
+    let token = Token::generate().unwrap();
+    assert_eq!(
+        chat.authenticate(token.as_str()).await,
+        Err(Error::StoreUnavailable)
+    );
+    assert_eq!(
+        chat.session(token.as_str()).await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn authenticate_that_touched_is_not_reported_failed() {
+    let me = session(a());
+    let found = me.clone();
+    let mut store = MockStore::new();
+    store.expect_touch().returning(move |_, _| {
+        Ok(Some(Touched {
+            session: found.clone(),
+            came_online: true,
+        }))
+    });
+    store.expect_requests().returning(|_, _| down());
+    let chat = service(store, silent_bus());
+    assert_eq!(chat.authenticate(me.token.as_str()).await, Ok(me));
+}
+
+#[tokio::test]
+async fn accept_with_store_down_publishes_no_request_accepted() {
+    let mut store = MockStore::new();
+    store
+        .expect_accept_request()
+        .times(1)
+        .returning(|_, _, _, _| down());
+    let chat = service(store, silent_bus());
+    assert_eq!(
+        chat.respond_request(&b(), "+14155550100", "accept").await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn decline_and_cancel_with_store_down_publish_nothing() {
+    let mut store = MockStore::new();
+    store
+        .expect_remove_request()
+        .times(2)
+        .returning(|_, _, _| down());
+    let chat = service(store, silent_bus());
+    assert_eq!(
+        chat.respond_request(&b(), "+14155550100", "decline").await,
+        Err(Error::StoreUnavailable)
+    );
+    assert_eq!(
+        chat.cancel_request(&a(), "+14155550101").await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn send_request_with_store_down_sends_no_chat_request() {
+    let mut store = MockStore::new();
+    store.expect_presence().returning(|_| Ok(Some(online())));
+    store
+        .expect_send_request()
+        .times(1)
+        .returning(|_, _| down());
+    let chat = service(store, silent_bus());
+    assert_eq!(
+        chat.send_request(&a(), "+14155550101").await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn send_request_stops_at_the_first_failure() {
+    let mut store = MockStore::new();
+    store.expect_presence().returning(|_| down());
+    store.expect_send_request().never();
+    let chat = service(store, silent_bus());
+    assert_eq!(
+        chat.send_request(&a(), "+14155550101").await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn send_message_with_store_down_counts_no_message() {
+    let mut store = MockStore::new();
+    store
+        .expect_append_message()
+        .times(1)
+        .returning(|_, _, _| down());
+    let chat = service(store, silent_bus());
+    let got = chat
+        .send_message(&a(), &RoomId::generate().to_string(), "hi".into(), None)
+        .await;
+    assert_eq!(got, Err(Error::StoreUnavailable));
+    assert_eq!(chat.metrics().messages_total.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn close_room_with_store_down_publishes_no_room_closed() {
+    let r = room();
+    let id = r.id;
+    let mut store = MockStore::new();
+    store
+        .expect_room()
+        .with(eq(id))
+        .returning(move |_| Ok(Some(r.clone())));
+    store.expect_delete_room().times(1).returning(|_| down());
+    let chat = service(store, silent_bus());
+    assert_eq!(
+        chat.close_room(&a(), &id.to_string()).await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn history_and_rooms_with_store_down() {
+    let mut store = MockStore::new();
+    store.expect_room().returning(|_| down());
+    store.expect_rooms_of().returning(|_| down());
+    store.expect_requests().returning(|_, _| down());
+    store.expect_online_page().returning(|_, _, _| down());
+    let chat = service(store, silent_bus());
+    let id = RoomId::generate().to_string();
+    assert_eq!(
+        chat.history(&a(), &id, None, None).await,
+        Err(Error::StoreUnavailable)
+    );
+    assert_eq!(
+        chat.join_room(&a(), &id, None).await,
+        Err(Error::StoreUnavailable)
+    );
+    assert_eq!(
+        chat.typing(&a(), &id, true).await,
+        Err(Error::StoreUnavailable)
+    );
+    assert_eq!(chat.active_rooms(&a()).await, Err(Error::StoreUnavailable));
+    assert_eq!(chat.requests(&a()).await, Err(Error::StoreUnavailable));
+    assert_eq!(
+        chat.online_users(None, None).await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn connect_with_store_down_announces_nothing() {
+    let mut store = MockStore::new();
+    store.expect_add_conn().times(1).returning(|_, _| down());
+    let chat = service(store, silent_bus());
+    let conn = chat.new_conn();
+    assert_eq!(
+        chat.connect(&a(), &conn).await,
+        Err(Error::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn connect_that_was_counted_is_not_reported_failed() {
+    // add_conn counted the socket: an error now would make the adapter drop a socket the store
+    // still counts, keeping its user online until the node dies.
+    let mut store = MockStore::new();
+    store.expect_add_conn().returning(|_, _| Ok(true));
+    store.expect_requests().returning(|_, _| down());
+    let chat = service(store, silent_bus());
+    let conn = chat.new_conn();
+    assert_eq!(chat.connect(&a(), &conn).await, Ok(()));
+}
+
+#[tokio::test]
+async fn a_bus_down_does_not_fail_a_stored_change() {
+    let mut store = MockStore::new();
+    store.expect_presence().returning(|_| Ok(Some(online())));
+    store
+        .expect_send_request()
+        .returning(|_, _| Ok(SendOutcome::Sent));
+    let mut bus = MockEventBus::new();
+    bus.expect_publish().times(1).returning(|_| down());
+    let chat = service(store, bus);
+    assert_eq!(
+        chat.send_request(&a(), "+14155550101").await,
+        Ok(SendResult::Sent)
+    );
+}
+
+fn ticking_store() -> MockStore {
+    let mut store = MockStore::new();
+    store.expect_heartbeat().returning(|_, _| Ok(()));
+    store.expect_reap_dead_nodes().returning(|_| Ok(vec![]));
+    store
+}
+
+#[tokio::test]
+async fn tick_with_store_down_finishes_no_timer() {
+    let mut store = ticking_store();
+    store.expect_due_timers().times(1).returning(|_, lease, _| {
+        Ok(vec![DueTimer {
+            timer: Timer::Presence(a()),
+            lease_until: lease,
+        }])
+    });
+    store
+        .expect_go_offline()
+        .times(1)
+        .returning(|_, _, _| down());
+    // The timer stays leased and comes back after its lease: the work is retried, not lost.
+    store.expect_finish_timer().never();
+    let chat = service(store, silent_bus());
+    assert_eq!(chat.tick().await, Err(Error::StoreUnavailable));
+}
+
+#[tokio::test]
+async fn tick_with_heartbeat_down_takes_no_timer() {
+    let mut store = MockStore::new();
+    store.expect_heartbeat().returning(|_, _| down());
+    store.expect_due_timers().never();
+    let chat = service(store, silent_bus());
+    assert_eq!(chat.tick().await, Err(Error::StoreUnavailable));
+}
+
+#[tokio::test]
+async fn a_retried_presence_timer_still_schedules_idle_rooms() {
+    // A first attempt marked A offline and then failed; the timer came back after its lease.
+    // The user is offline already, so go_offline says no; the rooms must still get their
+    // idle deadline, counted from when the later member went offline.
+    let r = room();
+    let id = r.id;
+    let offline_at = NOW - 40_000;
+    let mut store = ticking_store();
+    store.expect_due_timers().times(1).returning(|_, lease, _| {
+        Ok(vec![DueTimer {
+            timer: Timer::Presence(a()),
+            lease_until: lease,
+        }])
+    });
+    store.expect_go_offline().returning(|_, _, _| Ok(false));
+    store.expect_presence().with(eq(a())).returning(move |_| {
+        Ok(Some(PresenceState {
+            conns: 0,
+            http_until: offline_at,
+            offline_since: Some(offline_at),
+        }))
+    });
+    store.expect_presence().with(eq(b())).returning(move |_| {
+        Ok(Some(PresenceState {
+            conns: 0,
+            http_until: offline_at - 5_000,
+            offline_since: Some(offline_at - 5_000),
+        }))
+    });
+    store
+        .expect_rooms_of()
+        .with(eq(a()))
+        .returning(move |_| Ok(vec![r.clone()]));
+    store
+        .expect_schedule()
+        .with(eq(Timer::RoomIdle(id)), eq(offline_at + 300_000))
+        .times(1)
+        .returning(|_, _| Ok(()));
+    store.expect_finish_timer().times(1).returning(|_| Ok(()));
+    let chat = service(store, silent_bus());
+    assert_eq!(chat.tick().await.unwrap().timers, 1);
+}
