@@ -3,14 +3,54 @@
 //! The WebSocket adapter: the contract's event protocol over raw tokio-tungstenite, on a
 //! connection that `chat-http` has already upgraded. It owns the wire format of socket frames,
 //! the per-socket limits and timers, and the local registry of sockets ([`Hub`]) that receives
-//! this node's deliveries from the bus. It knows nothing of Redis or of HTTP routing.
+//! this node's deliveries from the bus. It knows nothing of Redis or of HTTP routing, and no
+//! chat rule: every decision about users, rooms and messages is a [`ChatService`] call.
 //!
-//! INTERFACE (agreed with chat-http; the implementation fills it in).
+//! ## Memory per socket
+//!
+//! A node is meant to hold tens of thousands of mostly idle sockets, so an idle socket costs:
+//! one task (one `select`-like poll loop over its reads, its outgoing queue, one timer and its
+//! close flag; no second task, no channel), tungstenite's read buffer ([`READ_BUFFER_BYTES`])
+//! and a write buffer that only grows to the largest frame written, a queue that holds no
+//! allocation while empty, and its entries in the registry. Work that needs the store runs in
+//! a boxed future that exists only while a frame is being handled.
+//!
+//! **Invariants:** every queue is bounded (`WsConfig::send_queue` frames per socket, held room
+//! events included); [`EventSink::deliver`] never blocks and never awaits; one socket's
+//! failure never touches another; the registry's locks are never held across an `.await`.
 
+mod registry;
+mod socket;
+mod wire;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
-use chat_core::{ChatService, Delivery, EventSink, Session};
+use chat_core::{
+    Audience, ChatService, ConnKey, Delivery, Event, EventSink, Except, MessageId, RoomId, Session,
+};
+use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::task::TaskTracker;
+
+use crate::registry::{Conn, Offer, Registry};
+
+/// tungstenite's read buffer per socket. It is allocated when the socket opens and lives as
+/// long as it, so it is small: chat frames are a few hundred bytes, and a larger frame is read
+/// in several system calls (tungstenite grows the buffer to the frame's size, up to
+/// `max_frame_bytes`, when one arrives).
+pub const READ_BUFFER_BYTES: usize = 1024;
+
+/// How long a closing socket waits for its close frame to be written and answered before the
+/// connection is dropped anyway.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(3);
+
+/// The shortest ping interval and idle timeout; shorter ones are raised to it.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
 
 /// Per-socket limits and timers (the contract's flags).
 #[derive(Debug, Clone)]
@@ -43,23 +83,98 @@ impl Default for WsConfig {
 }
 
 /// The sockets of this node. Cheap to clone. Attach it to the bus as the sink.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     service: ChatService,
     config: WsConfig,
+    /// tungstenite's limits, derived once from `config` and the service's message size.
+    ws_config: WebSocketConfig,
+    registry: RwLock<Registry>,
+    /// Every socket being served; `closed()` waits on it.
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.inner.config)
+            .field("connections", &self.connections())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bus holds the hub through this, so the service → bus → hub → service cycle does not
+/// keep everything alive forever.
+struct WeakHub(Weak<Inner>);
+
+impl EventSink for WeakHub {
+    fn deliver(&self, delivery: &Delivery) {
+        if let Some(inner) = self.0.upgrade() {
+            Hub { inner }.deliver(delivery);
+        }
+    }
+}
+
+/// The largest frame the server ever sends: a `room_history` of the most messages a join
+/// returns, each at the longest text, every character escaped (`\u001f` is 6 bytes), plus
+/// room for the other fields. tungstenite refuses to queue a frame larger than its write
+/// buffer bound, so the bound must fit this one.
+fn largest_server_frame(max_message_chars: usize) -> usize {
+    const FIELDS: usize = 1024;
+    chat_core::HISTORY_LIMIT
+        .1
+        .saturating_mul(max_message_chars.saturating_mul(6).saturating_add(FIELDS))
+        .saturating_add(FIELDS)
 }
 
 impl Hub {
     /// A hub serving sockets for `service`; attaches itself to the service's bus as its sink.
     pub fn new(service: ChatService, config: WsConfig) -> Hub {
-        Hub { service, config }
+        // A zero period would make the socket loop spin on its timer.
+        let config = WsConfig {
+            ping_interval: config.ping_interval.max(MIN_PERIOD),
+            idle_timeout: config.idle_timeout.max(MIN_PERIOD),
+            ..config
+        };
+        let max_out = largest_server_frame(service.config().max_message_chars);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            // Write each frame straight through: the socket task flushes after every batch
+            // anyway, and an empty write buffer costs nothing while idle.
+            .write_buffer_size(0)
+            // The write buffer only holds what the kernel has not taken yet: the socket task
+            // waits for it to drain before writing more, so this bound is one frame.
+            .max_write_buffer_size(max_out.saturating_add(4096))
+            .max_message_size(Some(config.max_frame_bytes))
+            .max_frame_size(Some(config.max_frame_bytes));
+        let inner = Arc::new(Inner {
+            service,
+            config,
+            ws_config,
+            registry: RwLock::default(),
+            tracker: TaskTracker::new(),
+        });
+        inner
+            .service
+            .bus()
+            .attach(Arc::new(WeakHub(Arc::downgrade(&inner))));
+        Hub { inner }
     }
 
     /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`; `None` when the key is not
-    /// 24 base64 characters (the upgrade is then refused with 400).
+    /// 24 base64 characters that decode to 16 bytes (the upgrade is then refused with 400).
     pub fn accept_key(client_key: &str) -> Option<String> {
-        let _ = client_key;
-        None
+        let b = client_key.as_bytes();
+        let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+        // 16 bytes are 22 base64 digits and two `=` of padding.
+        let valid = b.len() == 24 && b[..22].iter().all(base64) && &b[22..] == b"==";
+        valid.then(|| {
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(client_key.as_bytes())
+        })
     }
 
     /// Serves one upgraded connection of an authenticated session until it closes.
@@ -67,18 +182,142 @@ impl Hub {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _ = (io, session, &self.service, &self.config);
+        let ws =
+            WebSocketStream::from_raw_socket(io, Role::Server, Some(self.inner.ws_config)).await;
+        self.serve_socket(ws, session).await;
+    }
+
+    /// Serves a WebSocket that is already set up (any `Sink` + `Stream` of tungstenite
+    /// messages), until it closes. [`Hub::serve`] is this over a raw upgraded connection.
+    pub async fn serve_socket<S>(&self, ws: S, session: Session)
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+    {
+        socket::run(self.clone(), ws, session).await;
+    }
+
+    /// The tungstenite configuration [`Hub::serve`] uses: `max_frame_bytes` as the message and
+    /// frame limit, small buffers, a bounded write buffer.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        self.inner.ws_config
+    }
+
+    /// The per-socket limits.
+    pub fn config(&self) -> &WsConfig {
+        &self.inner.config
+    }
+
+    /// Sockets open on this node now.
+    pub fn connections(&self) -> usize {
+        self.read().open
     }
 
     /// Starts the shutdown: every socket is closed with 1001.
-    pub fn shutdown(&self) {}
+    pub fn shutdown(&self) {
+        {
+            let mut registry = self.write();
+            registry.shutting_down = true;
+            for conn in registry.all() {
+                conn.request_close(registry::CloseReason::Shutdown);
+            }
+        }
+        self.inner.tracker.close();
+    }
 
     /// Resolves when every socket has closed after [`Hub::shutdown`].
-    pub async fn closed(&self) {}
+    pub async fn closed(&self) {
+        self.inner.tracker.wait().await;
+    }
+
+    // ------------------------------------------------------------------ for the socket tasks
+
+    fn service(&self) -> &ChatService {
+        &self.inner.service
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        // Registry updates never panic half-way; a poisoned lock still holds a whole registry.
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn conn_key(&self, conn: &Conn) -> ConnKey {
+        ConnKey {
+            node: self.service().node().clone(),
+            id: conn.id,
+        }
+    }
+
+    /// Queues one of a socket's own replies.
+    fn reply(&self, conn: &Conn, frame: Utf8Bytes) {
+        self.count(conn.offer(&frame, None));
+    }
+
+    fn count(&self, offer: Offer) {
+        if offer == Offer::Overflowed {
+            self.service()
+                .metrics()
+                .slow_consumers_closed_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn subscribe(&self, audience: Audience) {
+        if let Err(e) = self.service().bus().subscribe(audience.clone()).await {
+            tracing::warn!(error = %e, ?audience, "bus subscribe failed");
+        }
+    }
+
+    async fn unsubscribe(&self, audience: Audience) {
+        if let Err(e) = self.service().bus().unsubscribe(audience.clone()).await {
+            tracing::warn!(error = %e, ?audience, "bus unsubscribe failed");
+        }
+    }
+
+    fn excluded(&self, conn: &Conn, except: Option<&Except>) -> bool {
+        match except {
+            None => false,
+            Some(Except::Conn(key)) => key.id == conn.id && &key.node == self.service().node(),
+            Some(Except::User(phone)) => conn.phone() == phone,
+        }
+    }
 }
 
 impl EventSink for Hub {
     fn deliver(&self, delivery: &Delivery) {
-        let _ = delivery;
+        let registry = self.read();
+        let targets = match &delivery.audience {
+            Audience::User(phone) => registry.users.get(phone),
+            Audience::Room(room) => registry.rooms.get(room),
+        };
+        let Some(targets) = targets.filter(|t| !t.is_empty()) else {
+            return;
+        };
+        // Encoded once; every recipient gets the same bytes.
+        let frame = wire::event_frame(&delivery.event);
+        let room: Option<(RoomId, Option<MessageId>)> = match (&delivery.audience, &delivery.event)
+        {
+            (Audience::Room(room), Event::ReceiveMessage(m)) => Some((*room, Some(m.id))),
+            (Audience::Room(room), _) => Some((*room, None)),
+            (Audience::User(_), _) => None,
+        };
+        for conn in targets {
+            if !self.excluded(conn, delivery.except.as_ref()) {
+                self.count(conn.offer(&frame, room));
+            }
+        }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+mod tests;

@@ -1,0 +1,431 @@
+//! The node's sockets: who is open, which rooms each socket joined, and each socket's bounded
+//! outgoing queue. Every lock here is a std lock held for a few pointer moves and never across
+//! an `.await`, so [`crate::Hub`]'s `deliver` never blocks.
+//!
+//! Lock order: the registry's `RwLock`, then a socket's `Mutex`. Nothing takes them the other
+//! way round.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chat_core::{MessageId, Phone, RoomId, Session};
+use futures_util::task::AtomicWaker;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Why a socket is being closed, and so which close code it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Nothing heard for `idle_timeout`: 1000.
+    Idle,
+    /// The server is shutting down: 1001.
+    Shutdown,
+    /// The outgoing queue overflowed: 1008.
+    SlowConsumer,
+    /// `MAX_BAD_FRAMES` frames in a row answered `bad_request`/`unknown_event`: 1008.
+    BadFrames,
+    /// A frame over `max_frame_bytes`: 1009.
+    TooBig,
+    /// A binary frame: 1003.
+    Binary,
+    /// A text frame that is not UTF-8: 1007.
+    BadUtf8,
+    /// A WebSocket protocol violation (unmasked frame, bad opcode…): 1002.
+    Protocol,
+    /// The store did not take the socket at open: 1013 (try again later).
+    StoreDown,
+    /// The client closed first; tungstenite answers its close frame itself.
+    ByPeer,
+}
+
+impl CloseReason {
+    /// The close frame to send, `None` when the peer closed first.
+    pub(crate) fn frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            CloseReason::Idle => (CloseCode::Normal, "idle"),
+            CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
+            CloseReason::SlowConsumer => (CloseCode::Policy, "not reading fast enough"),
+            CloseReason::BadFrames => (CloseCode::Policy, "too many bad frames"),
+            CloseReason::TooBig => (CloseCode::Size, "frame too large"),
+            CloseReason::Binary => (CloseCode::Unsupported, "text frames only"),
+            CloseReason::BadUtf8 => (CloseCode::Invalid, "text is not UTF-8"),
+            CloseReason::Protocol => (CloseCode::Protocol, "protocol error"),
+            CloseReason::StoreDown => (CloseCode::Again, "store unavailable"),
+            CloseReason::ByPeer => return None,
+        };
+        Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })
+    }
+
+    /// Whether frames already queued are still sent before the close frame. A slow consumer's
+    /// queue is dropped (that is the point), and so is anything after the peer's close.
+    fn drains(self) -> bool {
+        !matches!(self, CloseReason::SlowConsumer | CloseReason::ByPeer)
+    }
+}
+
+/// What became of a frame offered to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Queued (or held until the socket's join completes).
+    Queued,
+    /// The socket is closing; the frame was dropped.
+    Dropped,
+    /// The queue was full: the socket is now closing as a slow consumer.
+    Overflowed,
+}
+
+/// A frame held for a socket that is joining a room, until its `room_history` is queued.
+struct Held {
+    /// For `receive_message`: the message, so what the history already holds is not repeated.
+    message: Option<MessageId>,
+    frame: Utf8Bytes,
+}
+
+/// A room a socket joined (or is joining).
+struct JoinedRoom {
+    id: RoomId,
+    /// `Some` while the join is in progress: room events wait here, behind the history.
+    held: Option<Vec<Held>>,
+}
+
+/// The mutable part of a socket, shared by its task and the deliveries.
+#[derive(Default)]
+struct ConnState {
+    /// Frames waiting for the socket task. At most `Conn::cap` (held frames count too).
+    queue: VecDeque<Utf8Bytes>,
+    /// Set once: the socket is closing and takes no more frames.
+    closing: Option<CloseReason>,
+    /// Rooms joined on this socket (usually none or one).
+    rooms: Vec<JoinedRoom>,
+}
+
+impl ConnState {
+    fn held_len(&self) -> usize {
+        self.rooms
+            .iter()
+            .filter_map(|r| r.held.as_ref())
+            .map(Vec::len)
+            .sum()
+    }
+
+    fn overflow(&mut self) -> Offer {
+        self.closing = Some(CloseReason::SlowConsumer);
+        // Free the queue now: this socket is not going to read it.
+        self.queue = VecDeque::new();
+        for room in &mut self.rooms {
+            if room.held.is_some() {
+                room.held = Some(Vec::new());
+            }
+        }
+        Offer::Overflowed
+    }
+}
+
+/// One open socket, as the registry and the deliveries see it.
+pub(crate) struct Conn {
+    /// Its number on this node (`ConnKey::id`; the node is the service's).
+    pub(crate) id: u64,
+    /// Whose socket it is.
+    pub(crate) session: Session,
+    /// Bound of the outgoing queue (`WsConfig::send_queue`, at least 1).
+    cap: usize,
+    state: Mutex<ConnState>,
+    /// Wakes the socket task when its queue goes from empty to not, or it must close.
+    waker: AtomicWaker,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("phone", &self.session.phone)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(id: u64, session: Session, cap: usize) -> Conn {
+        Conn {
+            id,
+            session,
+            cap: cap.max(1),
+            state: Mutex::default(),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    pub(crate) fn phone(&self) -> &Phone {
+        &self.session.phone
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        // Every critical section leaves the state whole, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a frame for the socket, or, when it is for `room` and the socket is still
+    /// joining it, holds it behind the room's history.
+    pub(crate) fn offer(
+        &self,
+        frame: &Utf8Bytes,
+        room: Option<(RoomId, Option<MessageId>)>,
+    ) -> Offer {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return Offer::Dropped;
+        }
+        if st.queue.len() + st.held_len() >= self.cap {
+            let offer = st.overflow();
+            drop(st);
+            self.waker.wake();
+            return offer;
+        }
+        if let Some((room, message)) = room
+            && let Some(held) = st
+                .rooms
+                .iter_mut()
+                .find(|r| r.id == room)
+                .and_then(|r| r.held.as_mut())
+        {
+            held.push(Held {
+                message,
+                frame: frame.clone(),
+            });
+            return Offer::Queued;
+        }
+        let was_empty = st.queue.is_empty();
+        st.queue.push_back(frame.clone());
+        drop(st);
+        if was_empty {
+            self.waker.wake();
+        }
+        Offer::Queued
+    }
+
+    /// Takes the next frame to send.
+    pub(crate) fn pop(&self) -> Option<Utf8Bytes> {
+        let mut st = self.lock();
+        let frame = st.queue.pop_front();
+        // An idle socket keeps no queue allocation beyond the smallest one.
+        if st.queue.is_empty() && st.queue.capacity() > 4 {
+            st.queue = VecDeque::new();
+        }
+        frame
+    }
+
+    /// Drops every queued frame (before a close that must not send them).
+    pub(crate) fn clear(&self) {
+        self.lock().queue = VecDeque::new();
+    }
+
+    /// Starts closing the socket, unless it already is. Returns whether this call started it.
+    pub(crate) fn request_close(&self, reason: CloseReason) -> bool {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return false;
+        }
+        st.closing = Some(reason);
+        if !reason.drains() {
+            st.queue = VecDeque::new();
+        }
+        drop(st);
+        self.waker.wake();
+        true
+    }
+
+    /// Why the socket is closing, if it is.
+    pub(crate) fn closing(&self) -> Option<CloseReason> {
+        self.lock().closing
+    }
+
+    /// Registers the socket task to be woken.
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Whether the socket has joined `room` (completely).
+    #[cfg(test)]
+    pub(crate) fn joined(&self, room: RoomId) -> bool {
+        self.lock()
+            .rooms
+            .iter()
+            .any(|r| r.id == room && r.held.is_none())
+    }
+}
+
+/// The outcome of starting a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeginJoin {
+    /// The socket is already in the room; nothing is held.
+    AlreadyJoined,
+    /// The socket is now joining; `first`: no other socket of this node is in the room.
+    Joining { first: bool },
+    /// The socket is closing.
+    Closing,
+}
+
+/// What unregistering a socket left to do.
+#[derive(Debug, Default)]
+pub(crate) struct Removed {
+    /// It was its user's last socket on this node.
+    pub(crate) user_last: bool,
+    /// Its rooms: (room, the join had completed, it was the node's last socket in the room).
+    pub(crate) rooms: Vec<(RoomId, bool, bool)>,
+}
+
+/// The index of this node's sockets by user and by room.
+#[derive(Default)]
+pub(crate) struct Registry {
+    /// Set by shutdown: no socket registers after it.
+    pub(crate) shutting_down: bool,
+    /// Open sockets.
+    pub(crate) open: usize,
+    /// Every open socket, by user.
+    pub(crate) users: HashMap<Phone, Vec<Arc<Conn>>>,
+    /// Sockets joined (or joining) a room, by room.
+    pub(crate) rooms: HashMap<RoomId, Vec<Arc<Conn>>>,
+}
+
+impl Registry {
+    /// Adds an open socket: `Some(first)` where `first` says it is its user's first on this
+    /// node, `None` when the node is shutting down.
+    pub(crate) fn add(&mut self, conn: &Arc<Conn>) -> Option<bool> {
+        if self.shutting_down {
+            return None;
+        }
+        self.open += 1;
+        let conns = self.users.entry(conn.phone().clone()).or_default();
+        conns.push(Arc::clone(conn));
+        Some(conns.len() == 1)
+    }
+
+    /// Removes a socket and every room it joined. `None` when it was not registered.
+    pub(crate) fn remove(&mut self, conn: &Arc<Conn>) -> Option<Removed> {
+        let conns = self.users.get_mut(conn.phone())?;
+        let before = conns.len();
+        conns.retain(|c| !Arc::ptr_eq(c, conn));
+        if conns.len() == before {
+            return None;
+        }
+        self.open = self.open.saturating_sub(1);
+        let user_last = conns.is_empty();
+        if user_last {
+            self.users.remove(conn.phone());
+        }
+        let rooms = std::mem::take(&mut conn.lock().rooms);
+        let rooms = rooms
+            .into_iter()
+            .map(|r| (r.id, r.held.is_none(), self.drop_member(r.id, conn)))
+            .collect();
+        Some(Removed { user_last, rooms })
+    }
+
+    /// Takes `conn` out of `room`'s list; whether the list is now empty.
+    fn drop_member(&mut self, room: RoomId, conn: &Arc<Conn>) -> bool {
+        let Some(conns) = self.rooms.get_mut(&room) else {
+            return false;
+        };
+        conns.retain(|c| !Arc::ptr_eq(c, conn));
+        let last = conns.is_empty();
+        if last {
+            self.rooms.remove(&room);
+        }
+        last
+    }
+
+    /// Starts joining `room`: room events for the socket are held from now on until
+    /// [`Registry::complete_join`] queues them behind the history.
+    pub(crate) fn begin_join(&mut self, conn: &Arc<Conn>, room: RoomId) -> BeginJoin {
+        {
+            let mut st = conn.lock();
+            if st.closing.is_some() {
+                return BeginJoin::Closing;
+            }
+            if st.rooms.iter().any(|r| r.id == room) {
+                return BeginJoin::AlreadyJoined;
+            }
+            st.rooms.push(JoinedRoom {
+                id: room,
+                held: Some(Vec::new()),
+            });
+        }
+        let conns = self.rooms.entry(room).or_default();
+        conns.push(Arc::clone(conn));
+        BeginJoin::Joining {
+            first: conns.len() == 1,
+        }
+    }
+
+    /// A join that failed: forgets it; whether the socket was the node's last in the room.
+    pub(crate) fn abort_join(&mut self, conn: &Arc<Conn>, room: RoomId) -> bool {
+        let was_there = {
+            let mut st = conn.lock();
+            let before = st.rooms.len();
+            st.rooms.retain(|r| r.id != room);
+            st.rooms.len() != before
+        };
+        was_there && self.drop_member(room, conn)
+    }
+
+    /// Leaves a room: `Some(last)` when the socket was in it (`last`: no socket of this node
+    /// is in it any more), `None` when it was not.
+    pub(crate) fn leave(&mut self, conn: &Arc<Conn>, room: RoomId) -> Option<bool> {
+        let was_there = {
+            let mut st = conn.lock();
+            let before = st.rooms.len();
+            st.rooms.retain(|r| r.id != room);
+            st.rooms.len() != before
+        };
+        was_there.then(|| self.drop_member(room, conn))
+    }
+
+    /// Every socket open on this node.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Conn>> {
+        self.users.values().flatten()
+    }
+}
+
+/// Ends a join: queues `history`, then what was held for the room meanwhile, skipping messages
+/// the history already holds (ids up to `seen`), and from then on room events flow directly.
+/// Needs no registry lock: only the socket's own state changes.
+pub(crate) fn complete_join(
+    conn: &Conn,
+    room: RoomId,
+    history: Utf8Bytes,
+    seen: Option<MessageId>,
+) -> Offer {
+    let mut st = conn.lock();
+    if st.closing.is_some() {
+        return Offer::Dropped;
+    }
+    let held = st
+        .rooms
+        .iter_mut()
+        .find(|r| r.id == room)
+        .and_then(|r| r.held.take())
+        .unwrap_or_default();
+    let fresh = held
+        .into_iter()
+        .filter(|h| match (h.message, seen) {
+            (Some(id), Some(seen)) => id > seen,
+            _ => true,
+        })
+        .map(|h| h.frame);
+    let was_empty = st.queue.is_empty();
+    st.queue.push_back(history);
+    st.queue.extend(fresh);
+    let offer = if st.queue.len() + st.held_len() > conn.cap {
+        st.overflow()
+    } else {
+        Offer::Queued
+    };
+    drop(st);
+    if was_empty || offer == Offer::Overflowed {
+        conn.waker.wake();
+    }
+    offer
+}

@@ -1,0 +1,625 @@
+//! One socket's life: open (register, `connect`, `connection_status`), the loop, and the close
+//! (leave its rooms, unregister, `disconnect`).
+//!
+//! The loop is one task and one poll function over everything the socket waits for: the next
+//! client frame, its outgoing queue (through the sink's readiness), one timer (ping, idle,
+//! close linger), its close flag, and the frame being handled. A frame that needs the store is
+//! handled by a boxed future polled from the same loop, so the socket keeps writing (and its
+//! timers keep running) while the store answers; the next frame is read only once it is done,
+//! which keeps a socket's frames in order.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use chat_core::{Audience, Error, MessageId, RoomId, Session, TokenBucket};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::value::RawValue;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::Hub;
+use crate::registry::{self, BeginJoin, CloseReason, Conn};
+use crate::wire::{self, Ack, Command, MAX_BAD_FRAMES, Rejected, Request};
+
+/// Serves one socket until it is closed and cleaned up.
+pub(crate) async fn run<S>(hub: Hub, ws: S, session: Session)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+{
+    // Counted from the first moment, so `closed()` waits for the cleanup too.
+    let _tracked = hub.inner.tracker.token();
+    let service = hub.service();
+    let id = service.new_conn().id;
+    let conn = Arc::new(Conn::new(id, session, hub.config().send_queue));
+    // Queued before the socket is registered, so it is the first frame whatever arrives.
+    hub.reply(&conn, wire::connection_status(conn.phone().as_str()));
+    let mut open = Opened::new(hub.clone(), Arc::clone(&conn));
+    open.start().await;
+    drive(ws, &hub, &conn).await;
+    open.close().await;
+}
+
+/// A socket's registration, undone exactly once: by [`Opened::close`], or, if the socket's
+/// future is dropped mid-way, by a task spawned from `drop`.
+struct Opened {
+    hub: Hub,
+    conn: Arc<Conn>,
+    /// In the registry (and counted in `chat_connections`).
+    registered: bool,
+    /// `ChatService::connect` succeeded.
+    connected: bool,
+    done: bool,
+}
+
+impl Opened {
+    fn new(hub: Hub, conn: Arc<Conn>) -> Opened {
+        Opened {
+            hub,
+            conn,
+            registered: false,
+            connected: false,
+            done: false,
+        }
+    }
+
+    async fn start(&mut self) {
+        let hub = &self.hub;
+        let conn = &self.conn;
+        let Some(first) = hub.write().add(conn) else {
+            conn.clear();
+            conn.request_close(CloseReason::Shutdown);
+            return;
+        };
+        self.registered = true;
+        let metrics = hub.service().metrics();
+        metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if first {
+            hub.subscribe(Audience::User(conn.phone().clone())).await;
+        }
+        let key = hub.conn_key(conn);
+        match Box::pin(hub.service().connect(conn.phone(), &key)).await {
+            Ok(()) => self.connected = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "socket not counted online; closing it");
+                conn.clear();
+                hub.reply(conn, wire::error_frame(None, &e));
+                conn.request_close(CloseReason::StoreDown);
+            }
+        }
+    }
+
+    /// Unregisters now and returns what is left to do (announce, unsubscribe, disconnect).
+    fn finish(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        self.done = true;
+        let hub = self.hub.clone();
+        let conn = Arc::clone(&self.conn);
+        let removed = if self.registered {
+            hub.write().remove(&conn)
+        } else {
+            None
+        };
+        if removed.is_some() {
+            hub.service()
+                .metrics()
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let connected = self.connected;
+        async move {
+            let service = hub.service();
+            let key = hub.conn_key(&conn);
+            let me = conn.phone();
+            if let Some(removed) = removed {
+                for (room, joined, last) in removed.rooms {
+                    if joined {
+                        service.announce_leave(me, room, &key).await;
+                    }
+                    if last {
+                        hub.unsubscribe(Audience::Room(room)).await;
+                    }
+                }
+                if removed.user_last {
+                    hub.unsubscribe(Audience::User(me.clone())).await;
+                }
+            }
+            if connected && let Err(e) = service.disconnect(me, &key).await {
+                tracing::warn!(error = %e, "socket close not recorded");
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        Box::pin(self.finish()).await;
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let rest = self.finish();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(self.hub.inner.tracker.track_future(rest));
+        }
+    }
+}
+
+/// A client frame being handled by the service; resolves to whether its answer was
+/// `bad_request`/`unknown_event`.
+type Handling = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// The loop's state for one socket.
+struct Driver<'a> {
+    hub: &'a Hub,
+    conn: &'a Arc<Conn>,
+    /// Over every client text frame.
+    bucket: TokenBucket,
+    /// Frames answered `bad_request`/`unknown_event` in a row.
+    bad_run: u32,
+    /// When the client was last heard from (any frame, pongs included).
+    last_heard: Instant,
+    next_ping: Instant,
+    ping_due: bool,
+    /// The frame being handled, if any; no frame is read until it is done.
+    handling: Option<Handling>,
+    /// Frames were started but not flushed yet.
+    unflushed: bool,
+    /// The read side ended (peer gone, error, or close handshake done).
+    read_done: bool,
+    /// The write side failed: nothing more can be sent.
+    broken: bool,
+    /// Set once the socket starts closing.
+    closing: Option<Closing>,
+}
+
+struct Closing {
+    reason: CloseReason,
+    /// The close frame was given to the sink (or none is needed: the peer closed).
+    frame_sent: bool,
+    /// The connection is dropped at this point whatever the peer does.
+    deadline: Instant,
+    expired: bool,
+}
+
+async fn drive<S>(mut ws: S, hub: &Hub, conn: &Arc<Conn>)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let config = hub.config();
+    let now = Instant::now();
+    let mut driver = Driver {
+        hub,
+        conn,
+        bucket: TokenBucket::per_second(
+            config.frames_per_sec,
+            config.frame_burst,
+            hub.service().now(),
+        ),
+        bad_run: 0,
+        last_heard: now,
+        next_ping: now + config.ping_interval,
+        ping_due: false,
+        handling: None,
+        unflushed: false,
+        read_done: false,
+        broken: false,
+        closing: None,
+    };
+    let mut timer = pin!(sleep_until(driver.next_timer()));
+    poll_fn(|cx| driver.poll(&mut ws, timer.as_mut(), cx)).await;
+}
+
+impl Driver<'_> {
+    fn next_timer(&self) -> Instant {
+        match &self.closing {
+            Some(c) => c.deadline,
+            None => self
+                .next_ping
+                .min(self.last_heard + self.hub.config().idle_timeout),
+        }
+    }
+
+    /// One turn of the loop: makes every bit of progress possible, then waits.
+    fn poll<S>(&mut self, ws: &mut S, mut timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()>
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        self.conn.register(cx.waker());
+        loop {
+            let mut progress = false;
+
+            if let Some(handling) = self.handling.as_mut()
+                && let Poll::Ready(bad) = handling.as_mut().poll(cx)
+            {
+                self.handling = None;
+                self.answered(bad);
+                progress = true;
+            }
+
+            if self.closing.is_none()
+                && let Some(reason) = self.conn.closing()
+            {
+                self.start_closing(reason, timer.as_mut());
+            }
+
+            progress |= self.poll_write(ws, cx);
+
+            if self.handling.is_none()
+                && !self.read_done
+                && !self.broken
+                && let Poll::Ready(item) = ws.poll_next_unpin(cx)
+            {
+                self.on_read(item);
+                progress = true;
+            }
+
+            let expired = self.closing.as_ref().is_some_and(|c| c.expired);
+            if !expired && timer.as_mut().poll(cx).is_ready() {
+                self.on_timer(timer.as_mut());
+                progress = true;
+            }
+
+            if self.finished() {
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        if self.handling.is_some() {
+            // A frame being handled may hold a bus subscription half-made; let it finish
+            // (the service answers within its store timeout).
+            return false;
+        }
+        match &self.closing {
+            _ if self.broken => true,
+            Some(c) if c.expired => true,
+            // A read error may just have asked for a close that has yet to be sent.
+            None => self.read_done && self.conn.closing().is_none(),
+            Some(c) => {
+                self.read_done
+                    && (c.reason == CloseReason::ByPeer || (c.frame_sent && !self.unflushed))
+            }
+        }
+    }
+
+    fn start_closing(&mut self, reason: CloseReason, timer: Pin<&mut Sleep>) {
+        let deadline = Instant::now() + crate::CLOSE_LINGER;
+        self.closing = Some(Closing {
+            reason,
+            frame_sent: reason.frame().is_none(),
+            deadline,
+            expired: false,
+        });
+        timer.reset(deadline);
+    }
+
+    /// Writes what is due: a ping, queued frames, then the close frame. Whether anything moved.
+    fn poll_write<S>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        if self.broken {
+            return false;
+        }
+        let mut progress = false;
+        loop {
+            match ws.poll_ready_unpin(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => {
+                    self.broken = true;
+                    return true;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(message) = self.next_outgoing() else {
+                break;
+            };
+            if ws.start_send_unpin(message).is_err() {
+                self.broken = true;
+                return true;
+            }
+            self.unflushed = true;
+            progress = true;
+        }
+        if self.unflushed {
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    progress = true;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.broken = true;
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        progress
+    }
+
+    fn next_outgoing(&mut self) -> Option<Message> {
+        if let Some(closing) = &mut self.closing {
+            if closing.frame_sent {
+                return None;
+            }
+            // Queued frames first (the queue takes nothing new once closing), then the close.
+            if let Some(frame) = self.conn.pop() {
+                return Some(Message::Text(frame));
+            }
+            closing.frame_sent = true;
+            return Some(Message::Close(closing.reason.frame()));
+        }
+        if self.ping_due {
+            self.ping_due = false;
+            return Some(Message::Ping(Default::default()));
+        }
+        self.conn.pop().map(Message::Text)
+    }
+
+    fn on_read(&mut self, item: Option<Result<Message, WsError>>) {
+        let conn = self.conn;
+        let close = |reason| {
+            conn.request_close(reason);
+        };
+        match item {
+            Some(Ok(message)) => {
+                self.last_heard = Instant::now();
+                if self.closing.is_some() {
+                    // Only the close handshake matters now.
+                    return;
+                }
+                match message {
+                    Message::Text(text) => self.on_text(text),
+                    Message::Binary(_) => close(CloseReason::Binary),
+                    Message::Close(_) => close(CloseReason::ByPeer),
+                    // tungstenite answers pings itself; a pong is only a sign of life.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+            }
+            Some(Err(e)) => {
+                self.read_done = true;
+                match e {
+                    WsError::Capacity(_) => close(CloseReason::TooBig),
+                    WsError::Utf8(_) => close(CloseReason::BadUtf8),
+                    WsError::Protocol(_) => close(CloseReason::Protocol),
+                    // The connection itself failed: nothing can be sent on it.
+                    other => {
+                        tracing::debug!(error = %other, "socket read failed");
+                        self.broken = true;
+                    }
+                }
+            }
+            None => self.read_done = true,
+        }
+    }
+
+    fn on_timer(&mut self, timer: Pin<&mut Sleep>) {
+        let now = Instant::now();
+        if let Some(closing) = &mut self.closing {
+            // The linger is over: drop the connection (once the frame in hand is done).
+            closing.expired = true;
+            return;
+        }
+        if now >= self.last_heard + self.hub.config().idle_timeout {
+            self.conn.request_close(CloseReason::Idle);
+            // The next turn starts the close and re-arms the timer for its deadline.
+            timer.reset(now + crate::CLOSE_LINGER);
+            return;
+        }
+        if now >= self.next_ping {
+            self.ping_due = true;
+            self.next_ping = now + self.hub.config().ping_interval;
+        }
+        timer.reset(self.next_timer());
+    }
+
+    /// Counts an answer towards (or breaks) the run of bad frames.
+    fn answered(&mut self, bad: bool) {
+        if bad {
+            self.bad_run += 1;
+            if self.bad_run >= MAX_BAD_FRAMES {
+                self.conn.request_close(CloseReason::BadFrames);
+            }
+        } else {
+            self.bad_run = 0;
+        }
+    }
+
+    fn on_text(&mut self, text: Utf8Bytes) {
+        let hub = self.hub;
+        if let Err(wait_ms) = self.bucket.take(hub.service().now()) {
+            let ack = wire::peek_ack(&text);
+            let error = Error::RateLimited {
+                retry_after_secs: wait_ms.div_ceil(1000).max(1),
+            };
+            hub.reply(self.conn, wire::error_frame(ack.as_deref(), &error));
+            self.answered(false);
+            return;
+        }
+        match wire::parse(&text) {
+            Err(Rejected { ack, error }) => {
+                hub.reply(self.conn, wire::error_frame(ack.as_deref(), &error));
+                self.answered(counts_as_bad(&error));
+            }
+            Ok(Request { ack, command }) => match command {
+                Command::Ping => {
+                    hub.reply(self.conn, wire::pong(ack.as_deref()));
+                    self.answered(false);
+                }
+                Command::RegisterUserSocket(data) => {
+                    let frame = match hub
+                        .service()
+                        .check_caller(&self.conn.session, data.phone.as_deref())
+                    {
+                        Ok(()) => wire::user_registered(ack.as_deref()),
+                        Err(e) => wire::error_frame(ack.as_deref(), &e),
+                    };
+                    hub.reply(self.conn, frame);
+                    self.answered(false);
+                }
+                command => {
+                    self.handling = Some(Box::pin(handle(
+                        hub.clone(),
+                        Arc::clone(self.conn),
+                        ack,
+                        command,
+                    )));
+                }
+            },
+        }
+    }
+}
+
+/// The answers that make up a run of bad frames.
+fn counts_as_bad(error: &Error) -> bool {
+    matches!(error, Error::BadRequest(_) | Error::UnknownEvent)
+}
+
+/// Handles a frame that needs the service; answers it, and says whether the answer was bad.
+async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -> bool {
+    let ack = ack.as_deref();
+    let done = match command {
+        Command::JoinRoom(d) => join_room(&hub, &conn, ack, d).await,
+        Command::LeaveRoom(d) => leave_room(&hub, &conn, ack, d).await,
+        Command::SendMessage(d) => send_message(&hub, &conn, ack, d).await,
+        Command::Typing(d) => typing(&hub, &conn, ack, d).await,
+        // Answered without the service, in `Driver::on_text`.
+        Command::Ping | Command::RegisterUserSocket(_) => Ok(()),
+    };
+    match done {
+        Ok(()) => false,
+        Err(e) => {
+            hub.reply(&conn, wire::error_frame(ack, &e));
+            counts_as_bad(&e)
+        }
+    }
+}
+
+/// Fields that name the caller must name them.
+fn check_callers(hub: &Hub, conn: &Conn, named: [Option<&str>; 2]) -> Result<(), Error> {
+    for name in named {
+        hub.service().check_caller(&conn.session, name)?;
+    }
+    Ok(())
+}
+
+async fn join_room(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    ack: Option<&RawValue>,
+    data: wire::JoinRoom,
+) -> Result<(), Error> {
+    check_callers(hub, conn, [data.phone.as_deref(), data.user.as_deref()])?;
+    let service = hub.service();
+    // Room events are held for this socket from before the history is read until it is
+    // queued, so a message sent meanwhile is neither lost nor shown twice. An id that is not
+    // a room's is left to the service to refuse.
+    let mut joining = None;
+    if let Ok(room) = RoomId::parse(&data.room) {
+        let begun = hub.write().begin_join(conn, room);
+        match begun {
+            BeginJoin::Closing => return Ok(()),
+            BeginJoin::AlreadyJoined => {}
+            BeginJoin::Joining { first } => {
+                joining = Some(room);
+                if first {
+                    hub.subscribe(Audience::Room(room)).await;
+                }
+            }
+        }
+    }
+    let me = conn.phone();
+    match service
+        .join_room(me, &data.room, data.since.as_deref())
+        .await
+    {
+        Err(e) => {
+            if let Some(room) = joining {
+                let last = hub.write().abort_join(conn, room);
+                if last {
+                    hub.unsubscribe(Audience::Room(room)).await;
+                }
+            }
+            Err(e)
+        }
+        Ok((room, page)) => {
+            let seen = page
+                .messages
+                .last()
+                .map(|m| m.id)
+                .or_else(|| data.since.as_deref().and_then(|s| MessageId::parse(s).ok()));
+            let history = wire::room_history(ack, &room, &page);
+            hub.count(registry::complete_join(conn, room, history, seen));
+            service.announce_join(me, room).await;
+            Ok(())
+        }
+    }
+}
+
+async fn leave_room(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    ack: Option<&RawValue>,
+    data: wire::LeaveRoom,
+) -> Result<(), Error> {
+    check_callers(hub, conn, [data.phone.as_deref(), data.user.as_deref()])?;
+    let room = RoomId::parse(&data.room)?;
+    let left = hub.write().leave(conn, room);
+    if let Some(last) = left {
+        hub.service()
+            .announce_leave(conn.phone(), room, &hub.conn_key(conn))
+            .await;
+        if last {
+            hub.unsubscribe(Audience::Room(room)).await;
+        }
+    }
+    if let Some(ack) = ack {
+        hub.reply(conn, wire::ack_empty(ack));
+    }
+    Ok(())
+}
+
+async fn send_message(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    ack: Option<&RawValue>,
+    data: wire::SendMessage,
+) -> Result<(), Error> {
+    check_callers(hub, conn, [data.sender.as_deref(), None])?;
+    let message = hub
+        .service()
+        .send_message(conn.phone(), &data.room, data.message, data.client_id)
+        .await?;
+    if let Some(ack) = ack {
+        hub.reply(
+            conn,
+            wire::frame("ack", Some(ack), &wire::WireMessage::new(&message)),
+        );
+    }
+    Ok(())
+}
+
+async fn typing(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    ack: Option<&RawValue>,
+    data: wire::Typing,
+) -> Result<(), Error> {
+    check_callers(hub, conn, [data.phone.as_deref(), data.user.as_deref()])?;
+    hub.service()
+        .typing(conn.phone(), &data.room, data.typing)
+        .await?;
+    if let Some(ack) = ack {
+        hub.reply(conn, wire::ack_empty(ack));
+    }
+    Ok(())
+}
