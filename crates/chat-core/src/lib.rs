@@ -15,6 +15,7 @@
 
 mod error;
 mod event;
+mod instrumented;
 mod limits;
 mod memory;
 mod metrics;
@@ -30,6 +31,7 @@ pub use error::{Error, Result};
 #[cfg(any(test, feature = "mocks"))]
 pub use event::MockEventBus;
 pub use event::{Audience, Delivery, Event, EventBus, EventSink, Except, RecordingSink, SinkSlot};
+pub use instrumented::InstrumentedStore;
 pub use limits::{KeyedLimiter, TokenBucket};
 pub use memory::MemoryStore;
 pub use metrics::{Histogram, LATENCY_BUCKETS, Metrics};

@@ -5,13 +5,20 @@
 //! [`store_conformance!`](crate::store_conformance), which makes one `#[tokio::test]` per
 //! function inside a module named after the backend (`memory::accept_race_makes_one_room`):
 //!
-//! ```ignore
+//! ```
 //! // tests/conformance.rs of a store crate (needs tokio with `macros` and `rt-multi-thread`).
-//! async fn fixture() -> chat_core::testing::Fixture {
-//!     let store = chat_core::MemoryStore::new();
-//!     chat_core::testing::Fixture::new(std::sync::Arc::new(store.clone()), std::sync::Arc::new(store))
+//! use std::sync::Arc;
+//!
+//! use chat_core::MemoryStore;
+//! use chat_core::testing::Fixture;
+//!
+//! async fn memory_fixture() -> Fixture {
+//!     let store = MemoryStore::new();
+//!     Fixture::new(Arc::new(store.clone()), Arc::new(store))
 //! }
-//! chat_core::store_conformance!(memory, fixture());
+//!
+//! chat_core::store_conformance!(memory, memory_fixture());
+//! # fn main() {}
 //! ```
 //!
 //! Time: every store method takes `now` and deadlines from its caller, so the suite drives time
