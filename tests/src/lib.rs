@@ -25,8 +25,12 @@ pub use chat_store_redis::test_server::RedisServer;
 /// The bound on one whole test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Runs a test body with [`TEST_TIMEOUT`].
+/// Runs a test body with [`TEST_TIMEOUT`]. The server binary is built (once) before the clock
+/// starts, so a first build never eats a test's time.
 pub async fn bounded<F: Future<Output = ()>>(body: F) {
+    tokio::task::spawn_blocking(server::server_binary)
+        .await
+        .expect("server build task");
     if tokio::time::timeout(TEST_TIMEOUT, body).await.is_err() {
         panic!("test did not finish within {TEST_TIMEOUT:?}");
     }
@@ -258,6 +262,11 @@ impl App {
             Backend::Memory => None,
             Backend::Redis => Some(start_redis().await),
         };
+        App::start_on(redis, flags).await
+    }
+
+    /// Starts a server on this redis-server (or the in-memory store) with extra `flags`.
+    pub async fn start_on(redis: Option<RedisServer>, flags: &[&str]) -> App {
         let prefix = unique_prefix();
         let mut args = with_defaults(flags);
         if let Some(r) = &redis {
@@ -281,6 +290,11 @@ impl App {
     /// Starts another server with the same flags (the same Redis and key prefix, if any).
     pub async fn another_node(&self) -> Server {
         Server::start(&self.server.args).await
+    }
+
+    /// The private redis-server; panics on the memory backend.
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("this app runs on Redis")
     }
 
     /// Replaces the server by `server` (after a restart).

@@ -142,19 +142,35 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts `chat-server --bind 127.0.0.1:0 <args>` and waits for its `listening on` line.
     pub async fn start(args: &[String]) -> Server {
+        Server::start_with_env(args, &[]).await
+    }
+
+    /// Like [`Server::start`], with these `CHAT_*` environment variables (and no others from the
+    /// test's own environment).
+    pub async fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Server {
         let bin = server_binary().to_path_buf();
         let args = args.to_vec();
-        tokio::task::spawn_blocking(move || Server::start_blocking(&bin, args))
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        tokio::task::spawn_blocking(move || Server::start_blocking(&bin, args, env))
             .await
             .expect("server start task")
     }
 
-    fn start_blocking(bin: &Path, args: Vec<String>) -> Server {
-        let mut child = Command::new(bin)
+    fn start_blocking(bin: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Server {
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CHAT_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env);
+        let mut child = cmd
             .arg("--bind")
             .arg("127.0.0.1:0")
             .args(&args)
-            .env_remove("CHAT_REDIS_URL")
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",

@@ -126,3 +126,173 @@ async fn restart_on_the_same_redis_loses_nothing() {
     })
     .await
 }
+
+/// Redis goes away: calls answer 503 / `store_unavailable` within 2 s, sockets stay open,
+/// `/readyz` says so; Redis comes back (with everything it acknowledged, AOF `always`): the node
+/// serves again by itself, and nothing acknowledged is lost or duplicated.
+#[tokio::test]
+async fn store_outage_answers_503_and_recovers() {
+    bounded(async {
+        let redis = chat_tests::start_redis_persistent().await;
+        let app = App::start_on(Some(redis), &[]).await;
+        let a = app.register(A).await;
+        let bu = app.register(B).await;
+        let room = app.make_room(&a, &bu).await;
+        let mut a_ws = app.ws(&a).await;
+        let mut b_ws = app.ws(&bu).await;
+        b_ws.join(&room).await;
+        let m1 = a_ws.say(&room, "before the outage").await;
+        assert_eq!(b_ws.recv_event("receive_message").await["data"], m1);
+
+        let r = app.redis();
+        r.kill(); // blocking, briefly: nothing else on this thread needs to run meanwhile
+        // Within 2 s (plus slack for this client), every call that needs the store says so.
+        let timed = |started: std::time::Instant, what: &str| {
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(3000), "{what} took {took:?}");
+        };
+        let t = std::time::Instant::now();
+        let v = app.get("/readyz", None).await;
+        timed(t, "readyz");
+        let body = v.err(503, "store_unavailable");
+        assert_eq!(body["store"], "unavailable", "{body}");
+        let t = std::time::Instant::now();
+        app.get("/active_chatrooms", Some(&a.token))
+            .await
+            .err(503, "store_unavailable");
+        timed(t, "active_chatrooms");
+        let t = std::time::Instant::now();
+        a_ws.call_err(
+            "send_message",
+            json!({"room": room, "message": "during the outage"}),
+            "store_unavailable",
+        )
+        .await;
+        timed(t, "send_message");
+        // The process is alive and the sockets stay open.
+        app.get("/healthz", None).await.ok();
+        assert_eq!(a_ws.call("ping", json!({})).await["event"], "pong");
+
+        r.restart();
+        let ready = chat_tests::eventually(Duration::from_secs(15), || async {
+            app.get("/readyz", None).await.status == 200
+        })
+        .await;
+        assert!(ready, "/readyz did not recover after Redis came back");
+        // Serving again: the same token, the same room, live delivery through the bus. A socket
+        // joined to the room gets every message acknowledged once the node says it is ready.
+        let m2 = a_ws.say(&room, "after the outage").await;
+        let mut m3 = None;
+        let delivered = match b_ws.next(Duration::from_secs(5)).await {
+            chat_tests::Next::Event(e) if e["event"] == "receive_message" => Some(e),
+            other => {
+                // Tell a message lost in the reconnection window from a bus that never came back.
+                let later = a_ws.say(&room, "later still").await;
+                let got = matches!(
+                    b_ws.next(Duration::from_secs(5)).await,
+                    chat_tests::Next::Event(e) if e["data"] == later
+                );
+                m3 = Some((later, got, other));
+                None
+            }
+        };
+        if let Some((later, got, other)) = m3 {
+            panic!(
+                "m2 {}, acknowledged after /readyz answered 200 again, never reached the joined \
+                 socket (it got {other:?}); a later message {} was {}",
+                m2["id"],
+                later["id"],
+                if got {
+                    "delivered"
+                } else {
+                    "not delivered either"
+                }
+            );
+        }
+        assert_eq!(
+            delivered.expect("checked")["data"],
+            m2,
+            "delivery after the bus reconnected"
+        );
+        let h = app
+            .get(&format!("/chatrooms/{room}/messages"), Some(&a.token))
+            .await
+            .ok();
+        assert_eq!(h["messages"], json!([m1, m2]), "nothing lost or duplicated");
+        assert!(!a_ws.is_closed() && !b_ws.is_closed());
+    })
+    .await
+}
+
+/// Every flag can be an environment variable `CHAT_<FLAG>`; the flag wins.
+#[tokio::test]
+async fn flags_come_from_the_environment_too() {
+    bounded(async {
+        let s = Server::start_with_env(&[], &[("CHAT_SESSION_IDLE_SECS", "123")]).await;
+        let c = chat_tests::Client::new(s.addr);
+        let v = c
+            .post("/register_user", None, &json!({ "phone": A }))
+            .await
+            .ok();
+        assert_eq!(v["expires_in"], 123, "{v}");
+        let s2 = Server::start_with_env(
+            &["--session-idle-secs".to_owned(), "77".to_owned()],
+            &[("CHAT_SESSION_IDLE_SECS", "123")],
+        )
+        .await;
+        let v = chat_tests::Client::new(s2.addr)
+            .post("/register_user", None, &json!({ "phone": A }))
+            .await
+            .ok();
+        assert_eq!(v["expires_in"], 77, "the flag wins: {v}");
+    })
+    .await
+}
+
+/// Past `max_connections_per_address`, new connections are closed at once, unanswered.
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    bounded(async {
+        let app = App::start(Backend::Memory, &["--max-connections-per-address", "3"]).await;
+        let a = app.register(A).await;
+        let w1 = app.ws(&a).await;
+        let _w2 = app.ws(&a).await;
+        let _w3 = app.ws(&a).await;
+        let mut extra = tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("the TCP handshake itself completes");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+            .await
+            .expect("closed at once")
+            .unwrap_or(0);
+        assert_eq!(
+            n,
+            0,
+            "a 4th connection was answered: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // One closes: there is room again.
+        w1.close().await;
+        let ok = chat_tests::eventually(Duration::from_secs(5), || async {
+            let mut s = tokio::net::TcpStream::connect(app.addr)
+                .await
+                .expect("connect");
+            let _ = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 64];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
+                Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 200")
+            )
+        })
+        .await;
+        assert!(ok, "no connection accepted after one closed");
+    })
+    .await
+}

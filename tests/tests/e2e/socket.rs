@@ -24,6 +24,8 @@ backends!(
     typing_goes_to_the_other_member_only,
     leave_room_and_socket_close,
     requests_reach_every_socket_of_the_user,
+    concurrent_senders_see_one_order,
+    history_keeps_at_least_history_max,
 );
 
 /// Rooms and users for a test: A and B share `room`; C is outside.
@@ -214,6 +216,136 @@ async fn history_window_and_since(b: Backend) {
         .await;
     assert_eq!(h["messages"], json!([]));
     assert_eq!(h["more"], false);
+    // Up to 500 after `since`; `more` says the rest is to be fetched over REST.
+    for i in 0..460 {
+        a.send(
+            "send_message",
+            json!({"room": f.room, "message": format!("bulk{i}")}),
+            None,
+        )
+        .await;
+    }
+    let last = a.say(&f.room, "bulk-end").await;
+    let mut b4 = f.app.ws(&f.b).await;
+    let h = b4
+        .join_with(json!({"room": f.room, "since": sent[0]["id"]}))
+        .await;
+    let got = h["messages"].as_array().expect("messages");
+    assert_eq!(got.len(), 500, "up to 500 after since");
+    assert_eq!(got[0], sent[1], "oldest first, strictly after since");
+    assert_eq!(h["more"], true);
+    let rest = f
+        .app
+        .get(
+            &format!(
+                "/chatrooms/{}/messages?after={}&limit=500",
+                f.room,
+                got[499]["id"].as_str().expect("id")
+            ),
+            Some(&f.b.token),
+        )
+        .await
+        .ok();
+    let rest = rest["messages"].as_array().expect("messages").clone();
+    assert_eq!(rest.len(), 56 + 461 - 501, "the rest over REST");
+    assert_eq!(rest.last(), Some(&last));
+}
+
+async fn concurrent_senders_see_one_order(b: Backend) {
+    let f = fixture(b, &["--frames-per-sec", "1000", "--frame-burst", "1000"]).await;
+    let mut a1 = f.app.ws(&f.a).await;
+    let mut b1 = f.app.ws(&f.b).await;
+    let mut a_send = f.app.ws(&f.a).await;
+    let mut b_send = f.app.ws(&f.b).await;
+    a1.join(&f.room).await;
+    b1.join(&f.room).await;
+    tokio::join!(
+        send_25(&mut a_send, &f.room, "a"),
+        send_25(&mut b_send, &f.room, "b")
+    );
+    let mut orders = Vec::new();
+    for ws in [&mut a1, &mut b1] {
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            got.push(ws.recv_event("receive_message").await["data"].clone());
+        }
+        orders.push(got);
+    }
+    assert_eq!(orders[0], orders[1], "two joined sockets saw two orders");
+    let h = f
+        .app
+        .get(
+            &format!("/chatrooms/{}/messages?limit=500", f.room),
+            Some(&f.a.token),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        h["messages"],
+        json!(orders[0]),
+        "delivery order is history order"
+    );
+    // Each sender's own messages keep their order.
+    let texts = texts(&h["messages"]);
+    for who in ["a", "b"] {
+        let mine: Vec<&String> = texts.iter().filter(|t| t.starts_with(who)).collect();
+        let expected: Vec<String> = (0..25).map(|i| format!("{who}{i}")).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "{who}'s order");
+    }
+}
+
+/// Sends `<who>0`..`<who>24` back to back, then waits for the 25 acks.
+async fn send_25(ws: &mut Ws, room: &str, who: &str) {
+    for i in 0..25 {
+        ws.send(
+            "send_message",
+            json!({"room": room, "message": format!("{who}{i}")}),
+            Some(json!(i)),
+        )
+        .await;
+    }
+    for i in 0..25 {
+        let r = ws.recv_ack(&json!(i)).await;
+        assert_eq!(r["event"], "ack", "{r}");
+    }
+}
+
+async fn history_keeps_at_least_history_max(b: Backend) {
+    let f = fixture(
+        b,
+        &[
+            "--history-max",
+            "5",
+            "--frames-per-sec",
+            "1000",
+            "--frame-burst",
+            "1000",
+        ],
+    )
+    .await;
+    let mut a = f.app.ws(&f.a).await;
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        sent.push(a.say(&f.room, &format!("h{i}")).await);
+    }
+    let h = f
+        .app
+        .get(
+            &format!("/chatrooms/{}/messages?limit=500", f.room),
+            Some(&f.a.token),
+        )
+        .await
+        .ok();
+    let kept = h["messages"].as_array().expect("messages");
+    assert!(kept.len() >= 5, "kept only {}", kept.len());
+    assert_eq!(
+        kept[..],
+        sent[sent.len() - kept.len()..],
+        "a contiguous tail, in order"
+    );
+    let mut b_ws = f.app.ws(&f.b).await;
+    let joined = b_ws.join(&f.room).await;
+    assert_eq!(joined["messages"], json!(kept));
 }
 
 async fn rejoin_with_since_gets_exactly_what_was_missed(b: Backend) {
@@ -839,6 +971,44 @@ async fn refresh_keeps_open_sockets() {
         match ws.next(Duration::from_millis(100)).await {
             Next::Timeout => {}
             other => panic!("unexpected after refresh: {other:?}"),
+        }
+    })
+    .await
+}
+
+/// An upgrade with a malformed `Sec-WebSocket-Key` is refused with a 4xx, not upgraded.
+#[tokio::test]
+async fn malformed_upgrades_are_refused() {
+    bounded(async {
+        let app = App::start(Backend::Memory, &[]).await;
+        let a = app.register(A).await;
+        let auth = format!("Bearer {}", a.token);
+        for key in [
+            "short",
+            "",
+            "!!!!!!!!!!!!!!!!!!!!!!!!",
+            "dGhlIHNhbXBsZSBub25jZQ==extra",
+        ] {
+            let r = chat_tests::http::request(
+                app.addr,
+                "GET",
+                "/ws",
+                &[
+                    ("Authorization", &auth),
+                    ("Upgrade", "websocket"),
+                    ("Connection", "Upgrade"),
+                    ("Sec-WebSocket-Version", "13"),
+                    ("Sec-WebSocket-Key", key),
+                ],
+                None,
+            )
+            .await;
+            assert!(
+                (400..500).contains(&r.status),
+                "key {key:?}: {} {}",
+                r.status,
+                r.text()
+            );
         }
     })
     .await
