@@ -174,7 +174,8 @@ pub(crate) async fn handle(
     let me = &session.phone;
     let raw_query = parts.uri.query();
     query::validate(raw_query)?;
-    let q = |name: &str| query::param(raw_query, name);
+    // An empty value is a parameter left out: the contract writes `?cursor=&limit=`.
+    let q = |name: &str| query::param(raw_query, name).map(|v| v.filter(|v| !v.is_empty()));
     // `?phone=` names the caller on any route.
     let named = q("phone")?;
 

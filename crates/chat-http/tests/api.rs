@@ -458,6 +458,15 @@ async fn rooms_and_messages() {
     assert_eq!(r.json["messages"].as_array().unwrap().len(), 1);
     assert_eq!(r.json["more"], false);
 
+    let r = s
+        .call("GET", &format!("{path}?after=&limit="), Some(&b), None)
+        .await;
+    assert_eq!(
+        r.json["messages"].as_array().unwrap().len(),
+        2,
+        "{}",
+        r.text
+    );
     for q in ["limit=0", "limit=abc", "limit=-1", "after=zzz", "limit=%zz"] {
         let r = s.call("GET", &format!("{path}?{q}"), Some(&a), None).await;
         assert_eq!((r.status, r.code()), (400, "bad_request"), "{q}");
@@ -535,6 +544,12 @@ async fn online_users_pages() {
         .call("GET", "/online_users?limit=5000", Some(&a), None)
         .await;
     assert_eq!(r.status, 200);
+    // Empty values are parameters left out, as the contract writes the route.
+    let r = s
+        .call("GET", "/online_users?cursor=&limit=&phone=", Some(&a), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["online_users"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
