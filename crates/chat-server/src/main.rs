@@ -20,7 +20,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use chat_core::{ChatService, EventBus, MemoryStore, Metrics, NodeId, Store, SystemClock};
+use chat_core::{
+    ChatService, EventBus, InstrumentedStore, MemoryStore, Metrics, NodeId, Store, SystemClock,
+};
 use chat_http::App;
 use chat_store_redis::RedisStore;
 use chat_ws::Hub;
@@ -122,6 +124,9 @@ async fn run(flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every store call is timed and its failures counted, for /metrics; /readyz pings
+    // through it too.
+    let store: Arc<dyn Store> = Arc::new(InstrumentedStore::new(store, Arc::clone(&metrics)));
     let service = ChatService::new(
         Arc::clone(&store),
         bus,

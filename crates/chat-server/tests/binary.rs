@@ -145,6 +145,17 @@ fn serves_on_port_0_and_stops_on_sigterm() {
     let r = s.request("POST", "/register_user", r#"{"phone":"+14155550100"}"#);
     assert_eq!(status_of(&r), 200, "{r}");
 
+    // The store is instrumented: its calls show in the latency histogram.
+    let r = s.request("GET", "/metrics", "");
+    let count: u64 = r
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_store_latency_seconds_count "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(count > 0, "{r}");
+
     let status = s.stop_with("TERM");
     assert_eq!(status.code(), Some(0), "{:#?}", s.log);
     assert!(TcpStream::connect(s.addr).is_err());
