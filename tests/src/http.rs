@@ -123,6 +123,23 @@ pub async fn request(
     }
 }
 
+/// Sends `bytes` as they are (a whole request, however malformed) on a fresh connection and
+/// reads one response.
+pub async fn request_raw(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let what = format!(
+        "raw request {:?}",
+        String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+    );
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(addr, bytes)).await {
+        Ok(Ok(mut r)) => {
+            r.request = what;
+            r
+        }
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => panic!("{what}: no complete response within {REQUEST_TIMEOUT:?}"),
+    }
+}
+
 async fn request_inner(
     addr: SocketAddr,
     method: &str,
@@ -130,9 +147,6 @@ async fn request_inner(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<Response, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -145,9 +159,16 @@ async fn request_inner(
     if let Some(b) = body {
         out.extend_from_slice(b);
     }
+    exchange(addr, &out).await
+}
+
+async fn exchange(addr: SocketAddr, out: &[u8]) -> Result<Response, String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     // The server may answer (413) and close before reading all of a large body: a failed write is
     // not an error as long as a response arrives.
-    let write_err = stream.write_all(&out).await.err();
+    let write_err = stream.write_all(out).await.err();
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -337,6 +337,22 @@ where
     }
 }
 
+/// The sum of a Prometheus metric's samples (over its labels) in `/metrics` text, if it has any.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
 /// Checks a `<message>` object's shape and returns it.
 #[track_caller]
 pub fn assert_message(m: &Value, room: &str, sender: &str, text: &str) {

@@ -428,6 +428,26 @@ impl Ws {
         f["data"].clone()
     }
 
+    /// Sends `<prefix>0`..`<prefix>{n-1}` to `room` back to back (acks `burst-<prefix>-<i>`),
+    /// then waits for every ack; returns the stored messages in sending order.
+    pub async fn send_burst(&mut self, room: &str, prefix: &str, n: usize) -> Vec<Value> {
+        for i in 0..n {
+            self.send(
+                "send_message",
+                json!({"room": room, "message": format!("{prefix}{i}")}),
+                Some(json!(format!("burst-{prefix}-{i}"))),
+            )
+            .await;
+        }
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = self.recv_ack(&json!(format!("burst-{prefix}-{i}"))).await;
+            assert_eq!(r["event"], "ack", "[{}] burst message {i}: {r}", self.phone);
+            out.push(r["data"].clone());
+        }
+        out
+    }
+
     /// Sends `message` to `room` and returns the stored message from the ack.
     pub async fn say(&mut self, room: &str, message: &str) -> Value {
         let f = self
@@ -514,7 +534,18 @@ impl RawWs {
 
     /// Sends one masked frame with this opcode and payload (FIN set).
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mut out = vec![0x80 | (opcode & 0x0f)];
+        self.send_fragment(opcode, payload, true).await
+    }
+
+    /// Sends one masked frame; `fin: false` starts or continues a fragmented message (continue
+    /// it with opcode 0).
+    pub async fn send_fragment(
+        &mut self,
+        opcode: u8,
+        payload: &[u8],
+        fin: bool,
+    ) -> std::io::Result<()> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | (opcode & 0x0f)];
         let len = payload.len();
         if len < 126 {
             out.push(0x80 | u8::try_from(len).expect("small"));
@@ -548,6 +579,11 @@ impl RawWs {
                 Ok(Err(e)) => return Err(format!("read: {e}")),
             }
         }
+    }
+
+    /// Ends the TCP connection without a close frame, as a crashed client would.
+    pub fn drop_connection(self) {
+        drop(self.stream);
     }
 
     /// Reads (never answering pings) until a close frame or the end of the connection; returns

@@ -920,33 +920,29 @@ async fn operations_endpoints(b: Backend) {
             "metric {name} missing from /metrics:\n{text}"
         );
     }
-    let gauge = metric_value(&text, "chat_connections").expect("chat_connections sample");
+    let gauge =
+        chat_tests::metric_value(&text, "chat_connections").expect("chat_connections sample");
     assert!(gauge >= 1.0, "chat_connections {gauge} with a socket open");
-    let msgs = metric_value(&text, "chat_messages_total").expect("chat_messages_total sample");
+    let msgs =
+        chat_tests::metric_value(&text, "chat_messages_total").expect("chat_messages_total sample");
     assert!(msgs >= 1.0, "chat_messages_total {msgs} after a message");
     assert!(
         text.lines()
             .any(|l| l.starts_with("chat_http_requests_total{")),
         "chat_http_requests_total has route/status labels:\n{text}"
     );
+    // The gauge follows sockets closing.
+    ws.close().await;
+    let back = chat_tests::eventually(std::time::Duration::from_secs(5), || async {
+        chat_tests::metric_value(&app.metrics().await, "chat_connections") == Some(0.0)
+    })
+    .await;
+    assert!(
+        back,
+        "chat_connections did not return to 0 after the socket closed"
+    );
     // The metrics are public; healthz works with any (even a bogus) token too.
     app.get("/healthz", Some("bogus")).await.ok();
-}
-
-/// The sum of a metric's samples (over labels), if it has any.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
-        *found.get_or_insert(0.0) += value;
-    }
-    found
 }
 
 async fn unknown_routes_and_methods(b: Backend) {

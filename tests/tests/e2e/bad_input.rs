@@ -371,3 +371,66 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A chunked body is held to the same 64 KiB; a small chunked body is read like any other.
+#[tokio::test]
+async fn chunked_bodies_are_limited_too() {
+    chat_tests::bounded(async {
+        let app = App::start(Backend::Memory, &[]).await;
+        let (a, _b) = two_users(&app).await;
+        let chunked = |body: &[u8]| {
+            let mut out = format!(
+                "POST /send_request HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                a.token
+            )
+            .into_bytes();
+            for chunk in body.chunks(4096) {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            out
+        };
+        let mut big = json!({ "phone2": B });
+        big["pad"] = json!("z".repeat(80 * 1024));
+        chat_tests::http::request_raw(app.addr, &chunked(big.to_string().as_bytes()))
+            .await
+            .err(413, "payload_too_large");
+        let small = json!({ "phone2": B }).to_string();
+        chat_tests::http::request_raw(app.addr, &chunked(small.as_bytes()))
+            .await
+            .ok();
+    })
+    .await
+}
+
+/// Several requests on one keep-alive connection are each answered.
+#[tokio::test]
+async fn keep_alive_connections_serve_several_requests() {
+    chat_tests::bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let app = App::start(Backend::Memory, &[]).await;
+        let mut s = tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connect");
+        for i in 0..3 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&got).contains("\"ok\"") {
+                let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .expect("answer in time")
+                    .expect("read");
+                assert!(n > 0, "connection closed after {i} answers");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 200"), "request {i}: {got:?}");
+        }
+    })
+    .await
+}

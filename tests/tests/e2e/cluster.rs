@@ -134,6 +134,49 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
             chat_tests::texts(&history["messages"]),
             "sequential sends keep their order"
         );
+        // Concurrent senders on both nodes: every joined socket sees one order, history's.
+        let mut a_send = n1.ws(&a).await;
+        let mut b_send = n2.ws(&bu).await;
+        let (sa, sb) = tokio::join!(
+            a_send.send_burst(&room, "ca", 25),
+            b_send.send_burst(&room, "cb", 25)
+        );
+        let mut orders = Vec::new();
+        for ws in [&mut a_ws, &mut b_ws] {
+            let mut got = Vec::new();
+            for _ in 0..50 {
+                got.push(ws.recv_event("receive_message").await["data"].clone());
+            }
+            orders.push(got);
+        }
+        assert_eq!(orders[0], orders[1], "the two nodes delivered two orders");
+        let history = n1
+            .get(
+                &format!("/chatrooms/{room}/messages?limit=50"),
+                Some(&a.token),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            history["messages"],
+            json!(orders[0]),
+            "delivery order is history order"
+        );
+        for mine in [&sa, &sb] {
+            let positions: Vec<usize> = mine
+                .iter()
+                .map(|m| {
+                    orders[0]
+                        .iter()
+                        .position(|o| o == m)
+                        .expect("acked message delivered")
+                })
+                .collect();
+            assert!(
+                positions.windows(2).all(|w| w[0] < w[1]),
+                "a sender's order was changed"
+            );
+        }
         b_ws.call_ok("typing", json!({"room": room, "typing": true}))
             .await;
         let ev = a_ws.recv_event("typing").await;
@@ -229,6 +272,59 @@ async fn a_killed_node_stops_counting_its_users_within_node_ttl() {
         );
         // Node 1 keeps serving, and the room is still there.
         a_ws.say(&room, "anyone?").await;
+    })
+    .await
+}
+
+/// Two deployments on one Redis with different key prefixes never see each other: not their
+/// phones, not their presence, not their events.
+#[tokio::test]
+async fn key_prefixes_isolate_deployments() {
+    bounded(async {
+        let app = App::start(Backend::Redis, &[]).await;
+        let other_prefix = chat_tests::unique_prefix();
+        let mut args = app.server.args.clone();
+        let i = args
+            .iter()
+            .position(|a| a == "--key-prefix")
+            .expect("redis apps set a prefix");
+        args[i + 1] = other_prefix;
+        let other = chat_tests::Server::start(&args).await;
+        let n1 = Client::new(app.server.addr);
+        let n2 = Client::new(other.addr);
+        // The same phones register on both: separate identities.
+        let a1 = n1.register(A).await;
+        let b1 = n1.register(B).await;
+        let a2 = n2.register(A).await;
+        let b2 = n2.register(B).await;
+        assert_ne!(a1.token, a2.token);
+        n2.get("/active_chatrooms", Some(&a1.token))
+            .await
+            .err(401, "unauthorized");
+        let c1 = n1.register(C).await;
+        assert!(!n2.online(&a2.token).await.contains(&C.to_owned()));
+        // Events stay in their deployment.
+        let mut b2_ws = n2.ws(&b2).await;
+        let mut b1_ws = n1.ws(&b1).await;
+        let room1 = n1.make_room(&a1, &b1).await;
+        b1_ws.recv_event("request_accepted").await;
+        b1_ws.join(&room1).await;
+        let mut a1_ws = n1.ws(&a1).await;
+        a1_ws.say(&room1, "deployment one").await;
+        b1_ws.recv_event("receive_message").await;
+        b2_ws.call_ok("ping", json!({})).await;
+        b2_ws
+            .expect_no_event("chat_request", Duration::from_millis(300))
+            .await;
+        assert!(
+            b2_ws.backlog().is_empty(),
+            "events crossed deployments: {:?}",
+            b2_ws.backlog()
+        );
+        n2.get(&format!("/chatrooms/{room1}/messages"), Some(&a2.token))
+            .await
+            .err(404, "room_not_found");
+        drop(c1);
     })
     .await
 }

@@ -260,8 +260,8 @@ async fn concurrent_senders_see_one_order(b: Backend) {
     a1.join(&f.room).await;
     b1.join(&f.room).await;
     tokio::join!(
-        send_25(&mut a_send, &f.room, "a"),
-        send_25(&mut b_send, &f.room, "b")
+        a_send.send_burst(&f.room, "a", 25),
+        b_send.send_burst(&f.room, "b", 25)
     );
     let mut orders = Vec::new();
     for ws in [&mut a1, &mut b1] {
@@ -291,22 +291,6 @@ async fn concurrent_senders_see_one_order(b: Backend) {
         let mine: Vec<&String> = texts.iter().filter(|t| t.starts_with(who)).collect();
         let expected: Vec<String> = (0..25).map(|i| format!("{who}{i}")).collect();
         assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "{who}'s order");
-    }
-}
-
-/// Sends `<who>0`..`<who>24` back to back, then waits for the 25 acks.
-async fn send_25(ws: &mut Ws, room: &str, who: &str) {
-    for i in 0..25 {
-        ws.send(
-            "send_message",
-            json!({"room": room, "message": format!("{who}{i}")}),
-            Some(json!(i)),
-        )
-        .await;
-    }
-    for i in 0..25 {
-        let r = ws.recv_ack(&json!(i)).await;
-        assert_eq!(r["event"], "ack", "{r}");
     }
 }
 
@@ -775,6 +759,10 @@ async fn bad_frames_get_errors_and_keep_the_socket() {
                 "{name}: {e}"
             );
         }
+        // Events with fields need their data.
+        ws.send_text(r#"{"event": "join_room", "ack": 11}"#).await;
+        let e = ws.recv_ack(&json!(11)).await;
+        assert_eq!(e["data"]["code"], "bad_request", "{e}");
         ws.send("receive_message", json!({}), None).await;
         assert_eq!(
             ws.recv_event("error").await["data"]["code"],
@@ -869,6 +857,43 @@ async fn oversize_binary_and_non_utf8_frames_close_the_socket() {
             .expect("send");
         let (code, _) = raw.until_close(Duration::from_secs(5)).await;
         assert_eq!(code, Some(1007));
+
+        // A fragmented message is one message: small ones are served...
+        let mut raw = RawWs::connect(app.addr, &a.token, None).await;
+        raw.send_fragment(1, br#"{"event": "pi"#, false)
+            .await
+            .expect("send");
+        raw.send_fragment(0, br#"ng", "ack": 5}"#, true)
+            .await
+            .expect("send");
+        let mut answered = false;
+        for _ in 0..5 {
+            match raw.read_frame(Duration::from_secs(5)).await {
+                Ok(Some(f)) if f.opcode == 1 => {
+                    let v: Value = serde_json::from_slice(&f.payload).expect("json");
+                    if v["ack"] == 5 {
+                        assert_eq!(v["event"], "pong", "{v}");
+                        answered = true;
+                        break;
+                    }
+                }
+                Ok(Some(_)) => {}
+                other => panic!("fragmented ping: {other:?}"),
+            }
+        }
+        assert!(answered, "a fragmented ping got no pong");
+        // ...and fragments adding up past max_frame_bytes close with 1009.
+        let mut raw = RawWs::connect(app.addr, &a.token, None).await;
+        raw.send_fragment(1, br#"{"event": "ping", "x": ""#, false)
+            .await
+            .expect("send");
+        for _ in 0..3 {
+            if raw.send_fragment(0, &[b'x'; 600], false).await.is_err() {
+                break;
+            }
+        }
+        let (code, _) = raw.until_close(Duration::from_secs(5)).await;
+        assert_eq!(code, Some(1009), "fragments past max_frame_bytes");
 
         // The server still serves.
         let mut ws = app.ws(&a).await;

@@ -16,12 +16,56 @@ const C: &str = "+14155550133";
 const SWEEP_WAIT: Duration = Duration::from_secs(10);
 
 backends!(
+    abrupt_disconnect_leaves_rooms_and_goes_offline,
     room_expires_at_its_ttl,
     room_expires_when_both_members_are_idle,
     presence_goes_offline_after_the_last_socket,
     session_end_closes_rooms_and_frees_the_phone,
     pending_requests_expire_silently,
 );
+
+/// A client that vanishes without a close frame is cleaned up like one that closed.
+async fn abrupt_disconnect_leaves_rooms_and_goes_offline(b: Backend) {
+    let app = App::start(b, &["--presence-secs", "1"]).await;
+    let a = app.register(A).await;
+    let bu = app.register(B).await;
+    let room = app.make_room(&a, &bu).await;
+    let mut b_ws = app.ws(&bu).await;
+    b_ws.join(&room).await;
+    // A's HTTP presence lapses first, so only the raw socket keeps A online.
+    let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    let mut raw = RawWs::connect(app.addr, &a.token, None).await;
+    let ev = b_ws.recv_event("presence").await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": true}));
+    raw.send_frame(
+        1,
+        json!({"event": "join_room", "data": {"room": room}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await
+    .expect("join");
+    let ev = b_ws
+        .recv_where("A joined", chat_tests::EVENT_TIMEOUT, |v| {
+            v["event"] == "user_joined" && v["data"]["user"] == A
+        })
+        .await;
+    assert_eq!(ev["data"]["room"], room.as_str());
+    raw.drop_connection();
+    let ev = b_ws.recv_event_within("user_left", SWEEP_WAIT).await;
+    assert_eq!(ev["data"], json!({"room": room, "user": A}));
+    let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    let gauge_back = eventually(SWEEP_WAIT, || async {
+        chat_tests::metric_value(&app.metrics().await, "chat_connections") == Some(1.0)
+    })
+    .await;
+    assert!(
+        gauge_back,
+        "chat_connections did not drop back to the one open socket"
+    );
+}
 
 async fn room_expires_at_its_ttl(b: Backend) {
     let app = App::start(b, &["--room-ttl-secs", "2"]).await;
@@ -216,11 +260,18 @@ async fn a_socket_that_answers_no_ping_is_closed_1000() {
         let mut good = app.ws(&a).await;
         // A raw client that reads but never answers.
         let mut raw = RawWs::connect(app.addr, &a.token, None).await;
+        // A raw client that never answers a ping but keeps sending frames is not idle.
+        let chatty = RawWs::connect(app.addr, &a.token, None).await;
         let started = Instant::now();
         // The good client keeps reading (and so answering pings) meanwhile.
-        let ((code, frames), ()) = tokio::join!(
+        let ((code, frames), (), chatty_closed) = tokio::join!(
             raw.until_close(Duration::from_secs(10)),
-            good.expect_no_event("never-sent", Duration::from_secs(5))
+            good.expect_no_event("never-sent", Duration::from_secs(5)),
+            keep_sending_without_pongs(chatty, Duration::from_secs(5))
+        );
+        assert_eq!(
+            chatty_closed, None,
+            "a socket sending frames (but no pongs) was closed as idle"
         );
         assert_eq!(code, Some(1000), "idle close code");
         assert!(
@@ -243,6 +294,27 @@ async fn a_socket_that_answers_no_ping_is_closed_1000() {
         good.call_ok("ping", json!({})).await;
     })
     .await
+}
+
+/// Sends a `ping` event every 300 ms for `span`, reading everything but never answering a
+/// WebSocket ping; returns the close code if the server closed the socket.
+async fn keep_sending_without_pongs(mut raw: RawWs, span: Duration) -> Option<Option<u16>> {
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        if raw.send_frame(1, br#"{"event": "ping"}"#).await.is_err() {
+            return Some(None);
+        }
+        let step = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < step {
+            match raw.read_frame(step - Instant::now()).await {
+                Ok(Some(f)) if f.opcode == 8 => return Some(f.close_code()),
+                Ok(Some(_)) => {}
+                Ok(None) => return Some(None),
+                Err(_) => break, // nothing more within this step
+            }
+        }
+    }
+    None
 }
 
 #[tokio::test]
@@ -289,10 +361,8 @@ async fn a_socket_that_does_not_read_is_closed_1008() {
             }
             sender.call_ok("ping", json!({})).await;
             let metrics = app.metrics().await;
-            if metrics
-                .lines()
-                .filter(|l| l.starts_with("chat_slow_consumers_closed_total"))
-                .any(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0))
+            if chat_tests::metric_value(&metrics, "chat_slow_consumers_closed_total")
+                .is_some_and(|v| v >= 1.0)
             {
                 counted = true;
                 break;
