@@ -246,6 +246,8 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     };
 
     // Measurement window: from the first send to the end of the drain.
+    let own = crate::stats::ProcReader::new(std::process::id()).ok();
+    let own_start = own.as_ref().and_then(|o| o.sample().ok());
     let window_start = observers.sample().await?;
     let start = tokio::time::Instant::now();
     let deadline = start + duration;
@@ -293,6 +295,11 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     }
     let drain_secs = send_end.elapsed().as_secs_f64();
     let window_end = observers.sample().await?;
+    let own_end = own.as_ref().and_then(|o| o.sample().ok());
+    let client_cpu = match (own_start, own_end) {
+        (Some(a), Some(b)) => Some(b.cpu_us.saturating_sub(a.cpu_us)),
+        _ => None,
+    };
     let _ = stop_tx.send(true);
     let mut latency = histogram();
     while let Some(joined) = readers.join_next().await {
@@ -441,6 +448,11 @@ pub async fn run(args: ChatArgs) -> Result<()> {
             "redis_cpu_us_per_msg",
             per(redis_cpu, delivered as f64),
             "µs per delivered message",
+        )
+        .num(
+            "client_cpu_us_per_msg",
+            per(client_cpu, delivered as f64),
+            "this load generator's CPU per message",
         )
         .add("client_nofile", nofile, "this process's open-file limit");
     r.print(args.common.json);
