@@ -119,11 +119,15 @@ impl Ws {
             Err(r) => panic!("ws upgrade refused: {} {}", r.status, r.body),
         };
         ws.phone = phone.to_owned();
-        let status = ws.recv_event("connection_status").await;
+        // On open, before anything else.
+        let status = match ws.next(EVENT_TIMEOUT).await {
+            Next::Event(v) => v,
+            other => panic!("[{phone}] expected connection_status first, got {other:?}"),
+        };
         assert_eq!(
-            status["data"],
-            json!({"status": "connected", "phone": phone}),
-            "connection_status"
+            status,
+            json!({"event": "connection_status", "data": {"status": "connected", "phone": phone}}),
+            "the first frame on a socket"
         );
         ws
     }

@@ -931,6 +931,30 @@ async fn operations_endpoints(b: Backend) {
             .any(|l| l.starts_with("chat_http_requests_total{")),
         "chat_http_requests_total has route/status labels:\n{text}"
     );
+    // Routes are labelled by template: ids and unknown paths never become label values (which
+    // would grow the metric without bound).
+    let c = app.register(C).await;
+    for i in 0..3 {
+        app.get(&format!("/no-such-route-{i}x"), None).await;
+        app.get(
+            &format!("/chatrooms/{room}/messages?limit={}", i + 1),
+            Some(&a.token),
+        )
+        .await
+        .ok();
+    }
+    app.get(&format!("/chatrooms/{room}/messages"), Some(&c.token))
+        .await
+        .err(403, "forbidden");
+    app.get("/chatroom/00000000-0000-4000-8000-00000000abcd", None)
+        .await;
+    let text = app.metrics().await;
+    for leaked in [room.as_str(), "no-such-route-1x", "00000000abcd", A, B] {
+        assert!(
+            !text.contains(leaked),
+            "/metrics carries the request-specific value {leaked:?}:\n{text}"
+        );
+    }
     // The gauge follows sockets closing.
     ws.close().await;
     let back = chat_tests::eventually(std::time::Duration::from_secs(5), || async {
@@ -948,6 +972,10 @@ async fn operations_endpoints(b: Backend) {
 async fn unknown_routes_and_methods(b: Backend) {
     let app = App::start(b, &[]).await;
     let a = app.register(A).await;
+    // Unknown query parameters are ignored.
+    app.get("/active_chatrooms?foo=bar&x", Some(&a.token))
+        .await
+        .ok();
     for path in ["/nope", "/register_user/x", "/chatrooms", "/static/nope.js"] {
         let r = app.get(path, Some(&a.token)).await;
         assert_eq!(r.status, 404, "GET {path}: {}", r.text());

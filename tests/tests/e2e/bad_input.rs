@@ -131,6 +131,19 @@ async fn post_bodies_of_the_wrong_shape(b: Backend) {
             }
         }
     }
+    // Deep nesting: refused, not recursed into.
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    app.post_raw("/send_request", Some(&a.token), deep.as_bytes())
+        .await
+        .err(400, "bad_request");
+    let deep_field = format!(
+        r#"{{"phone2": {}{}}}"#,
+        "{\"a\":".repeat(3000),
+        "}".repeat(3000)
+    );
+    app.post_raw("/send_request", Some(&a.token), deep_field.as_bytes())
+        .await
+        .err(400, "bad_request");
     // /reconnect takes any body.
     for body in [&b"not json"[..], b"[1]", b"", b"\xff"] {
         let v = app.post_raw("/reconnect", Some(&a.token), body).await.ok();

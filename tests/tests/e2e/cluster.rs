@@ -328,3 +328,48 @@ async fn key_prefixes_isolate_deployments() {
     })
     .await
 }
+
+/// A node that stops gracefully says goodbye: its users go offline on the other node at once,
+/// without waiting for `node_ttl_secs`.
+#[tokio::test]
+async fn a_node_shutting_down_takes_its_users_offline_at_once() {
+    bounded(async {
+        let app = App::start(
+            Backend::Redis,
+            &["--presence-secs", "1", "--node-ttl-secs", "30"],
+        )
+        .await;
+        let mut node2 = app.another_node().await;
+        let n1 = Client::new(app.server.addr);
+        let n2 = Client::new(node2.addr);
+        let a = n1.register(A).await;
+        let bu = n2.register(B).await;
+        let mut a_ws = n1.ws(&a).await;
+        let mut b_ws = n2.ws(&bu).await;
+        n1.make_room(&a, &bu).await;
+        b_ws.recv_event("request_accepted").await;
+        // Past B's HTTP presence window, only the socket on node 2 keeps B online.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        a_ws.drain_backlog("presence");
+        node2.sigterm();
+        assert_eq!(b_ws.expect_close(Duration::from_secs(10)).await, Some(1001));
+        let started = std::time::Instant::now();
+        let ev = a_ws
+            .recv_where("B offline", Duration::from_secs(10), |v| {
+                v["event"] == "presence" && v["data"]["phone"] == B
+            })
+            .await;
+        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B went offline only after {:?}",
+            started.elapsed()
+        );
+        let status = node2
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("exits");
+        assert_eq!(status.code(), Some(0));
+    })
+    .await
+}

@@ -684,7 +684,17 @@ async fn ping_pong_and_acks() {
         let app = App::start(Backend::Memory, &[]).await;
         let a = app.register(A).await;
         let mut ws = app.ws(&a).await;
-        for ack in [json!(7), json!("seven"), json!(0), json!(-1.5), json!("")] {
+        // Acks come back exactly as sent: big integers are not rounded through floats.
+        for ack in [
+            json!(7),
+            json!("seven"),
+            json!(0),
+            json!(-1.5),
+            json!(""),
+            json!(u64::MAX),
+            json!(-9_007_199_254_740_993_i64),
+            json!("é\n\"<x>"),
+        ] {
             ws.send("ping", json!({}), Some(ack.clone())).await;
             let r = ws.recv_ack(&ack).await;
             assert_eq!(r, json!({"event": "pong", "ack": ack, "data": {}}));
@@ -709,7 +719,11 @@ async fn ping_pong_and_acks() {
 #[tokio::test]
 async fn bad_frames_get_errors_and_keep_the_socket() {
     bounded(async {
-        let app = App::start(Backend::Memory, &[]).await;
+        let app = App::start(
+            Backend::Memory,
+            &["--frames-per-sec", "1000", "--frame-burst", "1000"],
+        )
+        .await;
         let a = app.register(A).await;
         let mut ws = app.ws(&a).await;
         // Without ack: an error without ack.
@@ -758,6 +772,29 @@ async fn bad_frames_get_errors_and_keep_the_socket() {
                 (Some("error"), Some("unknown_event")),
                 "{name}: {e}"
             );
+        }
+        // A lone surrogate (valid JSON syntax, not a Unicode string): an answer either way, the
+        // socket stays open.
+        ws.send_text(r#"{"event": "ping", "ack": "s", "data": {"x": "\ud800"}}"#)
+            .await;
+        let r = ws.recv_ack(&json!("s")).await;
+        assert!(
+            r["event"] == "pong" || r["data"]["code"] == "bad_request",
+            "{r}"
+        );
+        // Deep nesting is refused, not recursed into (and ignored where it is ignorable).
+        for deep in [
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
+            format!(
+                r#"{{"event": "join_room", "data": {{"room": {}{}}}}}"#,
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+        ] {
+            ws.send_text(&deep).await;
+            let e = ws.recv_event("error").await;
+            assert_eq!(e["data"]["code"], "bad_request", "{e}");
+            ws.call_ok("ping", json!({})).await;
         }
         // Events with fields need their data.
         ws.send_text(r#"{"event": "join_room", "ack": 11}"#).await;

@@ -21,6 +21,7 @@ backends!(
     room_expires_when_both_members_are_idle,
     presence_goes_offline_after_the_last_socket,
     session_end_closes_rooms_and_frees_the_phone,
+    a_session_lives_while_its_user_is_online,
     pending_requests_expire_silently,
 );
 
@@ -207,6 +208,26 @@ async fn session_end_closes_rooms_and_frees_the_phone(b: Backend) {
             .await
             .is_err()
     );
+}
+
+/// `session_idle_secs` counts from the user's last moment online, not from registration.
+async fn a_session_lives_while_its_user_is_online(b: Backend) {
+    let app = App::start(b, &["--presence-secs", "1", "--session-idle-secs", "1"]).await;
+    let a = app.register(A).await;
+    let bu = app.register(B).await;
+    let room = app.make_room(&a, &bu).await;
+    let mut a_ws = app.ws(&a).await;
+    let mut b_ws = app.ws(&bu).await;
+    // Well past presence + session idle, both still online through their sockets.
+    b_ws.expect_no_event("room_closed", Duration::from_secs(4))
+        .await;
+    a_ws.call_ok("ping", json!({})).await;
+    assert!(a_ws.drain_backlog("room_closed").is_empty());
+    let v = app.get("/active_chatrooms", Some(&a.token)).await.ok();
+    assert_eq!(v["chatrooms"][0]["chat_id"], room.as_str(), "{v}");
+    app.post("/register_user", None, &json!({ "phone": A }))
+        .await
+        .err(409, "phone_in_use");
 }
 
 async fn pending_requests_expire_silently(b: Backend) {
