@@ -66,6 +66,13 @@ impl Response {
             self.status,
             v
         );
+        assert!(
+            self.header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "{}: content-type {:?}",
+            self.request,
+            self.header("content-type")
+        );
         v
     }
 

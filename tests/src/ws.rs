@@ -339,7 +339,12 @@ impl Ws {
                     panic!("[{}] unexpected {name}: {v}", self.phone)
                 }
                 Next::Event(v) => self.backlog.push_back(v),
-                Next::Closed(_) | Next::Timeout => return,
+                Next::Timeout => return,
+                Next::Closed(c) => panic!(
+                    "[{}] socket closed ({c:?}) while checking that no {name} arrives; received:\n  {}",
+                    self.phone,
+                    self.received()
+                ),
             }
         }
     }
