@@ -1,0 +1,248 @@
+//! Redis dies mid-traffic and comes back: calls fail fast with `StoreUnavailable` while it is
+//! down, the store and its subscriber resume by themselves, and no acknowledged message is lost
+//! (AOF with `appendfsync always`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat_core::{
+    Audience, ChatRequest, Delivery, Error, Event, EventBus, Message, NewMessage, NewRoom, Phone,
+    RoomId, Session, Store, Token,
+};
+use chat_store_redis::test_server::RedisServer;
+use common::{node, now, prefix};
+use tokio::sync::watch;
+
+/// The contract gives clients an answer within 2 s; the store must fail well inside that.
+const FAIL_FAST: Duration = Duration::from_millis(1500);
+
+fn phone(n: u32) -> Phone {
+    Phone::parse(&format!("+1777{:07}", n)).expect("phone")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_traffic_fails_fast_recovers_and_loses_no_acked_message() {
+    let server = RedisServer::start_persistent();
+    let p = prefix();
+    let (store, waiter) = node(&server, &p).await;
+    let (a, b) = (phone(1), phone(2));
+    let t = now();
+    let mut sessions = Vec::new();
+    for x in [&a, &b] {
+        let s = Session {
+            phone: x.clone(),
+            name: None,
+            token: Token::generate().expect("token"),
+            created_at: t,
+        };
+        store
+            .create_session(s.clone(), None, t + 600_000)
+            .await
+            .expect("session");
+        sessions.push(s);
+    }
+    let new_room = NewRoom {
+        id: RoomId::generate(),
+        created_at: t,
+        expires_at: t + 3_600_000,
+    };
+    let req = ChatRequest {
+        from: a.clone(),
+        to: b.clone(),
+        created_at: t,
+        expires_at: t + 600_000,
+    };
+    store.send_request(req, new_room).await.expect("send");
+    let room = store
+        .accept_request(&a, &b, new_room, t)
+        .await
+        .expect("accept")
+        .expect("pending")
+        .id;
+    store
+        .subscribe(Audience::Room(room))
+        .await
+        .expect("subscribe");
+
+    // Traffic: a client that sends numbered messages and, like a real one, retries a failed
+    // send with the same client_id until it is acknowledged.
+    let acked: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acks_tx, mut acks) = watch::channel(0usize);
+    let (fails_tx, mut fails) = watch::channel(0usize);
+    let traffic = {
+        let (store, acked, failures, stop, a) = (
+            store.clone(),
+            acked.clone(),
+            failures.clone(),
+            stop.clone(),
+            a.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let m = NewMessage {
+                    sender: a.clone(),
+                    message: format!("message {i}"),
+                    timestamp: now(),
+                    client_id: Some(format!("c{i}")),
+                };
+                let started = Instant::now();
+                match store.append_message(&room, m, 10_000).await {
+                    Ok(appended) => {
+                        let n = {
+                            let mut acked = acked.lock().expect("lock");
+                            acked.push(appended.into_message());
+                            acked.len()
+                        };
+                        acks_tx.send_replace(n);
+                        i += 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(e, Error::StoreUnavailable);
+                        let n = {
+                            let mut failures = failures.lock().expect("lock");
+                            failures.push(started.elapsed());
+                            failures.len()
+                        };
+                        fails_tx.send_replace(n);
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        })
+    };
+    let bounded = Duration::from_secs(15);
+    tokio::time::timeout(bounded, acks.wait_for(|n| *n >= 30))
+        .await
+        .expect("traffic flows")
+        .expect("watch");
+
+    server.kill();
+
+    // While Redis is down every kind of call fails fast.
+    for _round in 0..3 {
+        let probe = Delivery::to_room(
+            room,
+            Event::Typing {
+                room,
+                user: a.clone(),
+                typing: true,
+            },
+        );
+        let calls: Vec<(&str, Duration, Result<(), Error>)> = vec![
+            timed("ping", store.ping()).await,
+            timed("session", async {
+                store.session(&sessions[0].token).await.map(|_| ())
+            })
+            .await,
+            timed("history", async {
+                store.history(&room, None, 10).await.map(|_| ())
+            })
+            .await,
+            timed("publish", store.publish(probe)).await,
+            timed("subscribe", store.subscribe(Audience::User(b.clone()))).await,
+            timed("touch", async {
+                store
+                    .touch(&sessions[1].token, now() + 1000)
+                    .await
+                    .map(|_| ())
+            })
+            .await,
+        ];
+        for (name, took, result) in calls {
+            assert_eq!(result, Err(Error::StoreUnavailable), "{name} while down");
+            assert!(took < FAIL_FAST, "{name} took {took:?} to fail");
+        }
+    }
+    tokio::time::timeout(bounded, fails.wait_for(|n| *n >= 3))
+        .await
+        .expect("traffic fails while down")
+        .expect("watch");
+    let acked_before_restart = *acks.borrow();
+
+    server.restart();
+
+    // The store resumes by itself: the same traffic task gets acknowledgements again.
+    tokio::time::timeout(bounded, acks.wait_for(|n| *n >= acked_before_restart + 30))
+        .await
+        .expect("traffic resumes after the restart")
+        .expect("watch");
+
+    // The subscriber resumes by itself. Resubscription has no event to wait on: publish until
+    // one arrives, bounded.
+    let deadline = Instant::now() + bounded;
+    for n in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber did not come back"
+        );
+        let probe = Delivery::to_room(
+            room,
+            Event::Typing {
+                room,
+                user: b.clone(),
+                typing: n % 2 == 0,
+            },
+        );
+        if store.publish(probe.clone()).await.is_ok()
+            && waiter
+                .wait_for(Duration::from_millis(300), |d| d == &probe)
+                .await
+        {
+            break;
+        }
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    traffic.await.expect("traffic task");
+
+    let acked = acked.lock().expect("lock").clone();
+    let failures = failures.lock().expect("lock").clone();
+    for took in &failures {
+        assert!(*took < FAIL_FAST, "an append took {took:?} to fail");
+    }
+    // Messages after the subscriber came back are delivered, in history order.
+    let last = acked.last().expect("acked").clone();
+    assert!(
+        waiter
+            .wait_for(Duration::from_secs(5), |d| d.event
+                == Event::ReceiveMessage(last.clone()))
+            .await
+    );
+
+    let history = store
+        .history(&room, None, 10_000)
+        .await
+        .expect("history after recovery")
+        .messages;
+    let stored: HashSet<_> = history.iter().map(|m| m.id).collect();
+    for m in &acked {
+        assert!(stored.contains(&m.id), "acknowledged {} lost", m.id);
+        let kept = history.iter().find(|h| h.id == m.id).expect("kept");
+        assert_eq!(kept, m, "stored as acknowledged");
+    }
+    let client_ids: Vec<_> = history.iter().filter_map(|m| m.client_id.clone()).collect();
+    let unique: HashSet<_> = client_ids.iter().collect();
+    assert_eq!(unique.len(), client_ids.len(), "no client_id stored twice");
+    assert_eq!(
+        history.len(),
+        acked.len(),
+        "nothing stored that was not acknowledged"
+    );
+    assert!(!failures.is_empty());
+}
+
+async fn timed(
+    name: &str,
+    call: impl Future<Output = Result<(), Error>>,
+) -> (&str, Duration, Result<(), Error>) {
+    let started = Instant::now();
+    let result = call.await;
+    (name, started.elapsed(), result)
+}

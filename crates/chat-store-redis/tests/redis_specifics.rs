@@ -1,0 +1,621 @@
+//! What the conformance suite cannot see: key expiry, bounded dedupe, freed keys, no keyspace
+//! scans, cursor validation, numeric id order, and the bus's receive path (full queue,
+//! undecodable payloads, a killed subscriber connection).
+
+mod common;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use chat_core::{
+    Appended, Audience, ChatRequest, ConnKey, Delivery, Error, Event, EventBus, EventSink,
+    NewMessage, NewRoom, NodeId, Phone, RoomId, SendOutcome, Session, Store, Token,
+};
+use chat_store_redis::RedisStore;
+use chat_store_redis::bus::DELIVERY_QUEUE;
+use chat_store_redis::test_server::RedisServer;
+use common::{Waiter, node, now, prefix, raw};
+use redis::aio::MultiplexedConnection;
+
+const MARGIN: u64 = 3_600_000;
+const WAIT: Duration = Duration::from_secs(5);
+
+fn phone(n: u32) -> Phone {
+    Phone::parse(&format!("+1666{:07}", n)).expect("phone")
+}
+
+async fn register(store: &RedisStore, p: &Phone, created_at: u64, http_until: u64) -> Session {
+    let session = Session {
+        phone: p.clone(),
+        name: Some("N".into()),
+        token: Token::generate().expect("token"),
+        created_at,
+    };
+    store
+        .create_session(session.clone(), None, http_until)
+        .await
+        .expect("create_session");
+    session
+}
+
+async fn make_room(store: &RedisStore, a: &Phone, b: &Phone, t: u64, ttl: u64) -> RoomId {
+    let new_room = NewRoom {
+        id: RoomId::generate(),
+        created_at: t,
+        expires_at: t + ttl,
+    };
+    let req = ChatRequest {
+        from: a.clone(),
+        to: b.clone(),
+        created_at: t,
+        expires_at: t + 60_000,
+    };
+    assert_eq!(
+        store.send_request(req, new_room).await.expect("send"),
+        SendOutcome::Sent
+    );
+    store
+        .accept_request(a, b, new_room, t)
+        .await
+        .expect("accept")
+        .expect("pending")
+        .id
+}
+
+async fn pexpiretime(con: &mut MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(con)
+        .await
+        .expect("PEXPIRETIME")
+}
+
+async fn keys(con: &mut MultiplexedConnection, prefix: &str) -> Vec<String> {
+    let mut k: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(con)
+        .await
+        .expect("KEYS");
+    k.sort();
+    k
+}
+
+fn msg(sender: &Phone, text: &str, cid: Option<&str>) -> NewMessage {
+    NewMessage {
+        sender: sender.clone(),
+        message: text.into(),
+        timestamp: now(),
+        client_id: cid.map(Into::into),
+    }
+}
+
+fn assert_near(actual: i64, expected: u64, what: &str) {
+    let diff = (actual - expected as i64).abs();
+    assert!(
+        diff < 10_000,
+        "{what}: expires at {actual}, expected about {expected}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_a_margin_after_the_callers_deadlines() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, _) = node(&server, &p).await;
+    let mut con = raw(&server).await;
+    let (a, b) = (phone(1), phone(2));
+    let t = now();
+    let sa = register(&store, &a, t, t + 60_000).await;
+    register(&store, &b, t, t + 60_000).await;
+
+    // Online through HTTP only: the session keys expire a week after the window, not before.
+    let week = 7 * 24 * 3_600_000;
+    assert_near(
+        pexpiretime(&mut con, &format!("{p}s:{a}")).await,
+        t + 60_000 + week,
+        "session",
+    );
+    assert_near(
+        pexpiretime(&mut con, &format!("{p}t:{}", sa.token.as_str())).await,
+        t + 60_000 + week,
+        "token",
+    );
+
+    // A socket holds the session: no expiry at all.
+    let conn = ConnKey {
+        node: NodeId("n1".into()),
+        id: 1,
+    };
+    store.add_conn(&a, &conn).await.expect("add_conn");
+    assert_eq!(pexpiretime(&mut con, &format!("{p}s:{a}")).await, -1);
+    store
+        .remove_conn(&a, &conn, t + 1)
+        .await
+        .expect("remove_conn");
+    assert_near(
+        pexpiretime(&mut con, &format!("{p}s:{a}")).await,
+        t + 60_000 + week,
+        "session",
+    );
+
+    // Offline: freed a margin after the session's end.
+    assert!(
+        store
+            .go_offline(&a, t + 60_000, t + 120_000)
+            .await
+            .expect("go_offline")
+    );
+    assert_near(
+        pexpiretime(&mut con, &format!("{p}s:{a}")).await,
+        t + 120_000 + MARGIN,
+        "offline",
+    );
+
+    // A room and everything under its hash tag expire with it.
+    let room = make_room(&store, &b, &a, t, 300_000).await;
+    store
+        .append_message(&room, msg(&b, "hi", Some("k1")), 100)
+        .await
+        .expect("append");
+    for part in ["m", "h", "d", "q"] {
+        let key = format!("{p}{{{room}}}:{part}");
+        assert_near(
+            pexpiretime(&mut con, &key).await,
+            t + 300_000 + MARGIN,
+            &key,
+        );
+    }
+    // A pending request expires a margin after its own deadline.
+    let c = phone(3);
+    register(&store, &c, t, t + 60_000).await;
+    let req = ChatRequest {
+        from: c.clone(),
+        to: b.clone(),
+        created_at: t,
+        expires_at: t + 30_000,
+    };
+    let unused = NewRoom {
+        id: RoomId::generate(),
+        created_at: t,
+        expires_at: t + 300_000,
+    };
+    store.send_request(req, unused).await.expect("send");
+    assert_near(
+        pexpiretime(&mut con, &format!("{p}rq:{c}:{b}")).await,
+        t + 30_000 + MARGIN,
+        "request",
+    );
+
+    // A caller clock far behind Redis's never makes data vanish early: expiry counts from
+    // Redis's now instead.
+    let old = 1_000_000;
+    let d = phone(4);
+    register(&store, &d, old, old + 1).await;
+    assert!(store.presence(&d).await.expect("presence").is_some());
+    assert_near(
+        pexpiretime(&mut con, &format!("{p}s:{d}")).await,
+        now() + week,
+        "old clock",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_sessions_and_rooms_leave_no_keys_and_nothing_scans_the_keyspace() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, _) = node(&server, &p).await;
+    let mut con = raw(&server).await;
+    let (a, b, c) = (phone(11), phone(12), phone(13));
+    let t = now();
+    for x in [&a, &b, &c] {
+        register(&store, x, t, t + 1).await;
+    }
+    let ab = make_room(&store, &a, &b, t, 300_000).await;
+    let bc = make_room(&store, &b, &c, t, 300_000).await;
+    for i in 0..5 {
+        let cid = format!("c{i}");
+        store
+            .append_message(&ab, msg(&a, "x", Some(&cid)), 100)
+            .await
+            .expect("append");
+        store
+            .append_message(&bc, msg(&c, "y", None), 100)
+            .await
+            .expect("append");
+    }
+    let req = ChatRequest {
+        from: a.clone(),
+        to: c.clone(),
+        created_at: t,
+        expires_at: t + 60_000,
+    };
+    let unused = NewRoom {
+        id: RoomId::generate(),
+        created_at: t,
+        expires_at: t + 300_000,
+    };
+    store.send_request(req, unused).await.expect("send");
+    let conn = ConnKey {
+        node: NodeId("n".into()),
+        id: 1,
+    };
+    store
+        .heartbeat(&conn.node, t + 10_000)
+        .await
+        .expect("heartbeat");
+    store.add_conn(&c, &conn).await.expect("add_conn");
+    store
+        .remove_conn(&c, &conn, t + 2)
+        .await
+        .expect("remove_conn");
+    store
+        .remove_node(&conn.node, t + 2)
+        .await
+        .expect("remove_node");
+    store.online_page(None, 10, t).await.expect("online");
+    store.requests(&a, t).await.expect("requests");
+    store.rooms_of(&a).await.expect("rooms_of");
+
+    // Nothing above (nor the store's background tasks) walked the keyspace.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .expect("INFO");
+    for banned in ["cmdstat_keys:", "cmdstat_scan:"] {
+        assert!(!stats.contains(banned), "the store ran {banned}\n{stats}");
+    }
+
+    for x in [&a, &b, &c] {
+        assert!(
+            store
+                .go_offline(x, t + 5, t + 10)
+                .await
+                .expect("go_offline")
+        );
+    }
+    for x in [&a, &b, &c] {
+        // b's and c's shared room may already be gone with the first ended member.
+        store
+            .end_session(x, t + 5)
+            .await
+            .expect("end_session")
+            .expect("ended");
+    }
+    let left: Vec<String> = keys(&mut con, &p)
+        .await
+        .into_iter()
+        .filter(|k| *k != format!("{p}nodes"))
+        .collect();
+    assert!(left.is_empty(), "ended sessions and rooms left {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_and_history_stay_bounded() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, _) = node(&server, &p).await;
+    let con = raw(&server).await;
+    let (a, b) = (phone(21), phone(22));
+    let t = now();
+    register(&store, &a, t, t + 60_000).await;
+    register(&store, &b, t, t + 60_000).await;
+    let room = make_room(&store, &a, &b, t, 300_000).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let cid = format!("k{i}");
+        let m = store
+            .append_message(&room, msg(&a, &format!("m{i}"), Some(&cid)), 10)
+            .await
+            .expect("append");
+        ids.push(m.into_message().id);
+    }
+    let len = |cmd: &'static str, part: &'static str| {
+        let key = format!("{p}{{{room}}}:{part}");
+        let mut con = con.clone();
+        async move {
+            redis::cmd(cmd)
+                .arg(key)
+                .query_async::<usize>(&mut con)
+                .await
+                .expect("len")
+        }
+    };
+    assert_eq!(len("XLEN", "h").await, 10, "history trimmed to history_max");
+    assert!(len("HLEN", "d").await <= 10, "dedupe hash capped");
+    assert!(len("LLEN", "q").await <= 10, "dedupe queue capped");
+    // A client id still in the window is a duplicate; one long trimmed is new again.
+    let again = store
+        .append_message(&room, msg(&a, "again", Some("k39")), 10)
+        .await
+        .expect("append");
+    assert!(matches!(again, Appended::Duplicate(ref m) if m.id == ids[39]));
+    let old = store
+        .append_message(&room, msg(&a, "old", Some("k0")), 10)
+        .await
+        .expect("append");
+    assert!(matches!(old, Appended::New(_)));
+    let page = store.history(&room, None, 100).await.expect("history");
+    assert_eq!(page.messages.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_ids_order_numerically_not_as_text() {
+    let server = RedisServer::start();
+    let (store, _) = node(&server, &prefix()).await;
+    let (a, b) = (phone(31), phone(32));
+    let t = now();
+    register(&store, &a, t, t + 60_000).await;
+    register(&store, &b, t, t + 60_000).await;
+    let room = make_room(&store, &a, &b, t, 300_000).await;
+    // Concurrent appends land many messages in one millisecond: seq 9 → 10 → 11 ...
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                store
+                    .append_message(&room, msg(&a, &format!("{w}-{i}"), None), 10_000)
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let all = store
+        .history(&room, None, 500)
+        .await
+        .expect("history")
+        .messages;
+    assert_eq!(all.len(), 320);
+    for w in all.windows(2) {
+        assert!(w[0].id < w[1].id);
+    }
+    for (i, m) in all.iter().enumerate() {
+        let rest = store
+            .history(&room, Some(m.id), 500)
+            .await
+            .expect("history");
+        assert_eq!(rest.messages, all[i + 1..].to_vec(), "after {}", m.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_cursor_must_be_one_the_store_gave() {
+    let server = RedisServer::start();
+    let (store, _) = node(&server, &prefix()).await;
+    let t = now();
+    let phones: Vec<Phone> = (40..45).map(phone).collect();
+    for x in &phones {
+        register(&store, x, t, t + 60_000).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.online_page(cursor, 2, t).await.expect("page");
+        seen.extend(page.phones);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, phones);
+    for bad in [
+        "",
+        "xyz",
+        "o1.",
+        "o1.notaphone",
+        "o1.+1 666 000 0040",
+        "m1.+16660000040",
+    ] {
+        assert!(
+            matches!(
+                store.online_page(Some(bad.into()), 2, t).await,
+                Err(Error::BadRequest(_))
+            ),
+            "cursor {bad:?} must be refused"
+        );
+    }
+}
+
+/// A sink that blocks until released, to fill the delivery queue.
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+    inner: Waiter,
+}
+
+impl EventSink for Gate {
+    fn deliver(&self, d: &Delivery) {
+        // A stuck consumer. `block_in_place` lets the runtime move this worker's other tasks
+        // (the Redis connection's among them) elsewhere, as a real stuck thread would not
+        // hold them; bounded, so a failing test cannot hang the runtime's shutdown.
+        tokio::task::block_in_place(|| {
+            let open = self.open.lock().expect("lock");
+            let _ = self
+                .opened
+                .wait_timeout_while(open, Duration::from_secs(30), |open| !*open)
+                .expect("wait");
+        });
+        self.inner.deliver(d);
+    }
+}
+
+impl Gate {
+    fn release(&self) {
+        *self.open.lock().expect("lock") = true;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate however the test ends.
+struct Release(Arc<Gate>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_delivery_queue_drops_and_counts_without_blocking_redis() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let store = RedisStore::connect(&server.url(), &p, NodeId::random())
+        .await
+        .expect("connect");
+    let gate = Arc::new(Gate {
+        open: Mutex::new(false),
+        opened: Condvar::new(),
+        inner: Waiter::default(),
+    });
+    store.attach(gate.clone());
+    let _release = Release(gate.clone());
+    let u = phone(51);
+    let aud = Audience::User(u.clone());
+    store.subscribe(aud.clone()).await.expect("subscribe");
+    let event = |n: u32| {
+        Delivery::to_user(
+            u.clone(),
+            Event::Presence {
+                phone: phone(n),
+                online: true,
+            },
+        )
+    };
+    let payload = serde_json::to_vec(&event(52)).expect("json");
+    let total = DELIVERY_QUEUE + 4_000;
+    let mut con = raw(&server).await;
+    let mut pipe = redis::pipe();
+    for _ in 0..total {
+        pipe.cmd("PUBLISH")
+            .arg(format!("{p}u:{u}"))
+            .arg(&payload)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut con)
+        .await
+        .expect("publish burst");
+
+    // The sink is stuck, yet the store keeps reading Redis: it drops and counts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.dropped_deliveries() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.ping().await.is_ok(), "commands are unaffected");
+    gate.release();
+    let last = event(53);
+    store.publish(last.clone()).await.expect("publish");
+    assert!(
+        gate.inner
+            .wait_for(Duration::from_secs(20), |d| d == &last)
+            .await
+    );
+    let stats = store.bus_stats();
+    let delivered = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
+    let dropped = store.dropped_deliveries();
+    assert_eq!(
+        delivered + dropped,
+        total as u64 + 1,
+        "every delivery handed over or counted"
+    );
+    assert!(delivered > DELIVERY_QUEUE as u64 / 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_payloads_are_counted_and_skipped() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, waiter) = node(&server, &p).await;
+    let u = phone(61);
+    store
+        .subscribe(Audience::User(u.clone()))
+        .await
+        .expect("subscribe");
+    let mut con = raw(&server).await;
+    redis::cmd("PUBLISH")
+        .arg(format!("{p}u:{u}"))
+        .arg("not json")
+        .query_async::<()>(&mut con)
+        .await
+        .expect("publish");
+    let good = Delivery::to_user(
+        u.clone(),
+        Event::Presence {
+            phone: phone(62),
+            online: true,
+        },
+    );
+    store.publish(good.clone()).await.expect("publish");
+    assert!(waiter.wait_for(WAIT, |d| d == &good).await);
+    assert_eq!(
+        store
+            .bus_stats()
+            .undecodable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(waiter.all(), vec![good]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_come_back_with_their_subscriptions() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, waiter) = node(&server, &p).await;
+    let u = phone(71);
+    store
+        .subscribe(Audience::User(u.clone()))
+        .await
+        .expect("subscribe");
+    let mut con = raw(&server).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut con)
+        .await
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1);
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut con)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed >= 1);
+    // Resubscription has no event to wait on: publish until one arrives, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery after the kill"
+        );
+        let probe = Delivery::to_user(
+            u.clone(),
+            Event::Presence {
+                phone: phone(72),
+                online: n % 2 == 0,
+            },
+        );
+        if store.publish(probe.clone()).await.is_ok()
+            && waiter
+                .wait_for(Duration::from_millis(300), |d| d == &probe)
+                .await
+        {
+            break;
+        }
+    }
+    store.ping().await.expect("the command connection is back");
+}
