@@ -18,7 +18,7 @@
 //! reads, decides in Rust, then writes.
 //!
 //! Logical time is the caller's (`now`, deadlines). Redis's clock is used only for key expiry:
-//! each key expires [`MARGIN`](#lifetimes) after the later of its deadline and Redis's now, so
+//! each key expires `MARGIN` (see [Lifetimes](#lifetimes)) after the later of its deadline and Redis's now, so
 //! data is freed even when no node runs, and never before the timer that acts on the deadline
 //! had its chance. There is no sweeper and no `KEYS`/`SCAN` over the keyspace.
 //!
@@ -53,9 +53,12 @@
 //! ## Lifetimes
 //!
 //! `MARGIN` is one hour. A session online through HTTP only whose go-offline timer never runs
-//! (no node alive) is freed 7 days after its presence window; a user with a socket counted on a
-//! node keeps their session until that node is reaped (reaping needs a running node). Index
-//! entries whose target was freed by expiry are dropped lazily by the scripts that read them.
+//! (no node alive) is freed 7 days (`USER_GRACE`) after its presence window. What only a running
+//! node frees: a user with a socket counted on a dead node keeps their session keys until some
+//! node reaps it; the members of the three global sorted sets (`online`, `nodes`, `timers`) and
+//! a dead node's `nc:` set stay until a node handles them (a timer whose target Redis already
+//! freed is then a no-op). Index entries whose target was freed by expiry are dropped lazily by
+//! the scripts that read them.
 //! The bounded collections: history (`XADD MAXLEN = history_max`, exact), the dedupe hash and
 //! its queue (at most `history_max` entries), the delivery queue ([`bus::DELIVERY_QUEUE`]).
 //!

@@ -619,3 +619,28 @@ async fn killed_connections_come_back_with_their_subscriptions() {
     }
     store.ping().await.expect("the command connection is back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refuses_bad_input_and_fails_fast_without_redis() {
+    let server = RedisServer::start();
+    let url = server.url();
+    for (bad_url, prefix) in [("not a url", "chat:"), (url.as_str(), "chat:{x}:")] {
+        assert!(matches!(
+            RedisStore::connect(bad_url, prefix, NodeId::random()).await,
+            Err(Error::BadRequest(_))
+        ));
+    }
+    server.kill();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        RedisStore::connect(&url, "chat:", NodeId::random())
+            .await
+            .map(|_| ()),
+        Err(Error::StoreUnavailable)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+}
