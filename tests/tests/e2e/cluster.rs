@@ -182,6 +182,12 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
         let ev = a_ws.recv_event("typing").await;
         assert_eq!(ev["data"], json!({"room": room, "user": B, "typing": true}));
 
+        // A socket leaving on node 2 is seen on node 1.
+        b_send.close().await;
+        b_ws.call_ok("leave_room", json!({ "room": room })).await;
+        let ev = a_ws.recv_event("user_left").await;
+        assert_eq!(ev["data"], json!({"room": room, "user": B}));
+        b_ws.join(&room).await;
         // Close through node 2: both told.
         n2.post("/close_room", Some(&bu.token), &json!({ "chat_id": room }))
             .await
@@ -370,6 +376,70 @@ async fn a_node_shutting_down_takes_its_users_offline_at_once() {
             .await
             .expect("exits");
         assert_eq!(status.code(), Some(0));
+    })
+    .await
+}
+
+/// With two nodes running the same lifetime sweeps, each expiry is announced once.
+#[tokio::test]
+async fn lifetimes_are_announced_once_across_nodes() {
+    bounded(async {
+        let app = App::start(
+            Backend::Redis,
+            &[
+                "--room-ttl-secs",
+                "4",
+                "--presence-secs",
+                "1",
+                "--session-idle-secs",
+                "1",
+            ],
+        )
+        .await;
+        let node2 = app.another_node().await;
+        let n1 = Client::new(app.server.addr);
+        let n2 = Client::new(node2.addr);
+        let a = n1.register(A).await;
+        let bu = n2.register(B).await;
+        let c = n2.register(C).await;
+        let mut a_ws = n1.ws(&a).await;
+        let mut b_ws = n2.ws(&bu).await;
+        // A room that expires by its ttl while both are online.
+        let expiring = n1.make_room(&a, &bu).await;
+        // A room whose member C goes away: closed when C's session ends.
+        let closing = n2.make_room(&c, &a).await;
+        let ev = a_ws
+            .recv_event_within("room_expired", Duration::from_secs(10))
+            .await;
+        assert_eq!(ev["data"], json!({ "room": expiring }));
+        let ev = b_ws
+            .recv_event_within("room_expired", Duration::from_secs(10))
+            .await;
+        assert_eq!(ev["data"], json!({ "room": expiring }));
+        let ev = a_ws
+            .recv_event_within("room_closed", Duration::from_secs(10))
+            .await;
+        assert_eq!(ev["data"], json!({"room": closing, "by": C}));
+        // Neither is announced a second time (by the other node's sweep).
+        for ws in [&mut a_ws, &mut b_ws] {
+            ws.expect_no_event("room_expired", Duration::from_millis(1500))
+                .await;
+            assert!(
+                ws.drain_backlog("room_closed").is_empty(),
+                "[{}] room_closed twice",
+                ws.phone
+            );
+        }
+        let offline_events: Vec<_> = a_ws
+            .drain_backlog("presence")
+            .into_iter()
+            .filter(|e| e["data"] == json!({"phone": C, "online": false}))
+            .collect();
+        assert!(
+            offline_events.len() <= 1,
+            "C's offline announced {} times",
+            offline_events.len()
+        );
     })
     .await
 }

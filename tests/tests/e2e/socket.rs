@@ -26,6 +26,7 @@ backends!(
     requests_reach_every_socket_of_the_user,
     concurrent_senders_see_one_order,
     history_keeps_at_least_history_max,
+    paging_is_exact_through_a_burst,
 );
 
 /// Rooms and users for a test: A and B share `room`; C is outside.
@@ -291,6 +292,71 @@ async fn concurrent_senders_see_one_order(b: Backend) {
         let mine: Vec<&String> = texts.iter().filter(|t| t.starts_with(who)).collect();
         let expected: Vec<String> = (0..25).map(|i| format!("{who}{i}")).collect();
         assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "{who}'s order");
+    }
+}
+
+/// Many messages in the same millisecond (ids `<ms>-0` … `<ms>-12` compare as numbers, not as
+/// text): `after` and `since` still step through them one by one.
+async fn paging_is_exact_through_a_burst(b: Backend) {
+    let f = fixture(b, &["--frames-per-sec", "10000", "--frame-burst", "10000"]).await;
+    let mut a = f.app.ws(&f.a).await;
+    for i in 0..150 {
+        a.send(
+            "send_message",
+            json!({"room": f.room, "message": format!("b{i}")}),
+            None,
+        )
+        .await;
+    }
+    a.say(&f.room, "end").await;
+    let all = f
+        .app
+        .get(
+            &format!("/chatrooms/{}/messages?limit=500", f.room),
+            Some(&f.a.token),
+        )
+        .await
+        .ok();
+    let all_ids = chat_tests::ids(&all["messages"]);
+    assert_eq!(all_ids.len(), 151);
+    let expected: Vec<String> = (0..150)
+        .map(|i| format!("b{i}"))
+        .chain(["end".to_owned()])
+        .collect();
+    assert_eq!(
+        texts(&all["messages"]),
+        expected,
+        "history in sending order"
+    );
+    for w in all_ids.windows(2) {
+        let v = f
+            .app
+            .get(
+                &format!("/chatrooms/{}/messages?after={}&limit=1", f.room, w[0]),
+                Some(&f.a.token),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            chat_tests::ids(&v["messages"]),
+            [w[1].clone()],
+            "after {}",
+            w[0]
+        );
+    }
+    // The same through join_room's since, at a few points.
+    for at in [0, 9, 10, 11, 99, 100, 149] {
+        let mut ws = f.app.ws(&f.b).await;
+        let h = ws
+            .join_with(json!({"room": f.room, "since": all_ids[at]}))
+            .await;
+        assert_eq!(
+            chat_tests::ids(&h["messages"]),
+            all_ids[at + 1..].to_vec(),
+            "since {}",
+            all_ids[at]
+        );
+        ws.close().await;
     }
 }
 

@@ -20,6 +20,7 @@ backends!(
     room_expires_at_its_ttl,
     room_expires_when_both_members_are_idle,
     presence_goes_offline_after_the_last_socket,
+    the_upgrade_is_not_an_http_request_for_presence,
     session_end_closes_rooms_and_frees_the_phone,
     a_session_lives_while_its_user_is_online,
     pending_requests_expire_silently,
@@ -163,6 +164,33 @@ async fn presence_goes_offline_after_the_last_socket(b: Backend) {
         .err(404, "user_not_found");
 }
 
+/// Presence lasts `presence_secs` after the last HTTP API request, and the WebSocket upgrade is
+/// not one: a user whose HTTP presence lapsed goes offline as soon as their only socket closes.
+async fn the_upgrade_is_not_an_http_request_for_presence(b: Backend) {
+    let app = App::start(b, &["--presence-secs", "3"]).await;
+    let a = app.register(A).await;
+    let bu = app.register(B).await;
+    let mut b_ws = app.ws(&bu).await;
+    app.post("/send_request", Some(&a.token), &json!({ "phone2": B }))
+        .await
+        .ok();
+    let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    let a_ws = app.ws(&a).await;
+    let ev = b_ws.recv_event("presence").await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": true}));
+    let closed_at = Instant::now();
+    a_ws.close().await;
+    let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert!(
+        closed_at.elapsed() < Duration::from_millis(2500),
+        "offline {:?} after the last socket closed: the upgrade counted as an HTTP request \
+         (presence_secs is 3)",
+        closed_at.elapsed()
+    );
+}
+
 async fn session_end_closes_rooms_and_frees_the_phone(b: Backend) {
     let app = App::start(b, &["--presence-secs", "1", "--session-idle-secs", "2"]).await;
     let a = app.register(A).await;
@@ -170,8 +198,14 @@ async fn session_end_closes_rooms_and_frees_the_phone(b: Backend) {
     let c = app.register(C).await;
     let mut b_ws = app.ws(&bu).await;
     let _c_ws = app.ws(&c).await; // keeps C's session alive
+    let d = app.register("+14155550134").await;
+    let _d_ws = app.ws(&d).await; // keeps D's session alive
     let room = app.make_room(&a, &bu).await;
+    // Requests to and from A.
     app.post("/send_request", Some(&c.token), &json!({ "phone2": A }))
+        .await
+        .ok();
+    app.post("/send_request", Some(&a.token), &json!({"phone2": d.phone}))
         .await
         .ok();
     // A goes away: offline after 1 s, session over 2 s later.
@@ -196,6 +230,12 @@ async fn session_end_closes_rooms_and_frees_the_phone(b: Backend) {
         v,
         json!({"success": true, "incoming_request": [], "sent_request": []}),
         "the ended session's requests were dropped"
+    );
+    let v = app.get("/incoming_request", Some(&d.token)).await.ok();
+    assert_eq!(
+        v["incoming_request"],
+        json!([]),
+        "the ended session's sent requests were dropped"
     );
     let v = app.get("/active_chatrooms", Some(&bu.token)).await.ok();
     assert_eq!(v["chatrooms"], json!([]));
