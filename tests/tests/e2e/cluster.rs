@@ -443,3 +443,108 @@ async fn lifetimes_are_announced_once_across_nodes() {
     })
     .await
 }
+
+/// Races through two nodes: one phone registered twice at once, one request accepted on both
+/// nodes at once, two users asking each other at once. Each ends in exactly one winner.
+#[tokio::test]
+async fn races_through_two_nodes_have_one_winner() {
+    bounded(async {
+        let app = App::start(Backend::Redis, &[]).await;
+        let node2 = app.another_node().await;
+        let n1 = Client::new(app.server.addr);
+        let n2 = Client::new(node2.addr);
+
+        // The same phone on both nodes at once: one session.
+        for i in 0..5 {
+            let phone = format!("+1415555090{i}");
+            let body = json!({ "phone": phone });
+            let (r1, r2) = tokio::join!(
+                n1.post("/register_user", None, &body),
+                n2.post("/register_user", None, &body)
+            );
+            let wins = [&r1, &r2].iter().filter(|r| r.status == 200).count();
+            assert_eq!(
+                wins,
+                1,
+                "{phone} registered {wins} times: {} {} / {} {}",
+                r1.status,
+                r1.text(),
+                r2.status,
+                r2.text()
+            );
+            for r in [&r1, &r2] {
+                if r.status != 200 {
+                    r.err(409, "phone_in_use");
+                }
+            }
+        }
+
+        // One request accepted through both nodes at once: one room.
+        let a = n1.register(A).await;
+        let bu = n2.register(B).await;
+        n1.post("/send_request", Some(&a.token), &json!({ "phone2": B }))
+            .await
+            .ok();
+        let accept = json!({"phone1": A, "action": "accept"});
+        let (r1, r2, r3, r4) = tokio::join!(
+            n1.post("/respond_request", Some(&bu.token), &accept),
+            n2.post("/respond_request", Some(&bu.token), &accept),
+            n1.post("/respond_request", Some(&bu.token), &accept),
+            n2.post("/respond_request", Some(&bu.token), &accept)
+        );
+        let wins = [&r1, &r2, &r3, &r4]
+            .iter()
+            .filter(|r| r.status == 200)
+            .count();
+        assert_eq!(wins, 1, "concurrent accepts on two nodes made {wins} rooms");
+        for r in [&r1, &r2, &r3, &r4] {
+            if r.status != 200 {
+                r.err(404, "request_not_found");
+            }
+        }
+        let v = n1.get("/active_chatrooms", Some(&a.token)).await.ok();
+        assert_eq!(v["chatrooms"].as_array().map(Vec::len), Some(1), "{v}");
+
+        // Two users asking each other at once, on two nodes: never two crossed pending requests.
+        for i in 0..6 {
+            let x = n1.register(&format!("+1415555091{i}")).await;
+            let y = n2.register(&format!("+1415555092{i}")).await;
+            let bx = json!({ "phone2": y.phone });
+            let by = json!({ "phone2": x.phone });
+            let (rx, ry) = tokio::join!(
+                n1.post("/send_request", Some(&x.token), &bx),
+                n2.post("/send_request", Some(&y.token), &by)
+            );
+            for r in [&rx, &ry] {
+                assert!(
+                    matches!(r.status, 200 | 404 | 409),
+                    "crossed requests: {} {}",
+                    r.status,
+                    r.text()
+                );
+            }
+            let vx = n1.get("/incoming_request", Some(&x.token)).await.ok();
+            let rooms = n1.get("/active_chatrooms", Some(&x.token)).await.ok();
+            let pending_both_ways = vx["incoming_request"] == json!([y.phone])
+                && vx["sent_request"] == json!([y.phone]);
+            assert!(
+                !pending_both_ways,
+                "pair {i}: two crossed pending requests and no room ({} {} / {} {})",
+                rx.status,
+                rx.text(),
+                ry.status,
+                ry.text()
+            );
+            let n_rooms = rooms["chatrooms"].as_array().map(Vec::len).unwrap_or(0);
+            assert!(n_rooms <= 1, "pair {i}: {n_rooms} rooms");
+            if n_rooms == 1 {
+                assert_eq!(
+                    vx,
+                    json!({"success": true, "incoming_request": [], "sent_request": []}),
+                    "pair {i}: a room and a pending request"
+                );
+            }
+        }
+    })
+    .await
+}
