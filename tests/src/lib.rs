@@ -5,6 +5,13 @@
 //! server-side dependency is chat-store-redis's `test_server` (a private redis-server per test),
 //! never the store itself. Every process it starts is killed when its handle drops, and every
 //! wait is bounded.
+//!
+//! Running: `cargo test -p chat-tests` (or plain `cargo test` at the workspace root). The first
+//! test runs `cargo build -p chat-server` once, so the binary under test is never stale.
+//! `redis-server` must be on `PATH` (tests never skip without it). Knobs, all optional:
+//! `CHAT_E2E_LOG` (the servers' `RUST_LOG`, default `info`; their stderr is printed when a test
+//! fails), `CHAT_SERVER_BIN` (test another binary), `CHAT_E2E_SKIP_BUILD=1` (use the binary as
+//! it is). Store-bound tests are named `<area>::memory::<test>` and `<area>::redis::<test>`.
 
 pub mod http;
 pub mod server;

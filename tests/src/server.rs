@@ -130,6 +130,8 @@ pub struct Server {
     pub args: Vec<String>,
     /// Its stderr.
     pub log: LogTail,
+    /// Its stdout (the contract sends every log to stderr, so this stays empty).
+    pub stdout: LogTail,
     exit: Option<ExitStatus>,
 }
 
@@ -177,11 +179,20 @@ impl Server {
                 std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let stderr = child.stderr.take().expect("piped stderr");
+        let stdout_pipe = child.stdout.take().expect("piped stdout");
+        let stdout = LogTail::default();
+        let out_tail = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines() {
+                let Ok(line) = line else { break };
+                out_tail.push(line);
+            }
+        });
         let log = LogTail::default();
         let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
         let tail = log.clone();
@@ -206,6 +217,7 @@ impl Server {
                         addr,
                         args,
                         log,
+                        stdout,
                         exit: None,
                     };
                 }

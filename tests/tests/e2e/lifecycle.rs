@@ -38,6 +38,9 @@ async fn shuts_down_gracefully(signal: &str) {
         Some(0),
         "exit status after SIG{signal}: {status}"
     );
+    // Every log went to stderr.
+    assert_eq!(app.server.stdout.text(), "", "the server wrote to stdout");
+    assert!(app.server.log.contains("listening on"));
     // Nobody listens any more.
     assert!(
         tokio::net::TcpStream::connect(app.addr).await.is_err(),
@@ -169,6 +172,17 @@ async fn store_outage_answers_503_and_recovers() {
         )
         .await;
         timed(t, "send_message");
+        // The first step that needs the store answers: the token check comes before the body's
+        // shape; a registration's shape is checked before any store access.
+        app.post_raw("/send_request", Some(&a.token), b"not json")
+            .await
+            .err(503, "store_unavailable");
+        app.post_raw("/register_user", None, b"not json")
+            .await
+            .err(400, "bad_request");
+        app.post("/register_user", None, &json!({"phone": "+14155550159"}))
+            .await
+            .err(503, "store_unavailable");
         // The process is alive and the sockets stay open.
         app.get("/healthz", None).await.ok();
         assert_eq!(a_ws.call("ping", json!({})).await["event"], "pong");

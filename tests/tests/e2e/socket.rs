@@ -66,7 +66,10 @@ async fn upgrade_authenticates(b: Backend) {
         for auth in [Auth::Header, Auth::Query] {
             match Ws::open(app.addr, token, auth, &[]).await {
                 Ok(_) => panic!("upgrade with token {token:?} ({auth:?}) was accepted"),
-                Err(r) => assert_eq!(r.status, 401, "token {token:?} ({auth:?}): {}", r.body),
+                Err(r) => {
+                    assert_eq!(r.status, 401, "token {token:?} ({auth:?}): {}", r.body);
+                    assert!(r.body.contains("\"unauthorized\""), "401 body: {}", r.body);
+                }
             }
         }
     }
@@ -1069,7 +1072,10 @@ async fn allowed_origins_restricts_browser_upgrades() {
         .await
         {
             Ok(_) => panic!("upgrade from a foreign Origin was accepted"),
-            Err(r) => assert_eq!(r.status, 403, "{}", r.body),
+            Err(r) => {
+                assert_eq!(r.status, 403, "{}", r.body);
+                assert!(r.body.contains("\"forbidden\""), "403 body: {}", r.body);
+            }
         }
         for origin in ["http://good.example", "https://also.example"] {
             let mut ws = Ws::open(app.addr, &a.token, Auth::Header, &[("Origin", origin)])
