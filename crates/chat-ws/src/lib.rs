@@ -17,7 +17,10 @@
 //!
 //! **Invariants:** every queue is bounded (`WsConfig::send_queue` frames per socket, held room
 //! events included); [`EventSink::deliver`] never blocks and never awaits; one socket's
-//! failure never touches another; the registry's locks are never held across an `.await`.
+//! failure never touches another; the registry's locks are never held across an `.await`;
+//! every bus `subscribe` is undone by exactly one `unsubscribe`, issued after it, and a room
+//! that is closed or expires keeps no socket of this node and, once its joins in progress
+//! have ended, no subscription.
 
 mod registry;
 mod socket;
@@ -294,6 +297,17 @@ impl Hub {
 
 impl EventSink for Hub {
     fn deliver(&self, delivery: &Delivery) {
+        self.offer_all(delivery);
+        // Queued first, so a socket is told the room is gone before it stops being in it.
+        if let Event::RoomClosed { room, .. } | Event::RoomExpired { room } = &delivery.event {
+            self.room_ended(*room);
+        }
+    }
+}
+
+impl Hub {
+    /// Queues a delivery to the local sockets it addresses.
+    fn offer_all(&self, delivery: &Delivery) {
         let registry = self.read();
         let targets = match &delivery.audience {
             Audience::User(phone) => registry.users.get(phone),
@@ -314,6 +328,36 @@ impl EventSink for Hub {
             if !self.excluded(conn, delivery.except.as_ref()) {
                 self.count(conn.offer(&frame, room));
             }
+        }
+    }
+
+    /// A room was closed or expired: no local socket stays in it, and once none is, the node
+    /// stops listening to it. Sockets may stay open for hours after their room ended; without
+    /// this each would keep its registry entry and the node's bus subscription until it left.
+    ///
+    /// The event comes once per member (and a node may have sockets of both): the first one
+    /// does the work, the second finds nothing. The unsubscribe pairs with the subscribe of the
+    /// socket that made the node join the room, exactly as for `leave_room`: the registry's
+    /// last-socket transition decides, under its lock, so a socket's later leave or close finds
+    /// the room gone and does not unsubscribe again.
+    fn room_ended(&self, room: RoomId) {
+        if !self.read().rooms.contains_key(&room) {
+            return;
+        }
+        if !self.write().end_room(room) {
+            return;
+        }
+        // `deliver` must not await: the bus call runs on its own task, counted by `closed()`.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let hub = self.clone();
+                rt.spawn(
+                    self.inner
+                        .tracker
+                        .track_future(async move { hub.unsubscribe(Audience::Room(room)).await }),
+                );
+            }
+            Err(_) => tracing::warn!(%room, "no runtime to unsubscribe from an ended room"),
         }
     }
 }

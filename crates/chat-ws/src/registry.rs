@@ -90,6 +90,11 @@ struct JoinedRoom {
     id: RoomId,
     /// `Some` while the join is in progress: room events wait here, behind the history.
     held: Option<Vec<Held>>,
+    /// The room was closed or expired while this socket was joining it. The entry stays (in
+    /// the registry's room list too) until the join itself ends, because that join may still
+    /// be subscribing the node to the room: the unsubscribe that pairs with it must come after
+    /// it, from the join's own task ([`Registry::complete_join`] or [`Registry::abort_join`]).
+    ended: bool,
 }
 
 /// The mutable part of a socket, shared by its task and the deliveries.
@@ -255,6 +260,12 @@ impl Conn {
             .iter()
             .any(|r| r.id == room && r.held.is_none())
     }
+
+    /// How many rooms the socket is registered in, joined or joining.
+    #[cfg(test)]
+    pub(crate) fn room_count(&self) -> usize {
+        self.lock().rooms.len()
+    }
 }
 
 /// The outcome of starting a join.
@@ -266,6 +277,16 @@ pub(crate) enum BeginJoin {
     Joining { first: bool },
     /// The socket is closing.
     Closing,
+}
+
+/// The outcome of ending a join whose history was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// The history is queued, then what was held; room events now flow directly.
+    Joined(Offer),
+    /// The room was closed or expired during the join: nothing is queued and the socket is out
+    /// of the room; `last`: no socket of this node is in it any more.
+    Ended { last: bool },
 }
 
 /// What unregistering a socket left to do.
@@ -351,6 +372,7 @@ impl Registry {
             st.rooms.push(JoinedRoom {
                 id: room,
                 held: Some(Vec::new()),
+                ended: false,
             });
         }
         let conns = self.rooms.entry(room).or_default();
@@ -383,49 +405,90 @@ impl Registry {
         was_there.then(|| self.drop_member(room, conn))
     }
 
+    /// A room was closed or expired: every socket that joined it is out of it now, whoever its
+    /// user (no `user_left` is due: the room is gone for everyone). Returns whether the node
+    /// is now out of the room, so the caller unsubscribes from it.
+    ///
+    /// A socket still joining keeps its entry, marked ended, and leaves when its join ends: a
+    /// join may be subscribing the node to the room right now, and an unsubscribe that
+    /// overtook that subscribe would be lost and the subscription kept.
+    pub(crate) fn end_room(&mut self, room: RoomId) -> bool {
+        let Some(conns) = self.rooms.get_mut(&room) else {
+            return false;
+        };
+        conns.retain(|conn| {
+            let mut st = conn.lock();
+            let Some(pos) = st.rooms.iter().position(|r| r.id == room) else {
+                // Not in the socket's own list: nothing keeps it in the room's.
+                return false;
+            };
+            let joined = &mut st.rooms[pos];
+            if joined.held.is_some() {
+                joined.ended = true;
+                // Held events of a room that is gone are never sent.
+                joined.held = Some(Vec::new());
+                return true;
+            }
+            st.rooms.swap_remove(pos);
+            false
+        });
+        let last = conns.is_empty();
+        if last {
+            self.rooms.remove(&room);
+        }
+        last
+    }
+
+    /// Ends a join: queues `history`, then what was held for the room meanwhile, skipping
+    /// messages the history already holds (ids up to `seen`), and from then on room events flow
+    /// directly. Unless the room ended during the join: then the socket leaves it instead.
+    pub(crate) fn complete_join(
+        &mut self,
+        conn: &Arc<Conn>,
+        room: RoomId,
+        history: Utf8Bytes,
+        seen: Option<MessageId>,
+    ) -> Completed {
+        let mut st = conn.lock();
+        let Some(pos) = st.rooms.iter().position(|r| r.id == room) else {
+            // An already joined socket re-reading the history, and the room ended meanwhile.
+            return Completed::Ended { last: false };
+        };
+        if st.rooms[pos].ended {
+            st.rooms.swap_remove(pos);
+            drop(st);
+            return Completed::Ended {
+                last: self.drop_member(room, conn),
+            };
+        }
+        if st.closing.is_some() {
+            return Completed::Joined(Offer::Dropped);
+        }
+        let held = st.rooms[pos].held.take().unwrap_or_default();
+        let fresh = held
+            .into_iter()
+            .filter(|h| match (h.message, seen) {
+                (Some(id), Some(seen)) => id > seen,
+                _ => true,
+            })
+            .map(|h| h.frame);
+        let was_empty = st.queue.is_empty();
+        st.queue.push_back(history);
+        st.queue.extend(fresh);
+        let offer = if st.queue.len() + st.held_len() > conn.cap {
+            st.overflow()
+        } else {
+            Offer::Queued
+        };
+        drop(st);
+        if was_empty || offer == Offer::Overflowed {
+            conn.waker.wake();
+        }
+        Completed::Joined(offer)
+    }
+
     /// Every socket open on this node.
     pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Conn>> {
         self.users.values().flatten()
     }
-}
-
-/// Ends a join: queues `history`, then what was held for the room meanwhile, skipping messages
-/// the history already holds (ids up to `seen`), and from then on room events flow directly.
-/// Needs no registry lock: only the socket's own state changes.
-pub(crate) fn complete_join(
-    conn: &Conn,
-    room: RoomId,
-    history: Utf8Bytes,
-    seen: Option<MessageId>,
-) -> Offer {
-    let mut st = conn.lock();
-    if st.closing.is_some() {
-        return Offer::Dropped;
-    }
-    let held = st
-        .rooms
-        .iter_mut()
-        .find(|r| r.id == room)
-        .and_then(|r| r.held.take())
-        .unwrap_or_default();
-    let fresh = held
-        .into_iter()
-        .filter(|h| match (h.message, seen) {
-            (Some(id), Some(seen)) => id > seen,
-            _ => true,
-        })
-        .map(|h| h.frame);
-    let was_empty = st.queue.is_empty();
-    st.queue.push_back(history);
-    st.queue.extend(fresh);
-    let offer = if st.queue.len() + st.held_len() > conn.cap {
-        st.overflow()
-    } else {
-        Offer::Queued
-    };
-    drop(st);
-    if was_empty || offer == Offer::Overflowed {
-        conn.waker.wake();
-    }
-    offer
 }

@@ -20,7 +20,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::Hub;
-use crate::registry::{self, BeginJoin, CloseReason, Conn};
+use crate::registry::{BeginJoin, CloseReason, Completed, Conn};
 use crate::wire::{self, Ack, Command, MAX_BAD_FRAMES, Rejected, Request};
 
 /// Serves one socket until it is closed and cleaned up.
@@ -558,9 +558,22 @@ async fn join_room(
                 .map(|m| m.id)
                 .or_else(|| data.since.as_deref().and_then(|s| MessageId::parse(s).ok()));
             let history = wire::room_history(ack, &room, &page);
-            hub.count(registry::complete_join(conn, room, history, seen));
-            service.announce_join(me, room).await;
-            Ok(())
+            let completed = hub.write().complete_join(conn, room, history, seen);
+            match completed {
+                Completed::Joined(offer) => {
+                    hub.count(offer);
+                    service.announce_join(me, room).await;
+                    Ok(())
+                }
+                // Closed or expired after the history was read: answered as a join that came
+                // a moment later would be (the socket has had `room_closed`/`room_expired`).
+                Completed::Ended { last } => {
+                    if last {
+                        hub.unsubscribe(Audience::Room(room)).await;
+                    }
+                    Err(Error::RoomNotFound)
+                }
+            }
         }
     }
 }

@@ -2,24 +2,26 @@
 //! `Stream` and reads what it writes to its `Sink`, with a gate that stops the sink to play a
 //! client that does not read. The service is the real one over `MemoryStore`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use chat_core::{
-    ChatRequest, ChatService, Clock, Config, DueTimer, EndedSession, HistoryPage, ManualClock,
-    MemoryStore, Millis, NewMessage, NewRoom, NodeId, OnlinePage, Phone, PresenceState, Registered,
-    Requests, Room, SendOutcome, Store, SystemClock, Timer, Token, Touched,
+    ChatRequest, ChatService, Clock, Config, DueTimer, EndedSession, EventBus, HistoryPage,
+    ManualClock, MemoryStore, Millis, NewMessage, NewRoom, NodeId, OnlinePage, Phone,
+    PresenceState, Registered, Requests, Room, SendOutcome, Store, SystemClock, Timer, Token,
+    Touched,
 };
 use futures_util::task::AtomicWaker;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::*;
-use crate::registry::{BeginJoin, Conn, complete_join};
+use crate::registry::{BeginJoin, Completed, Conn, Registry};
 
 // ------------------------------------------------------------------------------ harness
 
@@ -165,10 +167,49 @@ impl Client {
     }
 }
 
+/// Subscribes and unsubscribes made so far for one audience.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Subs {
+    subscribed: usize,
+    unsubscribed: usize,
+}
+
+/// `MemoryStore`'s bus, counting every subscribe and unsubscribe per audience; tests wait on
+/// the counts (some unsubscribes run on tasks of their own).
+struct CountingBus {
+    inner: MemoryStore,
+    counts: watch::Sender<HashMap<Audience, Subs>>,
+}
+
+#[async_trait::async_trait]
+impl EventBus for CountingBus {
+    async fn publish(&self, delivery: Delivery) -> chat_core::Result<()> {
+        self.inner.publish(delivery).await
+    }
+
+    async fn subscribe(&self, audience: Audience) -> chat_core::Result<()> {
+        self.counts
+            .send_modify(|c| c.entry(audience.clone()).or_default().subscribed += 1);
+        self.inner.subscribe(audience).await
+    }
+
+    async fn unsubscribe(&self, audience: Audience) -> chat_core::Result<()> {
+        self.counts
+            .send_modify(|c| c.entry(audience.clone()).or_default().unsubscribed += 1);
+        self.inner.unsubscribe(audience).await
+    }
+
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        self.inner.attach(sink);
+    }
+}
+
 struct World {
     service: ChatService,
     hub: Hub,
     clock: Option<ManualClock>,
+    /// The counts of a [`CountingBus`], for worlds built over one.
+    subs: Option<watch::Receiver<HashMap<Audience, Subs>>>,
 }
 
 impl World {
@@ -176,7 +217,7 @@ impl World {
         let store = MemoryStore::new();
         World::with_store(
             Arc::new(store.clone()),
-            store,
+            Arc::new(store),
             Arc::new(SystemClock),
             config,
             None,
@@ -188,32 +229,66 @@ impl World {
         let clock = ManualClock::new(1_800_000_000_000);
         World::with_store(
             Arc::new(store.clone()),
-            store,
+            Arc::new(store),
             Arc::new(clock.clone()),
             config,
             Some(clock),
         )
     }
 
+    /// Over a [`CountingBus`], on a manual clock.
+    fn counting() -> World {
+        let store = MemoryStore::new();
+        let clock = ManualClock::new(1_800_000_000_000);
+        let (counts, subs) = watch::channel(HashMap::new());
+        let bus = CountingBus {
+            inner: store.clone(),
+            counts,
+        };
+        let mut w = World::with_store(
+            Arc::new(store),
+            Arc::new(bus),
+            Arc::new(clock.clone()),
+            WsConfig::default(),
+            Some(clock),
+        );
+        w.subs = Some(subs);
+        w
+    }
+
+    /// The subscribes and unsubscribes so far for `audience` (of a counting world).
+    fn subs(&self, audience: &Audience) -> Subs {
+        let subs = self.subs.as_ref().expect("a counting world");
+        subs.borrow().get(audience).copied().unwrap_or_default()
+    }
+
+    /// Waits until `audience` has seen `unsubscribed` unsubscribes (of a counting world).
+    async fn unsubscribed(&self, audience: &Audience, unsubscribed: usize) {
+        let mut subs = self.subs.clone().expect("a counting world");
+        let seen = subs.wait_for(|c| {
+            c.get(audience)
+                .is_some_and(|s| s.unsubscribed >= unsubscribed)
+        });
+        tokio::time::timeout(WAIT, seen)
+            .await
+            .expect("the unsubscribe in time")
+            .unwrap();
+    }
+
     fn with_store(
         store: Arc<dyn Store>,
-        bus: MemoryStore,
+        bus: Arc<dyn EventBus>,
         clock: Arc<dyn Clock>,
         config: WsConfig,
         manual: Option<ManualClock>,
     ) -> World {
-        let service = ChatService::new(
-            store,
-            Arc::new(bus),
-            clock,
-            Config::default(),
-            NodeId::random(),
-        );
+        let service = ChatService::new(store, bus, clock, Config::default(), NodeId::random());
         let hub = Hub::new(service.clone(), config);
         World {
             service,
             hub,
             clock: manual,
+            subs: None,
         }
     }
 
@@ -582,6 +657,199 @@ async fn room_events_reach_joined_sockets_only_with_their_exceptions() {
     assert!(w.hub.read().users.is_empty());
 }
 
+/// How the room ends in [`a_room_that_ends_keeps_no_socket_and_no_subscription`].
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Closed,
+    Expired,
+}
+
+/// A room that is closed or expires leaves no socket registered in it and unsubscribes the
+/// node exactly once, however long its sockets stay open; no `user_left` is sent for it.
+async fn a_room_that_ends_keeps_no_socket_and_no_subscription(ending: Ending) {
+    let w = World::counting();
+    let a = w.user(A).await;
+    let b = w.user(B).await;
+    let room = w.room(&a, &b).await;
+    let r = room.to_string();
+    let audience = Audience::Room(room);
+    let mut a1 = w.open(&a).await;
+    let mut a2 = w.open(&a).await; // never joins
+    let mut b1 = w.open(&b).await;
+    for (c, who) in [(&mut a1, A), (&mut b1, B)] {
+        c.send_json(json!({"event": "join_room", "data": {"room": r}, "ack": 1}));
+        assert_eq!(c.json().await["event"], "room_history");
+        assert_eq!(
+            c.json().await,
+            json!({"event": "user_joined", "data": {"room": r, "user": who}})
+        );
+    }
+    a1.only_then_pong(&["user_joined"]).await;
+    assert_eq!(w.hub.read().rooms.get(&room).map(Vec::len), Some(2));
+    assert_eq!(
+        w.subs(&audience),
+        Subs {
+            subscribed: 1,
+            unsubscribed: 0
+        }
+    );
+
+    let told = match ending {
+        Ending::Closed => {
+            w.service.close_room(&a.phone, &r).await.unwrap();
+            json!({"event": "room_closed", "data": {"room": r, "by": A}})
+        }
+        Ending::Expired => {
+            let ttl_ms = Config::default().room_ttl_secs * 1000;
+            w.clock.as_ref().unwrap().advance(ttl_ms);
+            w.service.tick().await.unwrap();
+            json!({"event": "room_expired", "data": {"room": r}})
+        }
+    };
+    for c in [&mut a1, &mut a2, &mut b1] {
+        assert_eq!(c.json().await, told);
+    }
+    w.unsubscribed(&audience, 1).await;
+    {
+        let registry = w.hub.read();
+        assert!(registry.rooms.is_empty());
+        assert_eq!(registry.all().count(), 3);
+        assert!(registry.all().all(|c| c.room_count() == 0));
+    }
+    // Nobody hears anyone leave: the room is gone for everyone.
+    for c in [&mut a1, &mut a2, &mut b1] {
+        c.only_then_pong(&[]).await;
+    }
+    // Leaving it now is answered as for a room never joined, and announces nothing.
+    a1.send_json(json!({"event": "leave_room", "data": {"room": r}, "ack": 2}));
+    assert_eq!(
+        a1.json().await,
+        json!({"event": "ack", "ack": 2, "data": {}})
+    );
+    b1.only_then_pong(&[]).await;
+
+    // Closing the sockets that were in the room does not unsubscribe a second time.
+    a1.hang_up().await;
+    a2.hang_up().await;
+    assert_eq!(
+        w.subs(&audience),
+        Subs {
+            subscribed: 1,
+            unsubscribed: 1
+        }
+    );
+    // A join of the ended room is refused and leaves nothing behind either.
+    b1.send_json(json!({"event": "join_room", "data": {"room": r}, "ack": 3}));
+    let v = b1.json().await;
+    assert_eq!(
+        (v["event"].as_str(), v["ack"].as_i64()),
+        (Some("error"), Some(3))
+    );
+    assert_eq!(v["data"]["code"], "room_not_found");
+    b1.hang_up().await;
+    assert_eq!(
+        w.subs(&audience),
+        Subs {
+            subscribed: 2,
+            unsubscribed: 2
+        }
+    );
+    for user in [&a, &b] {
+        assert_eq!(
+            w.subs(&Audience::User(user.phone.clone())),
+            Subs {
+                subscribed: 1,
+                unsubscribed: 1
+            }
+        );
+    }
+    assert_eq!(w.hub.connections(), 0);
+    assert!(w.hub.read().rooms.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_room_keeps_no_socket_and_no_subscription() {
+    a_room_that_ends_keeps_no_socket_and_no_subscription(Ending::Closed).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_room_keeps_no_socket_and_no_subscription() {
+    a_room_that_ends_keeps_no_socket_and_no_subscription(Ending::Expired).await;
+}
+
+#[test]
+fn a_room_that_ends_during_a_join_is_left_when_the_join_ends() {
+    let session = |phone: &str| Session {
+        phone: Phone::parse(phone).unwrap(),
+        name: None,
+        token: Token::generate().unwrap(),
+        created_at: 0,
+    };
+    let joining = Arc::new(Conn::new(1, session(A), 16));
+    let joined = Arc::new(Conn::new(2, session(B), 16));
+    let mut registry = Registry::default();
+    registry.add(&joining);
+    registry.add(&joined);
+    let room = RoomId::generate();
+    let f = |s: &'static str| Utf8Bytes::from_static(s);
+
+    // `joining` made the node subscribe (maybe still in flight); `joined` is fully in.
+    assert_eq!(
+        registry.begin_join(&joining, room),
+        BeginJoin::Joining { first: true }
+    );
+    assert_eq!(
+        registry.begin_join(&joined, room),
+        BeginJoin::Joining { first: false }
+    );
+    assert_eq!(
+        registry.complete_join(&joined, room, f("history"), None),
+        Completed::Joined(Offer::Queued)
+    );
+    joining.offer(&f("held"), Some((room, None)));
+    // The joined socket is out at once; the joining one keeps the node in the room, so the
+    // unsubscribe cannot overtake its subscribe. The other member's event changes nothing.
+    assert!(!registry.end_room(room));
+    assert!(!registry.end_room(room));
+    assert_eq!(joined.room_count(), 0);
+    assert_eq!(joining.room_count(), 1);
+    // Its history arrives after all: it is not queued, and its join unsubscribes the node.
+    assert_eq!(
+        registry.complete_join(&joining, room, f("history"), None),
+        Completed::Ended { last: true }
+    );
+    assert_eq!(joining.pop(), None);
+    assert_eq!(joining.room_count(), 0);
+    assert!(registry.rooms.is_empty());
+
+    // A join that fails because the room is gone does the same through `abort_join`.
+    assert_eq!(
+        registry.begin_join(&joining, room),
+        BeginJoin::Joining { first: true }
+    );
+    assert!(!registry.end_room(room));
+    assert!(registry.abort_join(&joining, room));
+    assert!(registry.rooms.is_empty());
+
+    // A joined socket re-reading the history while the room ends: out already, nothing owed.
+    assert_eq!(
+        registry.begin_join(&joined, room),
+        BeginJoin::Joining { first: true }
+    );
+    registry.complete_join(&joined, room, f("history"), None);
+    assert_eq!(registry.begin_join(&joined, room), BeginJoin::AlreadyJoined);
+    assert!(registry.end_room(room));
+    assert_eq!(
+        registry.complete_join(&joined, room, f("history"), None),
+        Completed::Ended { last: false }
+    );
+    // Closing either socket owes the room nothing more.
+    for conn in [&joining, &joined] {
+        assert!(registry.remove(conn).unwrap().rooms.is_empty());
+    }
+    assert!(registry.rooms.is_empty() && registry.users.is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn service_errors_are_error_events_and_the_socket_stays() {
     let w = World::new(WsConfig::default());
@@ -689,7 +957,7 @@ fn room_events_during_a_join_wait_behind_the_history() {
         created_at: 0,
     };
     let conn = Arc::new(Conn::new(1, a, 16));
-    let mut registry = crate::registry::Registry::default();
+    let mut registry = Registry::default();
     assert_eq!(registry.add(&conn), Some(true));
     let room = RoomId::generate();
     assert_eq!(
@@ -706,7 +974,10 @@ fn room_events_during_a_join_wait_behind_the_history() {
     conn.offer(&f("user"), None);
     assert_eq!(conn.pop().as_deref(), Some("user"));
     assert_eq!(conn.pop(), None);
-    complete_join(&conn, room, f("history"), id(1));
+    assert_eq!(
+        registry.complete_join(&conn, room, f("history"), id(1)),
+        Completed::Joined(Offer::Queued)
+    );
     assert!(conn.joined(room));
     let queued: Vec<String> = std::iter::from_fn(|| conn.pop())
         .map(|f| f.to_string())
@@ -942,7 +1213,7 @@ async fn a_store_outage_answers_store_unavailable_and_keeps_the_socket() {
     };
     let w = World::with_store(
         Arc::new(store),
-        memory,
+        Arc::new(memory),
         Arc::new(SystemClock),
         WsConfig::default(),
         None,
