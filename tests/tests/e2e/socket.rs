@@ -437,7 +437,7 @@ async fn send_message_reaches_every_joined_socket(b: Backend) {
     for ws in [&mut a1, &mut a2, &mut b1] {
         ws.join(&f.room).await;
     }
-    let text = "  <b>hi</b> & \"quotes\" \u{1F600}\n  ";
+    let text = "  <b>hi</b> & \"quotes\" \u{1F600}\r\n\u{0}\t\u{200B}  ";
     let ack = a1
         .call_ok(
             "send_message",

@@ -157,6 +157,12 @@ async fn presence_goes_offline_after_the_last_socket(b: Backend) {
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
     assert_eq!(ev["data"], json!({"phone": A, "online": false}));
     assert!(!app.online(&bu.token).await.contains(&A.to_owned()));
+    // An HTTP API request brings A back online too, and B hears of it.
+    app.get("/active_chatrooms", Some(&a.token)).await.ok();
+    let ev = b_ws.recv_event("presence").await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": true}));
+    let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
+    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
     // Offline users are not found for requests.
     let c = app.register(C).await;
     app.post("/send_request", Some(&c.token), &json!({ "phone2": A }))
