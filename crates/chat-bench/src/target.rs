@@ -37,6 +37,8 @@ impl Target {
 
 /// Resolves `host[:port]` and insists on a loopback address.
 pub async fn resolve_loopback(authority: &str, default_port: u16) -> Result<SocketAddr> {
+    // `host:` means the default port, as in URLs.
+    let authority = authority.strip_suffix(':').unwrap_or(authority);
     let with_port = if authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -114,5 +116,9 @@ mod tests {
         assert!(Target::resolve("http://10.1.2.3:5000").await.is_err());
         assert!(Target::resolve("https://127.0.0.1:5000").await.is_err());
         assert!(Target::resolve("http://127.0.0.1:5000/x").await.is_err());
+        let r = resolve_loopback("127.0.0.1:", 6379).await.unwrap();
+        assert_eq!(r, "127.0.0.1:6379".parse().unwrap());
+        let r = resolve_loopback("localhost:7000", 6379).await.unwrap();
+        assert_eq!(r.port(), 7000);
     }
 }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Reproduces the figures of crates/chat-bench/README.md on this machine.
+#
+#   cargo build --release -p chat-server -p chat-bench
+#   crates/chat-bench/run-figures.sh [memory|redis|both] [OUT_DIR]
+#
+# For each store it starts its own chat-server (and, for Redis, its own redis-server on a free
+# port with persistence off), with every rate limit raised out of the way, runs:
+#   chat closed loop at windows 1 4 16 64 (saturation), chat open loop at half the best
+#   closed-loop rate (p99), idle with IDLE_SOCKETS sockets, setup at concurrency 16 and 64,
+# and writes one JSON line per run to OUT_DIR/<store>-<run>.json (stderr next to it).
+# Every server it started is stopped at the end, and only those.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+STORES=${1:-both}
+OUT=${2:-target/bench-figures}
+IDLE_SOCKETS=${IDLE_SOCKETS:-19900} # the open-file hard limit here is 20000 per process
+PAIRS=${PAIRS:-50}
+mkdir -p "$OUT"
+BENCH=target/release/chat-bench
+SERVER=target/release/chat-server
+[[ -x $BENCH && -x $SERVER ]] || { echo "build first: cargo build --release -p chat-server -p chat-bench" >&2; exit 1; }
+
+# As many descriptors as the hard limit allows, for the server (inherited) and the bench.
+ulimit -n "$(ulimit -Hn)"
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_server NAME [flags...] → sets SERVER_PID and URL
+start_server() {
+    local name=$1; shift
+    local log="$OUT/$name-server.log"
+    "$SERVER" --bind 127.0.0.1:0 --registrations-per-min 100000000 \
+        --frames-per-sec 1000000 --frame-burst 1000000 "$@" 2>"$log" &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
+    URL="http://$(grep -o 'listening on [0-9.:]*' "$log" | head -1 | sed 's/listening on //')"
+    echo "== $name: chat-server pid $SERVER_PID at $URL" >&2
+}
+
+stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
+
+# run NAME ARGS... : one bench run, JSON to $OUT/NAME.json
+run() {
+    local name=$1; shift
+    echo "-- $name: chat-bench $* (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    "$BENCH" "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err"
+    cat "$OUT/$name.json"
+}
+
+figures() {
+    local store=$1; shift
+    local extra=("$@") # --redis-url for the bench, when Redis
+    local server_flags=()
+    [[ ${#extra[@]} -gt 0 ]] && server_flags=("${extra[@]}")
+
+    start_server "$store-chat" "${server_flags[@]}"
+    local best=0
+    for w in 1 4 16 64; do
+        run "$store-closed-w$w" chat --url "$URL" --pairs "$PAIRS" --duration 10 --window "$w" \
+            --server-pid "$SERVER_PID" "${extra[@]}"
+        best=$(python3 -c "import json,sys; d=json.load(open('$OUT/$store-closed-w$w.json')); print(max($best, int(d['delivered_per_sec'])))")
+    done
+    local half=$((best / 2))
+    run "$store-open-half" chat --url "$URL" --pairs "$PAIRS" --duration 20 --rate "$half" \
+        --server-pid "$SERVER_PID" "${extra[@]}"
+    stop_server
+
+    start_server "$store-idle" "${server_flags[@]}"
+    run "$store-idle" idle --url "$URL" --sockets "$IDLE_SOCKETS" --duration 60 \
+        --server-pid "$SERVER_PID" "${extra[@]}"
+    stop_server
+
+    start_server "$store-setup" "${server_flags[@]}"
+    for c in 16 64; do
+        run "$store-setup-c$c" setup --url "$URL" --concurrency "$c" --count 5000 \
+            --server-pid "$SERVER_PID" "${extra[@]}"
+    done
+    stop_server
+}
+
+if [[ $STORES == memory || $STORES == both ]]; then
+    figures memory
+fi
+if [[ $STORES == redis || $STORES == both ]]; then
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    figures redis --redis-url "redis://127.0.0.1:$port"
+fi
+echo "results in $OUT" >&2
