@@ -11,6 +11,12 @@
 //! even after its retries ran out while Redis was down, and re-issues every wanted subscription
 //! after a disconnect (SUBSCRIBE is idempotent), so the subscriber resumes by itself.
 //!
+//! The node serves ([`Bus::serving`], checked by `Store::ping` and so by `/readyz`) only while
+//! every wanted channel is subscribed on the live connection: from a loss of the subscriber
+//! connection (a disconnect, a watchdog ping failing other than by a timeout) until the
+//! watchdog has pinged the new connection and subscribed every wanted channel on it, it does
+//! not. Otherwise a message acknowledged in that gap would reach no socket on this node.
+//!
 //! Received messages go through a bounded queue ([`DELIVERY_QUEUE`]) to one dispatcher task that
 //! decodes them and hands them to the attached sink. A full queue drops the delivery, counts it
 //! ([`BusStats::dropped`]) and logs: blocking instead would stall the reading of the Redis
@@ -19,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chat_core::{Audience, Delivery, Error, Result, SinkSlot};
@@ -71,19 +77,23 @@ pub(crate) struct Bus {
     /// Where received deliveries go.
     pub(crate) sink: Arc<SinkSlot>,
     pub(crate) stats: Arc<BusStats>,
-    /// Set on a disconnect: the watchdog re-issues every wanted subscription.
-    resync: Arc<AtomicBool>,
+    /// Bumped on every loss of the subscriber connection: a disconnect (by the push sender) or
+    /// a watchdog ping that failed other than by timing out.
+    lost: Arc<AtomicU64>,
+    /// The value of `lost` when the watchdog last subscribed every wanted channel on a
+    /// connection that had just answered PING. Equal to `lost`: nothing lost since.
+    synced: AtomicU64,
 }
 
 impl Bus {
-    /// The subscriber connection and the dispatcher task. `connect` builds the manager with the
-    /// push sender returned by [`push_sender`].
+    /// The subscriber connection. `connect` builds the manager with the push sender returned by
+    /// [`push_sender`], which shares `lost`.
     pub(crate) fn new(
         prefix: String,
         pubsub: ConnectionManager,
         sink: Arc<SinkSlot>,
         stats: Arc<BusStats>,
-        resync: Arc<AtomicBool>,
+        lost: Arc<AtomicU64>,
     ) -> Bus {
         Bus {
             prefix,
@@ -91,12 +101,20 @@ impl Bus {
             subs: tokio::sync::Mutex::default(),
             sink,
             stats,
-            resync,
+            // A loss before this point (during connect) leaves `synced` behind: resynced then.
+            lost,
+            synced: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn channel(&self, audience: &Audience) -> String {
         channel(&self.prefix, audience)
+    }
+
+    /// Whether every wanted channel is subscribed on the live subscriber connection, as far as
+    /// this node knows: no loss since the watchdog's last full resubscription.
+    pub(crate) fn serving(&self) -> bool {
+        self.synced.load(Ordering::SeqCst) == self.lost.load(Ordering::SeqCst)
     }
 
     pub(crate) async fn subscribe(&self, audience: &Audience) -> Result<()> {
@@ -152,33 +170,41 @@ impl Bus {
     }
 
     /// The watchdog's check: ping the subscriber connection (which reconnects it if needed),
-    /// then re-issue subscriptions after a disconnect and retry failed unsubscribes.
+    /// then re-issue subscriptions after a loss and retry failed unsubscribes.
     pub(crate) async fn check(&self) {
+        let lost = self.lost.load(Ordering::SeqCst);
         let mut ps = self.pubsub.clone();
         let ping =
             tokio::time::timeout(OP_TIMEOUT, redis::cmd("PING").query_async::<Value>(&mut ps))
                 .await;
-        if !matches!(ping, Ok(Ok(_))) {
-            self.resync.store(true, Ordering::SeqCst);
-            return;
-        }
-        let resync = self.resync.swap(false, Ordering::SeqCst);
-        let Ok(mut subs) = self.subs.try_lock() else {
-            // A subscribe is in flight; check again on the next round.
-            if resync {
-                self.resync.store(true, Ordering::SeqCst);
+        match ping {
+            Ok(Ok(_)) => {}
+            // Slow, not lost: a subscriber busy with a burst of messages still serves (a lost
+            // connection is reported by its disconnect, and the command connection's own PING
+            // in `Store::ping` fails when Redis hangs). Checked again next round.
+            Err(_) => return,
+            Ok(Err(e)) if e.is_timeout() => return,
+            Ok(Err(_)) => {
+                self.lost.fetch_add(1, Ordering::SeqCst);
+                return;
             }
+        }
+        // Calls hold the lock for at most OP_TIMEOUT each, in turn.
+        let Ok(mut subs) = tokio::time::timeout(OP_TIMEOUT, self.subs.lock()).await else {
             return;
         };
-        if resync {
+        if self.synced.load(Ordering::SeqCst) != lost {
+            // A new connection holds none of our subscriptions (the manager restores those
+            // Redis had confirmed, ignoring failures): subscribe every wanted channel again.
             let wanted: Vec<String> = subs.counts.keys().cloned().collect();
             for chunk in wanted.chunks(RESUBSCRIBE_CHUNK) {
                 let done = tokio::time::timeout(OP_TIMEOUT, ps.subscribe(chunk)).await;
                 if !matches!(done, Ok(Ok(()))) {
-                    self.resync.store(true, Ordering::SeqCst);
                     return;
                 }
             }
+            // A loss after the PING above moved `lost` on: not synced, retried next round.
+            self.synced.store(lost, Ordering::SeqCst);
             if !wanted.is_empty() {
                 tracing::info!(channels = wanted.len(), "pub/sub subscriptions restored");
             }
@@ -211,11 +237,11 @@ pub(crate) fn channel(prefix: &str, audience: &Audience) -> String {
 
 /// The push sender of the subscriber connection. Runs on the connection's read path, so it
 /// never blocks: messages go to the bounded queue (or are dropped and counted), a disconnect
-/// flags a resubscription.
+/// counts as a loss (`lost`), so the node stops serving until the watchdog resubscribed.
 pub(crate) fn push_sender(
     tx: mpsc::Sender<Vec<u8>>,
     stats: Arc<BusStats>,
-    resync: Arc<AtomicBool>,
+    lost: Arc<AtomicU64>,
 ) -> impl Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync + 'static {
     move |push: PushInfo| {
         match push.kind {
@@ -238,8 +264,9 @@ pub(crate) fn push_sender(
                 }
             }
             PushKind::Disconnection => {
-                stats.disconnects.fetch_add(1, Ordering::Relaxed);
-                resync.store(true, Ordering::SeqCst);
+                // Lost first: whoever sees the disconnect counted sees the node not serving.
+                lost.fetch_add(1, Ordering::SeqCst);
+                stats.disconnects.fetch_add(1, Ordering::SeqCst);
             }
             _ => {}
         }

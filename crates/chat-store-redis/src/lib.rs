@@ -79,7 +79,7 @@
 //! | `history` | one script: room check and `XRANGE (after` / `XREVRANGE` |
 //! | `schedule` | `ZADD` |
 //! | `due_timers`, `finish_timer` | one script each |
-//! | `ping` | `PING` |
+//! | `ping` | `PING`, once the bus is serving (else none: `StoreUnavailable` at once) |
 //! | `publish` | `PUBLISH` |
 //! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` on the first / last count, else none |
 //!
@@ -90,16 +90,22 @@
 //! `append_message` publishes the `receive_message` delivery inside its script, right after the
 //! `XADD`, so every node sees a room's messages in history order.
 //!
+//! `Store::ping` (`/readyz`) succeeds only while the node serves: the command connection
+//! answers and every wanted channel is subscribed on the live subscriber connection. After an
+//! outage it fails until the watchdog has resubscribed, so a message acknowledged once the node
+//! is ready again reaches this node's sockets.
+//!
 //! ## Failures
 //!
 //! Every call is bounded by [`OP_TIMEOUT`] and fails with `Error::StoreUnavailable` when Redis
 //! does not answer in time or the connection is down; both connections reconnect by themselves
-//! when Redis is back (the subscriber through its watchdog).
+//! when Redis is back (the subscriber through its watchdog, which also resubscribes; `ping`
+//! reports ready only after that).
 //!
 //! Feature `test-server`: [`test_server::RedisServer`] starts a private `redis-server` for tests.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chat_core::{Error, NodeId, Result, SinkSlot};
@@ -184,7 +190,7 @@ impl RedisStore {
             .map_err(|e| Error::bad_request(format!("invalid redis url: {e}")))?;
 
         let stats = Arc::new(BusStats::default());
-        let resync = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicU64::new(0));
         let sink = Arc::new(SinkSlot::default());
         let (tx, rx) = mpsc::channel(bus::DELIVERY_QUEUE);
 
@@ -193,7 +199,7 @@ impl RedisStore {
             let pubsub = ConnectionManager::new_with_config(
                 sub_client,
                 manager_config()
-                    .set_push_sender(bus::push_sender(tx, stats.clone(), resync.clone()))
+                    .set_push_sender(bus::push_sender(tx, stats.clone(), lost.clone()))
                     .set_automatic_resubscription(),
             )
             .await?;
@@ -216,7 +222,7 @@ impl RedisStore {
             node,
             conn,
             scripts,
-            bus: Bus::new(key_prefix.to_owned(), pubsub, sink, stats, resync),
+            bus: Bus::new(key_prefix.to_owned(), pubsub, sink, stats, lost),
         });
         tokio::spawn(watchdog(Arc::downgrade(&inner)));
         tracing::debug!(prefix = key_prefix, node = %inner.node, "redis store connected");

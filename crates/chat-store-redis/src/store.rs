@@ -741,7 +741,13 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    /// Ready means serving: the command connection answers, and the subscriber connection is up
+    /// with every wanted channel subscribed on it (see [`crate::bus`]). Until the watchdog has
+    /// resubscribed after an outage, a message acknowledged now would reach no local socket.
     async fn ping(&self) -> Result<()> {
+        if !self.inner.bus.serving() {
+            return Err(Error::StoreUnavailable);
+        }
         self.command(&redis::cmd("PING")).await.map(|_| ())
     }
 }

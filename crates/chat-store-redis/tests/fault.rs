@@ -1,6 +1,7 @@
 //! Redis dies mid-traffic and comes back: calls fail fast with `StoreUnavailable` while it is
 //! down, the store and its subscriber resume by themselves, and no acknowledged message is lost
-//! (AOF with `appendfsync always`).
+//! (AOF with `appendfsync always`). The subscriber alone fails (Redis's ACL forbids channels):
+//! `ping` fails until every wanted channel is subscribed again.
 
 mod common;
 
@@ -14,7 +15,9 @@ use chat_core::{
     RoomId, Session, Store, Token,
 };
 use chat_store_redis::test_server::RedisServer;
-use common::{node, now, prefix};
+use common::{node, now, prefix, raw};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
 /// The contract gives clients an answer within 2 s; the store must fail well inside that.
@@ -245,4 +248,130 @@ async fn timed(
     let started = Instant::now();
     let result = call.await;
     (name, started.elapsed(), result)
+}
+
+/// Subscribers on one channel, by Redis's count.
+async fn numsub(con: &mut MultiplexedConnection, channel: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(con)
+        .await
+        .expect("PUBSUB NUMSUB");
+    n
+}
+
+/// `ACL SETUSER default <rule>`: the store connects as `default`.
+async fn acl_default(con: &mut MultiplexedConnection, rule: &str) {
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg(rule)
+        .query_async::<()>(con)
+        .await
+        .expect("ACL SETUSER");
+}
+
+/// How many times Redis refused a channel to `channel`'s subscriber (ACL LOG, reason
+/// `channel`; Redis folds repeats of one refusal into one entry's `count`).
+async fn channel_refusals(con: &mut MultiplexedConnection, channel: &str) -> i64 {
+    let entries: Vec<Vec<Value>> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(con)
+        .await
+        .expect("ACL LOG");
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let field = |name: &str| {
+                entry
+                    .chunks(2)
+                    .find(|kv| text(&kv[0]) == name)
+                    .map(|kv| kv[1].clone())
+            };
+            let refused = field("reason").is_some_and(|r| text(&r) == "channel")
+                && field("object").is_some_and(|o| text(&o) == channel);
+            match field("count") {
+                Some(Value::Int(n)) if refused => Some(n),
+                _ => None,
+            }
+        })
+        .sum()
+}
+
+/// Calls `ping` until it answers `Ok`, at most `bound`; fails the test otherwise.
+async fn ping_until_ok(store: &chat_store_redis::RedisStore, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    while store.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "ping did not recover");
+        // No event tells when the watchdog's next round ran: poll, bounded.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn presence_to(to: &Phone, n: u32) -> Delivery {
+    Delivery::to_user(
+        to.clone(),
+        Event::Presence {
+            phone: phone(900),
+            online: n.is_multiple_of(2),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_fails_until_the_subscriber_has_resubscribed() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, waiter) = node(&server, &p).await;
+    let mut con = raw(&server).await;
+    let u = phone(10);
+    let u_ch = format!("{p}u:{u}");
+    store
+        .subscribe(Audience::User(u.clone()))
+        .await
+        .expect("subscribe");
+    store.ping().await.expect("serving");
+
+    // Redis stays up and the command connection with it, but channels are forbidden: Redis
+    // disconnects the subscriber (it held a channel it may no longer have) and refuses its
+    // resubscription.
+    acl_default(&mut con, "resetchannels").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.bus_stats().disconnects.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber was not disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.ping().await, Err(Error::StoreUnavailable));
+    // The watchdog tries again and again (its refusals are logged by Redis); ping keeps failing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while channel_refusals(&mut con, &u_ch).await < 3 {
+        assert!(Instant::now() < deadline, "the watchdog did not retry");
+        assert_eq!(store.ping().await, Err(Error::StoreUnavailable));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.ping().await, Err(Error::StoreUnavailable));
+    assert_eq!(numsub(&mut con, &u_ch).await, 0);
+
+    // Channels allowed again: the first ping that passes finds every wanted channel
+    // subscribed, and what is published after it is delivered.
+    acl_default(&mut con, "allchannels").await;
+    ping_until_ok(&store, Duration::from_secs(10)).await;
+    assert_eq!(numsub(&mut con, &u_ch).await, 1, "{u_ch} resubscribed");
+    let d = presence_to(&u, 1);
+    store.publish(d.clone()).await.expect("publish");
+    assert!(
+        waiter
+            .wait_for(Duration::from_secs(5), |got| got == &d)
+            .await,
+        "a publish after a successful ping reaches the node"
+    );
 }
