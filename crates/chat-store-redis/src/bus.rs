@@ -6,6 +6,21 @@
 //! a node only reads what its sockets need. A node's own publishes come back to it through its
 //! own subscription, exactly once, in the order Redis fixed.
 //!
+//! ## Counting
+//!
+//! Every `subscribe` is counted, whether or not its `SUBSCRIBE` reached Redis, and every
+//! `unsubscribe` undoes one: the caller pairs them (chat-ws calls `unsubscribe` on its last
+//! socket of an audience even when the `subscribe` for its first one failed), so a failed call
+//! never lowers another holder's count. A `subscribe` whose `SUBSCRIBE` failed returns the error
+//! and leaves the channel wanted: the watchdog subscribes it once Redis answers. An
+//! `unsubscribe` whose `UNSUBSCRIBE` failed returns `Ok` (the count is down either way) and the
+//! watchdog unsubscribes later; meanwhile the sink merely receives deliveries no local socket
+//! wants. What Redis should hold is decided from the counts each time a command is sent
+//! (level, not edge), with the commands serialised, so overlapping or timed-out calls never
+//! leave Redis holding the opposite of what the counts want.
+//!
+//! ## Connection and readiness
+//!
 //! Subscriptions live on a dedicated RESP3 `ConnectionManager` with a push sender and automatic
 //! resubscription; a watchdog task pings it every [`WATCHDOG_EVERY`], which makes it reconnect
 //! even after its retries ran out while Redis was down, and re-issues every wanted subscription
@@ -14,8 +29,9 @@
 //! The node serves ([`Bus::serving`], checked by `Store::ping` and so by `/readyz`) only while
 //! every wanted channel is subscribed on the live connection: from a loss of the subscriber
 //! connection (a disconnect, a watchdog ping failing other than by a timeout) until the
-//! watchdog has pinged the new connection and subscribed every wanted channel on it, it does
-//! not. Otherwise a message acknowledged in that gap would reach no socket on this node.
+//! watchdog has pinged the new connection and subscribed every wanted channel on it, and while
+//! a channel's own `SUBSCRIBE` failed and is not yet retried, it does not. Otherwise a message
+//! acknowledged in that gap would reach no socket on this node.
 //!
 //! Received messages go through a bounded queue ([`DELIVERY_QUEUE`]) to one dispatcher task that
 //! decodes them and hands them to the attached sink. A full queue drops the delivery, counts it
@@ -24,8 +40,8 @@
 //! output buffer limit), losing more. Sockets that missed messages catch up from history.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chat_core::{Audience, Delivery, Error, Result, SinkSlot};
@@ -59,21 +75,39 @@ pub struct BusStats {
     pub disconnects: AtomicU64,
 }
 
-/// Reference counts of this node's audiences, and what still has to be undone in Redis.
+/// What this node wants subscribed, and where Redis may differ from it. Sets hold channels; the
+/// sets are bounded by the channels counted now plus those awaiting an UNSUBSCRIBE.
 #[derive(Default)]
-struct Subs {
+struct Wanted {
     /// Channel → number of `subscribe` calls not yet undone (only counts > 0 are kept).
     counts: HashMap<String, u32>,
-    /// Channels whose UNSUBSCRIBE failed (Redis down): retried by the watchdog.
+    /// Wanted channels whose SUBSCRIBE has not succeeded since they became wanted (in flight,
+    /// waiting for its turn, or failed).
+    unconfirmed: HashSet<String>,
+    /// The part of `unconfirmed` whose SUBSCRIBE failed or timed out: the node does not serve
+    /// them until the watchdog subscribes them.
+    failed: HashSet<String>,
+    /// Channels no longer wanted whose UNSUBSCRIBE has not succeeded yet.
     stale: HashSet<String>,
+}
+
+impl Wanted {
+    /// A SUBSCRIBE of `ch` succeeded: whatever wants it now is served.
+    fn subscribed(&mut self, ch: &str) {
+        self.unconfirmed.remove(ch);
+        self.failed.remove(ch);
+    }
 }
 
 pub(crate) struct Bus {
     prefix: String,
     /// The RESP3 subscriber connection (commands go through the store's own connection).
     pubsub: ConnectionManager,
-    /// Held across SUBSCRIBE/UNSUBSCRIBE so the count and Redis's state change in one order.
-    subs: tokio::sync::Mutex<Subs>,
+    /// Counts and pending work; never held across an await.
+    wanted: std::sync::Mutex<Wanted>,
+    /// Held across each SUBSCRIBE/UNSUBSCRIBE (and the watchdog's bulk ones), so commands reach
+    /// Redis in the order they were decided, each decided from the counts of that moment.
+    turn: tokio::sync::Mutex<()>,
     /// Where received deliveries go.
     pub(crate) sink: Arc<SinkSlot>,
     pub(crate) stats: Arc<BusStats>,
@@ -98,7 +132,8 @@ impl Bus {
         Bus {
             prefix,
             pubsub,
-            subs: tokio::sync::Mutex::default(),
+            wanted: std::sync::Mutex::default(),
+            turn: tokio::sync::Mutex::default(),
             sink,
             stats,
             // A loss before this point (during connect) leaves `synced` behind: resynced then.
@@ -107,38 +142,40 @@ impl Bus {
         }
     }
 
+    fn wanted(&self) -> MutexGuard<'_, Wanted> {
+        self.wanted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn channel(&self, audience: &Audience) -> String {
         channel(&self.prefix, audience)
     }
 
     /// Whether every wanted channel is subscribed on the live subscriber connection, as far as
-    /// this node knows: no loss since the watchdog's last full resubscription.
+    /// this node knows: no loss since the watchdog's last full resubscription, and no failed
+    /// SUBSCRIBE waiting for a retry.
     pub(crate) fn serving(&self) -> bool {
-        self.synced.load(Ordering::SeqCst) == self.lost.load(Ordering::SeqCst)
+        let synced = self.synced.load(Ordering::SeqCst);
+        synced == self.lost.load(Ordering::SeqCst) && self.wanted().failed.is_empty()
     }
 
+    /// Counts one more holder of `audience`. Counted even when it fails: the error says the
+    /// SUBSCRIBE did not succeed, and the watchdog subscribes the channel when Redis answers.
     pub(crate) async fn subscribe(&self, audience: &Audience) -> Result<()> {
         let ch = self.channel(audience);
-        let work = async {
-            let mut subs = self.subs.lock().await;
-            if !subs.counts.contains_key(&ch) {
-                let mut ps = self.pubsub.clone();
-                ps.subscribe(&ch).await.map_err(crate::unavailable)?;
-                subs.stale.remove(&ch);
+        {
+            let mut wanted = self.wanted();
+            let n = wanted.counts.entry(ch.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                wanted.stale.remove(&ch);
+                wanted.unconfirmed.insert(ch.clone());
             }
-            *subs.counts.entry(ch.clone()).or_insert(0) += 1;
-            Ok(())
-        };
-        let done = tokio::time::timeout(OP_TIMEOUT, work)
-            .await
-            .unwrap_or(Err(Error::StoreUnavailable));
+        }
+        let done = self.reconcile(&ch).await;
         if done.is_err() {
-            // The SUBSCRIBE may still reach Redis after we gave up: have the watchdog undo it
-            // unless a later subscribe counts the channel.
-            if let Ok(mut subs) = self.subs.try_lock()
-                && !subs.counts.contains_key(&ch)
-            {
-                subs.stale.insert(ch);
+            let mut wanted = self.wanted();
+            if wanted.unconfirmed.contains(&ch) {
+                wanted.failed.insert(ch);
             }
         }
         done
@@ -149,28 +186,63 @@ impl Bus {
     /// sink merely receives deliveries no local socket wants.
     pub(crate) async fn unsubscribe(&self, audience: &Audience) -> Result<()> {
         let ch = self.channel(audience);
-        let mut subs = self.subs.lock().await;
-        let Some(n) = subs.counts.get_mut(&ch) else {
-            return Ok(());
-        };
-        *n -= 1;
-        if *n > 0 {
-            return Ok(());
-        }
-        subs.counts.remove(&ch);
-        let mut ps = self.pubsub.clone();
-        match tokio::time::timeout(OP_TIMEOUT, ps.unsubscribe(&ch)).await {
-            Ok(Ok(())) => {}
-            _ => {
-                tracing::warn!(channel = %ch, "unsubscribe failed; retrying in the background");
-                subs.stale.insert(ch);
+        {
+            let mut wanted = self.wanted();
+            let Some(n) = wanted.counts.get_mut(&ch) else {
+                return Ok(());
+            };
+            *n -= 1;
+            if *n > 0 {
+                return Ok(());
             }
+            wanted.counts.remove(&ch);
+            wanted.unconfirmed.remove(&ch);
+            wanted.failed.remove(&ch);
+            wanted.stale.insert(ch.clone());
+        }
+        if self.reconcile(&ch).await.is_err() {
+            tracing::warn!(channel = %ch, "unsubscribe failed; retrying in the background");
         }
         Ok(())
     }
 
-    /// The watchdog's check: ping the subscriber connection (which reconnects it if needed),
-    /// then re-issue subscriptions after a loss and retry failed unsubscribes.
+    /// Sends the one command that brings Redis in line with what is wanted of `ch` now, if it
+    /// may differ. Bounded by [`OP_TIMEOUT`], the wait for the turn included; on failure the
+    /// channel stays pending and the watchdog retries it.
+    async fn reconcile(&self, ch: &str) -> Result<()> {
+        let work = async {
+            let _turn = self.turn.lock().await;
+            let subscribe = {
+                let wanted = self.wanted();
+                if wanted.unconfirmed.contains(ch) {
+                    true
+                } else if wanted.stale.contains(ch) {
+                    false
+                } else {
+                    return Ok(());
+                }
+            };
+            let mut ps = self.pubsub.clone();
+            if subscribe {
+                ps.subscribe(ch).await.map_err(crate::unavailable)?;
+                self.wanted().subscribed(ch);
+            } else {
+                ps.unsubscribe(ch).await.map_err(crate::unavailable)?;
+                self.wanted().stale.remove(ch);
+            }
+            Ok(())
+        };
+        // A command that was sent before the timeout still reaches Redis, ahead of any later
+        // one (one connection, sent in turn order); the channel stays pending, so the next
+        // command for it is decided from the counts again.
+        tokio::time::timeout(OP_TIMEOUT, work)
+            .await
+            .unwrap_or(Err(Error::StoreUnavailable))
+    }
+
+    /// The watchdog's check: ping the subscriber connection (which reconnects it if needed);
+    /// after a loss, subscribe every wanted channel again; then retry the channels whose own
+    /// SUBSCRIBE or UNSUBSCRIBE failed.
     pub(crate) async fn check(&self) {
         let lost = self.lost.load(Ordering::SeqCst);
         let mut ps = self.pubsub.clone();
@@ -189,42 +261,68 @@ impl Bus {
                 return;
             }
         }
-        // Calls hold the lock for at most OP_TIMEOUT each, in turn.
-        let Ok(mut subs) = tokio::time::timeout(OP_TIMEOUT, self.subs.lock()).await else {
+        // Calls take their turn in order; one holds it for at most OP_TIMEOUT.
+        let Ok(_turn) = tokio::time::timeout(OP_TIMEOUT, self.turn.lock()).await else {
             return;
         };
         if self.synced.load(Ordering::SeqCst) != lost {
             // A new connection holds none of our subscriptions (the manager restores those
             // Redis had confirmed, ignoring failures): subscribe every wanted channel again.
-            let wanted: Vec<String> = subs.counts.keys().cloned().collect();
-            for chunk in wanted.chunks(RESUBSCRIBE_CHUNK) {
-                let done = tokio::time::timeout(OP_TIMEOUT, ps.subscribe(chunk)).await;
-                if !matches!(done, Ok(Ok(()))) {
-                    return;
+            let channels: Vec<String> = self.wanted().counts.keys().cloned().collect();
+            if !bulk(&mut ps, &channels, true).await {
+                return;
+            }
+            {
+                let mut wanted = self.wanted();
+                for ch in &channels {
+                    wanted.subscribed(ch);
                 }
             }
             // A loss after the PING above moved `lost` on: not synced, retried next round.
             self.synced.store(lost, Ordering::SeqCst);
-            if !wanted.is_empty() {
-                tracing::info!(channels = wanted.len(), "pub/sub subscriptions restored");
+            if !channels.is_empty() {
+                tracing::info!(channels = channels.len(), "pub/sub subscriptions restored");
             }
         }
-        if !subs.stale.is_empty() {
-            let stale: Vec<String> = subs
-                .stale
-                .iter()
-                .filter(|c| !subs.counts.contains_key(*c))
-                .cloned()
-                .collect();
-            for chunk in stale.chunks(RESUBSCRIBE_CHUNK) {
-                let done = tokio::time::timeout(OP_TIMEOUT, ps.unsubscribe(chunk)).await;
-                if !matches!(done, Ok(Ok(()))) {
-                    return;
-                }
+        let (unconfirmed, stale): (Vec<String>, Vec<String>) = {
+            let wanted = self.wanted();
+            (
+                wanted.unconfirmed.iter().cloned().collect(),
+                wanted.stale.iter().cloned().collect(),
+            )
+        };
+        if !bulk(&mut ps, &unconfirmed, true).await {
+            return;
+        }
+        {
+            let mut wanted = self.wanted();
+            for ch in &unconfirmed {
+                wanted.subscribed(ch);
             }
-            subs.stale.clear();
+        }
+        if !bulk(&mut ps, &stale, false).await {
+            return;
+        }
+        let mut wanted = self.wanted();
+        for ch in &stale {
+            wanted.stale.remove(ch);
         }
     }
+}
+
+/// SUBSCRIBEs (or UNSUBSCRIBEs) `channels` in chunks; false at the first failure.
+async fn bulk(ps: &mut ConnectionManager, channels: &[String], subscribe: bool) -> bool {
+    for chunk in channels.chunks(RESUBSCRIBE_CHUNK) {
+        let done = if subscribe {
+            tokio::time::timeout(OP_TIMEOUT, ps.subscribe(chunk)).await
+        } else {
+            tokio::time::timeout(OP_TIMEOUT, ps.unsubscribe(chunk)).await
+        };
+        if !matches!(done, Ok(Ok(()))) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The channel of an audience.

@@ -81,7 +81,7 @@
 //! | `due_timers`, `finish_timer` | one script each |
 //! | `ping` | `PING`, once the bus is serving (else none: `StoreUnavailable` at once) |
 //! | `publish` | `PUBLISH` |
-//! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` on the first / last count, else none |
+//! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` on the first / last count (or while a failed one is pending), else none |
 //!
 //! ## The bus
 //!
@@ -90,10 +90,19 @@
 //! `append_message` publishes the `receive_message` delivery inside its script, right after the
 //! `XADD`, so every node sees a room's messages in history order.
 //!
-//! `Store::ping` (`/readyz`) succeeds only while the node serves: the command connection
-//! answers and every wanted channel is subscribed on the live subscriber connection. After an
-//! outage it fails until the watchdog has resubscribed, so a message acknowledged once the node
-//! is ready again reaches this node's sockets.
+//! chat-core's `EventBus` contract as this crate keeps it, including on failure:
+//!
+//! - `subscribe` always counts: when its `SUBSCRIBE` fails it returns `StoreUnavailable`, yet
+//!   the audience stays wanted and the watchdog subscribes it once Redis answers. So the caller
+//!   undoes every `subscribe`, failed or not, with exactly one `unsubscribe` (chat-ws does: it
+//!   subscribes on its first local socket of an audience and unsubscribes on the last), and a
+//!   failed call never lowers another holder's count.
+//! - `unsubscribe` lowers the count and returns `Ok`; at zero it `UNSUBSCRIBE`s, retried by the
+//!   watchdog while Redis is down. An `unsubscribe` without a `subscribe` is ignored.
+//! - `Store::ping` (`/readyz`) succeeds only while the node serves: the command connection
+//!   answers and every wanted channel is subscribed on the live subscriber connection. After an
+//!   outage it fails until the watchdog has resubscribed, so a message acknowledged once the
+//!   node is ready again reaches this node's sockets.
 //!
 //! ## Failures
 //!

@@ -1,7 +1,8 @@
 //! Redis dies mid-traffic and comes back: calls fail fast with `StoreUnavailable` while it is
 //! down, the store and its subscriber resume by themselves, and no acknowledged message is lost
 //! (AOF with `appendfsync always`). The subscriber alone fails (Redis's ACL forbids channels):
-//! `ping` fails until every wanted channel is subscribed again.
+//! `ping` fails until every wanted channel is subscribed again, and a failed `subscribe` stays
+//! counted, so its paired `unsubscribe` never takes a channel from another holder.
 
 mod common;
 
@@ -330,8 +331,8 @@ async fn ping_fails_until_the_subscriber_has_resubscribed() {
     let p = prefix();
     let (store, waiter) = node(&server, &p).await;
     let mut con = raw(&server).await;
-    let u = phone(10);
-    let u_ch = format!("{p}u:{u}");
+    let (u, v) = (phone(10), phone(11));
+    let (u_ch, v_ch) = (format!("{p}u:{u}"), format!("{p}u:{v}"));
     store
         .subscribe(Audience::User(u.clone()))
         .await
@@ -351,6 +352,11 @@ async fn ping_fails_until_the_subscriber_has_resubscribed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(store.ping().await, Err(Error::StoreUnavailable));
+    // A subscribe meanwhile fails, and is counted: the watchdog subscribes it later.
+    assert_eq!(
+        store.subscribe(Audience::User(v.clone())).await,
+        Err(Error::StoreUnavailable)
+    );
     // The watchdog tries again and again (its refusals are logged by Redis); ping keeps failing.
     let deadline = Instant::now() + Duration::from_secs(10);
     while channel_refusals(&mut con, &u_ch).await < 3 {
@@ -366,12 +372,75 @@ async fn ping_fails_until_the_subscriber_has_resubscribed() {
     acl_default(&mut con, "allchannels").await;
     ping_until_ok(&store, Duration::from_secs(10)).await;
     assert_eq!(numsub(&mut con, &u_ch).await, 1, "{u_ch} resubscribed");
-    let d = presence_to(&u, 1);
-    store.publish(d.clone()).await.expect("publish");
-    assert!(
-        waiter
-            .wait_for(Duration::from_secs(5), |got| got == &d)
-            .await,
-        "a publish after a successful ping reaches the node"
-    );
+    assert_eq!(numsub(&mut con, &v_ch).await, 1, "{v_ch} subscribed");
+    for to in [&u, &v] {
+        let d = presence_to(to, 1);
+        store.publish(d.clone()).await.expect("publish");
+        assert!(
+            waiter
+                .wait_for(Duration::from_secs(5), |got| got == &d)
+                .await,
+            "a publish after a successful ping reaches the node"
+        );
+    }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_subscribe_stays_counted_until_its_unsubscribe() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, waiter) = node(&server, &p).await;
+    let mut con = raw(&server).await;
+    let x = phone(20);
+    let x_ch = format!("{p}u:{x}");
+    let audience = Audience::User(x.clone());
+
+    // The first holder's subscribe fails (nothing was subscribed, so nobody is disconnected).
+    acl_default(&mut con, "resetchannels").await;
+    assert_eq!(
+        store.subscribe(audience.clone()).await,
+        Err(Error::StoreUnavailable)
+    );
+    assert_eq!(
+        store.ping().await,
+        Err(Error::StoreUnavailable),
+        "a wanted channel is not subscribed: not serving"
+    );
+
+    // Once Redis allows it, the watchdog subscribes it without another call.
+    acl_default(&mut con, "allchannels").await;
+    ping_until_ok(&store, Duration::from_secs(10)).await;
+    assert_eq!(numsub(&mut con, &x_ch).await, 1);
+    let first = presence_to(&x, 1);
+    store.publish(first.clone()).await.expect("publish");
+    assert!(waiter.wait_for(WAIT, |d| d == &first).await);
+
+    // A second holder, then the first holder's unsubscribe (chat-ws pairs it with the failed
+    // subscribe): the second still receives.
+    store.subscribe(audience.clone()).await.expect("subscribe");
+    store
+        .unsubscribe(audience.clone())
+        .await
+        .expect("unsubscribe");
+    assert_eq!(numsub(&mut con, &x_ch).await, 1, "still held by the second");
+    let second = presence_to(&x, 2);
+    store.publish(second.clone()).await.expect("publish");
+    assert!(waiter.wait_for(WAIT, |d| d == &second).await);
+
+    // The last holder leaves: unsubscribed.
+    store
+        .unsubscribe(audience.clone())
+        .await
+        .expect("unsubscribe");
+    assert_eq!(numsub(&mut con, &x_ch).await, 0);
+    // Unpaired calls are ignored: nothing below zero.
+    store
+        .unsubscribe(audience.clone())
+        .await
+        .expect("unsubscribe");
+    store.subscribe(audience.clone()).await.expect("subscribe");
+    assert_eq!(numsub(&mut con, &x_ch).await, 1);
+    store.ping().await.expect("serving");
+}
+
+const WAIT: Duration = Duration::from_secs(5);
