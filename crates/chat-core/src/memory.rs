@@ -458,6 +458,9 @@ impl Store for MemoryStore {
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
         let mut s = self.state()?;
         let (from, to, now) = (&request.from, &request.to, request.created_at);
+        if !s.sessions.contains_key(to) {
+            return Err(Error::UserNotFound);
+        }
         if let Some(id) = s.pair_room.get(&pair(from, to)) {
             return Ok(SendOutcome::RoomExists(*id));
         }

@@ -247,6 +247,10 @@ pub trait Store: Send + Sync + 'static {
     /// creating `room` with members `[request.to, request.from]`. Schedules
     /// `Timer::RequestExpiry` or `Timer::RoomExpiry` accordingly. Requests past their
     /// `expires_at` count as absent.
+    ///
+    /// Fails with `UserNotFound`, storing nothing, when `request.to` has no session, checked in
+    /// the same atomic step: a request to a session that ended after the caller's own check must
+    /// not be kept for whoever registers that phone next.
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome>;
 
     /// Accepts the pending request `from → to`: removes it (and any `to → from`) and creates

@@ -237,6 +237,7 @@ macro_rules! store_conformance {
             send_request_schedules_expiry,
             crossed_send_request_accepts,
             send_request_to_room_partner_is_room_exists,
+            send_request_to_phone_without_session_is_user_not_found,
             expired_request_counts_as_absent,
             accept_request_makes_room_once,
             remove_request_reports_pending,
@@ -1116,6 +1117,73 @@ pub async fn send_request_to_room_partner_is_room_exists(fx: Fixture) {
     }
     let r = fx.store.requests(&b, fx.now()).await.expect("requests");
     assert!(r.incoming.is_empty() && r.sent.is_empty());
+}
+
+/// A request to a phone without a session, never registered or ended, is `UserNotFound` and
+/// stores nothing: the session that phone gets next inherits no request.
+pub async fn send_request_to_phone_without_session_is_user_not_found(fx: Fixture) {
+    let [a, b, c] = [fx.phone(1), fx.phone(2), fx.phone(3)];
+    register(&fx, &a).await;
+    let r = request(&fx, &a, &b);
+    let expires_at = r.expires_at;
+    assert_eq!(
+        fx.store.send_request(r, new_room(&fx)).await,
+        Err(Error::UserNotFound)
+    );
+    // C had a session that ended (as when it ends between the caller's check and the send).
+    let c_session = new_session(&fx, &c);
+    fx.store
+        .create_session(c_session, None, fx.now() + 1)
+        .await
+        .expect("create_session");
+    fx.advance(1);
+    let now = fx.now();
+    assert!(
+        fx.store
+            .go_offline(&c, now, now + fx.lifetimes.session_idle_ms)
+            .await
+            .expect("go_offline")
+    );
+    fx.store
+        .end_session(&c, now)
+        .await
+        .expect("end_session")
+        .expect("due");
+    assert_eq!(
+        fx.store
+            .send_request(request(&fx, &a, &c), new_room(&fx))
+            .await,
+        Err(Error::UserNotFound)
+    );
+
+    let ra = fx.store.requests(&a, fx.now()).await.expect("requests");
+    assert!(ra.incoming.is_empty() && ra.sent.is_empty(), "{ra:?}");
+    assert!(
+        !is_due(
+            &fx,
+            expires_at,
+            &Timer::RequestExpiry {
+                from: a.clone(),
+                to: b.clone()
+            }
+        )
+        .await,
+        "no expiry timer for a request never stored"
+    );
+    for p in [&b, &c] {
+        register(&fx, p).await;
+        let r = fx.store.requests(p, fx.now()).await.expect("requests");
+        assert!(r.incoming.is_empty() && r.sent.is_empty(), "{p}: {r:?}");
+        assert!(fx.store.rooms_of(p).await.expect("rooms_of").is_empty());
+    }
+    // With a session, the same request is sent.
+    assert_eq!(
+        fx.store
+            .send_request(request(&fx, &a, &b), new_room(&fx))
+            .await
+            .expect("send_request"),
+        SendOutcome::Sent
+    );
 }
 
 /// A request past its `expires_at` is absent for every operation, even before its timer ran.

@@ -361,10 +361,14 @@ return orphans
 "#;
 
 /// ARGV: prefix, from, to, created_at, expires_at, room id, room created_at, room expires_at.
-/// → {'exists', id} | {'accepted', id, a, b, created, expires} | {'pending'} | {'sent'}
+/// → {'no_user'} | {'exists', id} | {'accepted', id, a, b, created, expires} | {'pending'}
+/// | {'sent'}
 const SEND_REQUEST: &str = r#"
 local from, to, created, expires = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rid, rc, rx = ARGV[6], ARGV[7], ARGV[8]
+-- Checked here, not only by the caller: a session that ended since must not leave a request
+-- for the next session of that phone.
+if redis.call('EXISTS', k_sess(to)) == 0 then return {'no_user'} end
 local id = pair_room(from, to)
 if id then return {'exists', id} end
 if request_live(to, from, created) then

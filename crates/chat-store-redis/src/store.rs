@@ -436,6 +436,7 @@ impl Store for RedisStore {
             .await?,
         )?;
         match text_at(&v, 0)?.as_str() {
+            "no_user" => Err(Error::UserNotFound),
             "sent" => Ok(SendOutcome::Sent),
             "pending" => Ok(SendOutcome::AlreadyPending),
             "exists" => Ok(SendOutcome::RoomExists(
