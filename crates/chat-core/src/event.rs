@@ -169,7 +169,9 @@ pub trait EventBus: Send + Sync + 'static {
     async fn publish(&self, delivery: Delivery) -> Result<()>;
 
     /// Declares that this node has sockets for `audience`, so it must receive its events.
-    /// Calls are counted: each `subscribe` is undone by one `unsubscribe`.
+    /// Calls are counted, failed ones included: each `subscribe` is undone by exactly one
+    /// `unsubscribe`. A failed call still records the interest, and the bus completes the
+    /// subscription by itself once its backend answers again.
     async fn subscribe(&self, audience: Audience) -> Result<()>;
 
     /// Undoes one `subscribe`.
