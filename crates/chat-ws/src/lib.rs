@@ -11,8 +11,9 @@
 //! A node is meant to hold tens of thousands of mostly idle sockets, so an idle socket costs:
 //! one task (one `select`-like poll loop over its reads, its outgoing queue, one timer and its
 //! close flag; no second task, no channel), tungstenite's read buffer ([`READ_BUFFER_BYTES`])
-//! and a write buffer that only grows to the largest frame written, a queue that holds no
-//! allocation while empty, and its entries in the registry. Work that needs the store runs in
+//! and a write buffer that only grows to the largest frame written, a write-coalescing buffer
+//! that exists only while it holds unwritten bytes, a queue that holds no allocation while
+//! empty, and its entries in the registry. Work that needs the store runs in
 //! a boxed future that exists only while a frame is being handled.
 //!
 //! **Invariants:** every queue is bounded (`WsConfig::send_queue` frames per socket, held room
@@ -22,6 +23,7 @@
 //! that is closed or expires keeps no socket of this node and, once its joins in progress
 //! have ended, no subscription.
 
+mod coalesce;
 mod registry;
 mod socket;
 mod wire;
@@ -47,6 +49,11 @@ use crate::registry::{Conn, Offer, Registry};
 /// in several system calls (tungstenite grows the buffer to the frame's size, up to
 /// `max_frame_bytes`, when one arrives).
 pub const READ_BUFFER_BYTES: usize = 1024;
+
+/// The most bytes a socket's write coalescing holds before it writes them out (see
+/// [`Hub::serve`]). Only a socket with unwritten bytes holds any: the buffer is freed once it
+/// has been written.
+pub const COALESCE_BYTES: usize = 32 * 1024;
 
 /// How long a closing socket waits for its close frame to be written and answered before the
 /// connection is dropped anyway.
@@ -146,8 +153,9 @@ impl Hub {
         let max_out = largest_server_frame(service.config().max_message_chars);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
-            // Write each frame straight through: the socket task flushes after every batch
-            // anyway, and an empty write buffer costs nothing while idle.
+            // Hand each frame straight to the IO: `Hub::serve` wraps it in a write-coalescing
+            // buffer that exists only while it holds bytes, where tungstenite's own buffer
+            // would keep the capacity of its largest batch for the socket's whole life.
             .write_buffer_size(0)
             // The write buffer only holds what the kernel has not taken yet: the socket task
             // waits for it to drain before writing more, so this bound is one frame.
@@ -185,6 +193,9 @@ impl Hub {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // tungstenite hands every frame to the IO at once; the coalescing wrapper holds them
+        // until the socket task flushes, once per turn, so a turn's frames cost one write.
+        let io = coalesce::Coalesced::new(io, COALESCE_BYTES);
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(self.inner.ws_config)).await;
         self.serve_socket(ws, session).await;

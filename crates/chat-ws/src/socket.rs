@@ -247,7 +247,7 @@ impl Driver<'_> {
                 self.start_closing(reason, timer.as_mut());
             }
 
-            progress |= self.poll_write(ws, cx);
+            progress |= self.feed(ws, cx);
 
             if self.handling.is_none()
                 && !self.read_done
@@ -262,6 +262,13 @@ impl Driver<'_> {
             if !expired && timer.as_mut().poll(cx).is_ready() {
                 self.on_timer(timer.as_mut());
                 progress = true;
+            }
+
+            // One flush per turn, once nothing else moves: everything the turn wrote (acks,
+            // echoes, deliveries, the answers to every frame read meanwhile) leaves in one
+            // system call (see `crate::coalesce`).
+            if !progress && self.unflushed {
+                progress = self.flush(ws, cx);
             }
 
             if self.finished() {
@@ -302,8 +309,9 @@ impl Driver<'_> {
         timer.reset(deadline);
     }
 
-    /// Writes what is due: a ping, queued frames, then the close frame. Whether anything moved.
-    fn poll_write<S>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool
+    /// Hands the sink what is due: a ping, queued frames, then the close frame, without
+    /// flushing. Whether anything moved.
+    fn feed<S>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool
     where
         S: Sink<Message, Error = WsError> + Unpin,
     {
@@ -330,20 +338,28 @@ impl Driver<'_> {
             self.unflushed = true;
             progress = true;
         }
-        if self.unflushed {
-            match ws.poll_flush_unpin(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.unflushed = false;
-                    progress = true;
-                }
-                Poll::Ready(Err(_)) => {
-                    self.broken = true;
-                    progress = true;
-                }
-                Poll::Pending => {}
-            }
-        }
         progress
+    }
+
+    /// Flushes what was fed. Whether it finished (or failed).
+    fn flush<S>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        if self.broken {
+            return false;
+        }
+        match ws.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                true
+            }
+            Poll::Ready(Err(_)) => {
+                self.broken = true;
+                true
+            }
+            Poll::Pending => false,
+        }
     }
 
     fn next_outgoing(&mut self) -> Option<Message> {
