@@ -1,32 +1,44 @@
-//! A write-coalescing wrapper around a socket's IO: the frames a socket task writes in one turn
-//! leave in one `write(2)`.
+//! A coalescing wrapper around a socket's IO: the frames a socket task writes in one turn
+//! leave in one `write(2)`, and the frames a client sent in a burst arrive in one `read(2)`.
 //!
 //! tungstenite writes every frame to its IO as soon as the frame is started (its own write
 //! buffer is off, see [`crate::Hub::new`]), so without this each frame would be its own system
 //! call; on loopback a `send(2)` also pays for the receiving side's TCP processing, and that
 //! was most of the server's CPU. [`Coalesced`] takes those writes into a buffer and hands the
 //! buffer to the IO in one write when the socket task flushes, which it does once per turn.
+//! Likewise tungstenite reads at most its small read buffer ([`crate::READ_BUFFER_BYTES`]) per
+//! call; [`Coalesced`] reads up to [`READ_AHEAD`] bytes at once and serves tungstenite's reads
+//! from them.
 //!
-//! The buffer exists only while it holds bytes: it is allocated by the first write after a
-//! flush and freed as soon as a flush has written it all, so an idle socket keeps nothing here
-//! (tungstenite's own write buffer, by contrast, would keep the capacity of its largest batch
-//! for the socket's whole life). It holds at most [`Coalesced::limit`] bytes: a write that
-//! would take it past the limit first writes the buffer out, and waits (`Pending`) while the
-//! IO cannot take it; a write at least as large as the limit finding the buffer empty goes
-//! straight to the IO, uncopied.
+//! Both buffers exist only while they hold bytes: the write buffer from the first write after a
+//! flush until a flush has written it all, the read-ahead from a read until tungstenite has
+//! taken all of it. An idle socket keeps nothing here (tungstenite's own write buffer, by
+//! contrast, would keep the capacity of its largest batch for the socket's whole life). A
+//! drained buffer is kept for the next socket by the thread that drained it, one of each kind
+//! per thread, so the hot path does not allocate them. The write buffer holds at most
+//! [`Coalesced::new`]'s `limit` bytes: a write that would take it past the limit first writes
+//! the buffer out, and waits (`Pending`) while the IO cannot take it; a write at least as large
+//! as the limit finding the buffer empty goes straight to the IO, uncopied.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The first allocation of a buffer: enough for a typical turn's frames (a few acks, echoes
-/// and deliveries of chat-sized messages) without regrowing.
-const FIRST_ALLOCATION: usize = 2048;
+/// The most bytes one read takes from the IO.
+pub(crate) const READ_AHEAD: usize = 16 * 1024;
+
+thread_local! {
+    /// A drained write buffer (empty, with its capacity), for the next socket on this thread.
+    static SPARE_WRITE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// A drained read-ahead buffer (`READ_AHEAD` initialised bytes), likewise.
+    static SPARE_READ: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
 
 /// An IO whose writes are held until a flush (or until they reach the limit) and then written
-/// together, in order. Reads pass straight through.
+/// together, in order, and whose reads are served from one larger read.
 #[derive(Debug)]
 pub(crate) struct Coalesced<IO> {
     io: IO,
@@ -35,6 +47,11 @@ pub(crate) struct Coalesced<IO> {
     buf: Vec<u8>,
     /// The most bytes `buf` holds.
     limit: usize,
+    /// Bytes read ahead: `ahead[start..end]` is what the reader has not taken yet. No
+    /// allocation at all while that is empty.
+    ahead: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
 impl<IO> Coalesced<IO> {
@@ -44,6 +61,9 @@ impl<IO> Coalesced<IO> {
             io,
             buf: Vec::new(),
             limit: limit.max(1),
+            ahead: Vec::new(),
+            start: 0,
+            end: 0,
         }
     }
 
@@ -53,10 +73,16 @@ impl<IO> Coalesced<IO> {
         self.buf.len()
     }
 
-    /// The buffer's allocation (0 when nothing is held).
+    /// The write buffer's allocation (0 when nothing is held).
     #[cfg(test)]
     pub(crate) fn allocated(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// The read-ahead's allocation (0 when nothing is read ahead).
+    #[cfg(test)]
+    pub(crate) fn read_allocated(&self) -> usize {
+        self.ahead.capacity()
     }
 
     /// The wrapped IO.
@@ -70,11 +96,38 @@ impl<IO> Coalesced<IO> {
     pub(crate) fn limit(&self) -> usize {
         self.limit
     }
+
+    /// A buffer of exactly `limit` capacity: this thread's spare if it fits, else a new one.
+    fn write_buffer(&self) -> Vec<u8> {
+        let spare = SPARE_WRITE.take();
+        if spare.capacity() == self.limit {
+            spare
+        } else {
+            Vec::with_capacity(self.limit)
+        }
+    }
+
+    /// Hands the drained write buffer to this thread's spare slot.
+    fn release_write(&mut self) {
+        let mut drained = std::mem::take(&mut self.buf);
+        drained.clear();
+        SPARE_WRITE.set(drained);
+    }
+
+    /// Hands the drained read-ahead to this thread's spare slot.
+    fn release_read(&mut self) {
+        SPARE_READ.set(std::mem::take(&mut self.ahead));
+        self.start = 0;
+        self.end = 0;
+    }
 }
 
 impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
-    /// Writes out everything held; frees the buffer once it is all written.
+    /// Writes out everything held; gives the buffer up once it is all written.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.capacity() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         while !self.buf.is_empty() {
             match ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf)) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -85,7 +138,7 @@ impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
             }
         }
         // Nothing held keeps nothing allocated.
-        self.buf = Vec::new();
+        self.release_write();
         Poll::Ready(Ok(()))
     }
 }
@@ -108,9 +161,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
             return Pin::new(&mut this.io).poll_write(cx, data);
         }
         if this.buf.capacity() == 0 {
-            this.buf
-                .reserve_exact(data.len().max(FIRST_ALLOCATION).min(this.limit));
+            this.buf = this.write_buffer();
         }
+        // Fits: `buf.len() + data.len() <= limit == capacity`, so this never reallocates.
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
     }
@@ -132,9 +185,39 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Coalesced<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if this.start == this.end {
+            if out.remaining() >= READ_AHEAD {
+                return Pin::new(&mut this.io).poll_read(cx, out);
+            }
+            let mut chunk = SPARE_READ.take();
+            if chunk.len() != READ_AHEAD {
+                chunk = vec![0; READ_AHEAD];
+            }
+            let mut into = ReadBuf::new(&mut chunk);
+            let read = Pin::new(&mut this.io).poll_read(cx, &mut into);
+            let n = into.filled().len();
+            if !matches!(read, Poll::Ready(Ok(()))) || n == 0 {
+                // Pending, an error, or the end of the stream: nothing to hold.
+                SPARE_READ.set(chunk);
+                return read;
+            }
+            this.ahead = chunk;
+            this.start = 0;
+            this.end = n;
+        }
+        let n = out.remaining().min(this.end - this.start);
+        out.put_slice(&this.ahead[this.start..this.start + n]);
+        this.start += n;
+        if this.start == this.end {
+            this.release_read();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -164,6 +247,104 @@ mod tests {
         fn bytes(&self) -> Vec<u8> {
             self.writes.concat()
         }
+    }
+
+    /// An IO with `input` to read, counting its reads; `Pending` while `dry`, the end of the
+    /// stream once `input` is empty.
+    #[derive(Default)]
+    struct Source {
+        input: std::collections::VecDeque<u8>,
+        reads: usize,
+        dry: bool,
+    }
+
+    impl AsyncRead for Source {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if this.dry {
+                return Poll::Pending;
+            }
+            this.reads += 1;
+            let n = buf.remaining().min(this.input.len());
+            let taken: Vec<u8> = this.input.drain(..n).collect();
+            buf.put_slice(&taken);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn read(c: &mut Coalesced<Source>, want: usize) -> Poll<io::Result<Vec<u8>>> {
+        let waker = cx_of(&Arc::default());
+        let mut space = vec![0u8; want];
+        let mut buf = ReadBuf::new(&mut space);
+        match Pin::new(c).poll_read(&mut Context::from_waker(&waker), &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().to_vec())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[test]
+    fn small_reads_are_served_from_one_large_read_in_order() {
+        let input: Vec<u8> = (0..READ_AHEAD + 500).map(|i| (i % 251) as u8).collect();
+        let mut c = Coalesced::new(
+            Source {
+                input: input.iter().copied().collect(),
+                ..Source::default()
+            },
+            64,
+        );
+        assert_eq!(c.read_allocated(), 0, "nothing allocated before a read");
+        let mut got = Vec::new();
+        while got.len() < READ_AHEAD {
+            match read(&mut c, 1000) {
+                Poll::Ready(Ok(part)) => {
+                    assert!(!part.is_empty() && part.len() <= 1000);
+                    got.extend_from_slice(&part);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // One read of the IO served the first READ_AHEAD bytes, and the read-ahead is gone
+        // once taken.
+        assert_eq!(c.get_ref().reads, 1);
+        assert_eq!(got.len(), READ_AHEAD);
+        assert_eq!(c.read_allocated(), 0, "drained means given up");
+        // The rest, then the end of the stream.
+        match read(&mut c, 1000) {
+            Poll::Ready(Ok(part)) => got.extend_from_slice(&part),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(got, input);
+        assert!(matches!(read(&mut c, 1000), Poll::Ready(Ok(end)) if end.is_empty()));
+        assert_eq!(c.read_allocated(), 0);
+    }
+
+    #[test]
+    fn reads_wait_with_the_io_and_large_reads_go_straight_through() {
+        let mut c = Coalesced::new(
+            Source {
+                dry: true,
+                ..Source::default()
+            },
+            64,
+        );
+        assert!(read(&mut c, 100).is_pending());
+        assert_eq!(c.read_allocated(), 0, "a read that waits holds nothing");
+        c.io.dry = false;
+        c.io.input.extend(b"hello");
+        assert!(matches!(read(&mut c, 2), Poll::Ready(Ok(p)) if p == b"he"));
+        assert!(c.read_allocated() > 0, "the rest is held");
+        assert!(matches!(read(&mut c, 100), Poll::Ready(Ok(p)) if p == b"llo"));
+        assert_eq!(c.read_allocated(), 0);
+        // A reader with room for a whole read-ahead reads directly.
+        c.io.input.extend(b"direct");
+        assert!(matches!(read(&mut c, READ_AHEAD), Poll::Ready(Ok(p)) if p == b"direct"));
+        assert_eq!(c.read_allocated(), 0);
+        assert_eq!(c.get_ref().reads, 2);
     }
 
     impl AsyncWrite for Recorder {

@@ -11,9 +11,9 @@
 //! A node is meant to hold tens of thousands of mostly idle sockets, so an idle socket costs:
 //! one task (one `select`-like poll loop over its reads, its outgoing queue, one timer and its
 //! close flag; no second task, no channel), tungstenite's read buffer ([`READ_BUFFER_BYTES`])
-//! and a write buffer that only grows to the largest frame written, a write-coalescing buffer
-//! that exists only while it holds unwritten bytes, a queue that holds no allocation while
-//! empty, and its entries in the registry. Work that needs the store runs in
+//! and a write buffer that only grows to the largest frame written, write-coalescing and
+//! read-ahead buffers that exist only while they hold bytes (see `coalesce`), a queue that
+//! holds no allocation while empty, and its entries in the registry. Work that needs the store runs in
 //! a boxed future that exists only while a frame is being handled.
 //!
 //! **Invariants:** every queue is bounded (`WsConfig::send_queue` frames per socket, held room
@@ -194,7 +194,8 @@ impl Hub {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // tungstenite hands every frame to the IO at once; the coalescing wrapper holds them
-        // until the socket task flushes, once per turn, so a turn's frames cost one write.
+        // until the socket task flushes, once per turn, so a turn's frames cost one write; and
+        // it reads ahead, so a burst of client frames costs one read.
         let io = coalesce::Coalesced::new(io, COALESCE_BYTES);
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(self.inner.ws_config)).await;
