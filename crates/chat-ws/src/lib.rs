@@ -16,8 +16,8 @@
 //! holds no allocation while empty, and its entries in the registry. Work that needs the store runs in
 //! a boxed future that exists only while a frame is being handled.
 //!
-//! **Invariants:** every queue is bounded (`WsConfig::send_queue` frames per socket, held room
-//! events included); [`EventSink::deliver`] never blocks and never awaits; one socket's
+//! **Invariants:** every queue is bounded (`WsConfig::send_queue` frames and
+//! `WsConfig::send_queue_bytes` bytes plus one frame per socket, held room events included); [`EventSink::deliver`] never blocks and never awaits; one socket's
 //! failure never touches another; the registry's locks are never held across an `.await`;
 //! every bus `subscribe` is undone by exactly one `unsubscribe`, issued after it, and a room
 //! that is closed or expires keeps no socket of this node and, once its joins in progress
@@ -77,7 +77,16 @@ pub struct WsConfig {
     pub idle_timeout: Duration,
     /// Outgoing frames queued per socket before it counts as a slow reader (closed with 1008).
     pub send_queue: usize,
+    /// Outgoing bytes (frame payloads) queued per socket behind the frame it writes next
+    /// before it counts as a slow reader (closed with 1008). Held room events count too. The
+    /// frame at the head of the queue is not counted, so one frame larger than this (a long
+    /// `room_history`) still goes out; a socket's queue thus holds at most this many bytes
+    /// plus one frame.
+    pub send_queue_bytes: usize,
 }
+
+/// The default [`WsConfig::send_queue_bytes`]: 1 MiB.
+pub const SEND_QUEUE_BYTES: usize = 1 << 20;
 
 impl Default for WsConfig {
     fn default() -> WsConfig {
@@ -88,6 +97,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             send_queue: 1024,
+            send_queue_bytes: SEND_QUEUE_BYTES,
         }
     }
 }

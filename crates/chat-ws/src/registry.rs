@@ -74,7 +74,8 @@ pub(crate) enum Offer {
     Queued,
     /// The socket is closing; the frame was dropped.
     Dropped,
-    /// The queue was full: the socket is now closing as a slow consumer.
+    /// The queue was full (in frames or in bytes): the socket is now closing as a slow
+    /// consumer.
     Overflowed,
 }
 
@@ -100,8 +101,11 @@ struct JoinedRoom {
 /// The mutable part of a socket, shared by its task and the deliveries.
 #[derive(Default)]
 struct ConnState {
-    /// Frames waiting for the socket task. At most `Conn::cap` (held frames count too).
+    /// Frames waiting for the socket task. At most `Conn::cap` (held frames count too), and at
+    /// most `Conn::cap_bytes` bytes behind the first (see [`ConnState::behind_head`]).
     queue: VecDeque<Utf8Bytes>,
+    /// The bytes of the frames in `queue`.
+    queued_bytes: usize,
     /// Set once: the socket is closing and takes no more frames.
     closing: Option<CloseReason>,
     /// Rooms joined on this socket (usually none or one).
@@ -109,18 +113,45 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn held_len(&self) -> usize {
+    /// Frames and bytes held behind the histories of rooms being joined.
+    fn held(&self) -> (usize, usize) {
         self.rooms
             .iter()
             .filter_map(|r| r.held.as_ref())
-            .map(Vec::len)
-            .sum()
+            .flatten()
+            .fold((0, 0), |(n, b), h| (n + 1, b + h.frame.len()))
+    }
+
+    /// The bytes waiting behind the frame at the head of the queue (held ones included): what
+    /// the byte bound counts. The head is left out because it is the frame being written
+    /// next, and because a single frame may be larger than the bound (a `room_history` of
+    /// 500 long messages is several MiB) and must still go out.
+    fn behind_head(&self, held_bytes: usize) -> usize {
+        let head = self.queue.front().map_or(0, |f| f.len());
+        self.queued_bytes.saturating_sub(head) + held_bytes
+    }
+
+    fn push(&mut self, frame: Utf8Bytes) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+    }
+
+    fn pop(&mut self) -> Option<Utf8Bytes> {
+        let frame = self.queue.pop_front()?;
+        self.queued_bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Drops every queued frame and the queue's allocation.
+    fn clear(&mut self) {
+        self.queue = VecDeque::new();
+        self.queued_bytes = 0;
     }
 
     fn overflow(&mut self) -> Offer {
         self.closing = Some(CloseReason::SlowConsumer);
         // Free the queue now: this socket is not going to read it.
-        self.queue = VecDeque::new();
+        self.clear();
         for room in &mut self.rooms {
             if room.held.is_some() {
                 room.held = Some(Vec::new());
@@ -136,8 +167,10 @@ pub(crate) struct Conn {
     pub(crate) id: u64,
     /// Whose socket it is.
     pub(crate) session: Session,
-    /// Bound of the outgoing queue (`WsConfig::send_queue`, at least 1).
+    /// Bound of the outgoing queue in frames (`WsConfig::send_queue`, at least 1).
     cap: usize,
+    /// Bound of the outgoing queue in bytes behind its head (`WsConfig::send_queue_bytes`).
+    cap_bytes: usize,
     state: Mutex<ConnState>,
     /// Wakes the socket task when its queue goes from empty to not, or it must close.
     waker: AtomicWaker,
@@ -153,11 +186,12 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64, session: Session, cap: usize) -> Conn {
+    pub(crate) fn new(id: u64, session: Session, cap: usize, cap_bytes: usize) -> Conn {
         Conn {
             id,
             session,
             cap: cap.max(1),
+            cap_bytes,
             state: Mutex::default(),
             waker: AtomicWaker::new(),
         }
@@ -183,7 +217,18 @@ impl Conn {
         if st.closing.is_some() {
             return Offer::Dropped;
         }
-        if st.queue.len() + st.held_len() >= self.cap {
+        let held_here =
+            room.is_some_and(|(room, _)| st.rooms.iter().any(|r| r.id == room && r.held.is_some()));
+        let (held_frames, held_bytes) = st.held();
+        // A frame that goes to an empty queue (not held) becomes its head: not counted.
+        let adds = if st.queue.is_empty() && !held_here {
+            0
+        } else {
+            frame.len()
+        };
+        if st.queue.len() + held_frames >= self.cap
+            || st.behind_head(held_bytes) + adds > self.cap_bytes
+        {
             let offer = st.overflow();
             drop(st);
             self.waker.wake();
@@ -203,7 +248,7 @@ impl Conn {
             return Offer::Queued;
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(frame.clone());
+        st.push(frame.clone());
         drop(st);
         if was_empty {
             self.waker.wake();
@@ -214,7 +259,7 @@ impl Conn {
     /// Takes the next frame to send.
     pub(crate) fn pop(&self) -> Option<Utf8Bytes> {
         let mut st = self.lock();
-        let frame = st.queue.pop_front();
+        let frame = st.pop();
         // An idle socket keeps no queue allocation beyond the smallest one.
         if st.queue.is_empty() && st.queue.capacity() > 4 {
             st.queue = VecDeque::new();
@@ -224,7 +269,7 @@ impl Conn {
 
     /// Drops every queued frame (before a close that must not send them).
     pub(crate) fn clear(&self) {
-        self.lock().queue = VecDeque::new();
+        self.lock().clear();
     }
 
     /// Starts closing the socket, unless it already is. Returns whether this call started it.
@@ -235,7 +280,7 @@ impl Conn {
         }
         st.closing = Some(reason);
         if !reason.drains() {
-            st.queue = VecDeque::new();
+            st.clear();
         }
         drop(st);
         self.waker.wake();
@@ -473,9 +518,14 @@ impl Registry {
             })
             .map(|h| h.frame);
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(history);
-        st.queue.extend(fresh);
-        let offer = if st.queue.len() + st.held_len() > conn.cap {
+        st.push(history);
+        for frame in fresh {
+            st.push(frame);
+        }
+        let (held_frames, held_bytes) = st.held();
+        let offer = if st.queue.len() + held_frames > conn.cap
+            || st.behind_head(held_bytes) > conn.cap_bytes
+        {
             st.overflow()
         } else {
             Offer::Queued

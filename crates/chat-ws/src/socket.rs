@@ -32,7 +32,13 @@ where
     let _tracked = hub.inner.tracker.token();
     let service = hub.service();
     let id = service.new_conn().id;
-    let conn = Arc::new(Conn::new(id, session, hub.config().send_queue));
+    let config = hub.config();
+    let conn = Arc::new(Conn::new(
+        id,
+        session,
+        config.send_queue,
+        config.send_queue_bytes,
+    ));
     // Queued before the socket is registered, so it is the first frame whatever arrives.
     hub.reply(&conn, wire::connection_status(conn.phone().as_str()));
     let mut open = Opened::new(hub.clone(), Arc::clone(&conn));

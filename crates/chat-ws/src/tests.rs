@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::*;
-use crate::registry::{BeginJoin, Completed, Conn, Registry};
+use crate::registry::{BeginJoin, CloseReason, Completed, Conn, Offer, Registry};
 
 // ------------------------------------------------------------------------------ harness
 
@@ -785,8 +785,8 @@ fn a_room_that_ends_during_a_join_is_left_when_the_join_ends() {
         token: Token::generate().unwrap(),
         created_at: 0,
     };
-    let joining = Arc::new(Conn::new(1, session(A), 16));
-    let joined = Arc::new(Conn::new(2, session(B), 16));
+    let joining = Arc::new(Conn::new(1, session(A), 16, SEND_QUEUE_BYTES));
+    let joined = Arc::new(Conn::new(2, session(B), 16, SEND_QUEUE_BYTES));
     let mut registry = Registry::default();
     registry.add(&joining);
     registry.add(&joined);
@@ -956,7 +956,7 @@ fn room_events_during_a_join_wait_behind_the_history() {
         token: Token::generate().unwrap(),
         created_at: 0,
     };
-    let conn = Arc::new(Conn::new(1, a, 16));
+    let conn = Arc::new(Conn::new(1, a, 16, SEND_QUEUE_BYTES));
     let mut registry = Registry::default();
     assert_eq!(registry.add(&conn), Some(true));
     let room = RoomId::generate();
@@ -990,6 +990,111 @@ fn room_events_during_a_join_wait_behind_the_history() {
     assert!(removed.user_last);
     assert_eq!(removed.rooms, vec![(room, true, true)]);
     assert!(registry.rooms.is_empty() && registry.users.is_empty());
+}
+
+#[test]
+fn the_queue_is_bounded_in_bytes_behind_its_head() {
+    let session = |phone: &str| Session {
+        phone: Phone::parse(phone).unwrap(),
+        name: None,
+        token: Token::generate().unwrap(),
+        created_at: 0,
+    };
+    let frame = |n: usize| Utf8Bytes::from("x".repeat(n));
+    let conn = Conn::new(1, session(A), 1024, 1000);
+    // A frame larger than the bound goes to an empty queue: it is the head, written next.
+    assert_eq!(conn.offer(&frame(5000), None), Offer::Queued);
+    // Behind it, up to the bound.
+    for _ in 0..10 {
+        assert_eq!(conn.offer(&frame(100), None), Offer::Queued);
+    }
+    // Taking the head makes room for what was behind it.
+    assert_eq!(conn.pop().map(|f| f.len()), Some(5000));
+    assert_eq!(conn.offer(&frame(100), None), Offer::Queued);
+    // One byte past the bound behind the head: a slow consumer, its queue dropped.
+    assert_eq!(conn.offer(&frame(1), None), Offer::Overflowed);
+    assert_eq!(conn.closing(), Some(CloseReason::SlowConsumer));
+    assert_eq!(conn.pop(), None);
+    assert_eq!(conn.offer(&frame(1), None), Offer::Dropped);
+
+    // Held room events count; a history larger than the bound still completes the join.
+    let conn = Arc::new(Conn::new(2, session(B), 1024, 1000));
+    let mut registry = Registry::default();
+    registry.add(&conn);
+    let room = RoomId::generate();
+    assert_eq!(
+        registry.begin_join(&conn, room),
+        BeginJoin::Joining { first: true }
+    );
+    for _ in 0..9 {
+        assert_eq!(conn.offer(&frame(100), Some((room, None))), Offer::Queued);
+    }
+    assert_eq!(
+        registry.complete_join(&conn, room, frame(50_000), None),
+        Completed::Joined(Offer::Queued)
+    );
+    assert_eq!(conn.offer(&frame(100), None), Offer::Queued);
+    assert_eq!(conn.offer(&frame(1), None), Offer::Overflowed);
+
+    // Held events past the bound overflow while the join is still in progress.
+    let conn = Arc::new(Conn::new(3, session(A), 1024, 1000));
+    registry.add(&conn);
+    registry.begin_join(&conn, room);
+    for _ in 0..10 {
+        assert_eq!(conn.offer(&frame(100), Some((room, None))), Offer::Queued);
+    }
+    assert_eq!(conn.offer(&frame(1), Some((room, None))), Offer::Overflowed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_too_slow_for_the_byte_bound_is_closed_with_1008() {
+    let w = World::new(WsConfig {
+        send_queue_bytes: 2000,
+        ..WsConfig::default()
+    });
+    let a = w.user(A).await;
+    let mut slow = w.open(&a).await;
+    slow.gate.set(true);
+    let mut fine = w.open(&a).await;
+    let presence = |i: usize| {
+        Delivery::to_user(
+            a.phone.clone(),
+            Event::Presence {
+                phone: Phone::parse(&format!("+1555000{i:04}")).unwrap(),
+                online: true,
+            },
+        )
+    };
+    let size = wire::event_frame(&presence(0).event).len();
+    // Far fewer frames than `send_queue`, but more bytes than the bound.
+    let frames = 2000 / size + 2;
+    assert!(frames < WsConfig::default().send_queue);
+    for i in 0..frames {
+        w.hub.deliver(&presence(i));
+        // The fine socket reads as it goes.
+        assert_eq!(
+            fine.json().await["data"]["phone"],
+            format!("+1555000{i:04}")
+        );
+    }
+    assert_eq!(
+        w.service
+            .metrics()
+            .slow_consumers_closed_total
+            .load(Ordering::Relaxed),
+        1
+    );
+    slow.gate.set(false);
+    assert_eq!(
+        slow.next().await,
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::Policy,
+            reason: "not reading fast enough".into(),
+        }))
+    );
+    slow.hang_up().await;
+    assert_eq!(w.hub.connections(), 1);
+    fine.hang_up().await;
 }
 
 #[tokio::test(start_paused = true)]
