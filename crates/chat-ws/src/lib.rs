@@ -28,6 +28,7 @@ mod registry;
 mod socket;
 mod wire;
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
@@ -37,8 +38,7 @@ use chat_core::{
 };
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::task::TaskTracker;
 
@@ -199,26 +199,27 @@ impl Hub {
     }
 
     /// Serves one upgraded connection of an authenticated session until it closes.
-    pub async fn serve<IO>(&self, io: IO, session: Session)
+    ///
+    /// Not an `async fn`: each async layer between here and the socket loop would keep its own
+    /// dead copy of the arguments it moved on, in every idle socket's task.
+    pub fn serve<IO>(&self, io: IO, session: Session) -> impl Future<Output = ()> + Send + use<IO>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // tungstenite hands every frame to the IO at once; the coalescing wrapper holds them
-        // until the socket task flushes, once per turn, so a turn's frames cost one write; and
-        // it reads ahead, so a burst of client frames costs one read.
-        let io = coalesce::Coalesced::new(io, COALESCE_BYTES);
-        let ws =
-            WebSocketStream::from_raw_socket(io, Role::Server, Some(self.inner.ws_config)).await;
-        self.serve_socket(ws, session).await;
+        socket::serve_io(self.clone(), io, socket::new_conn(self, session))
     }
 
     /// Serves a WebSocket that is already set up (any `Sink` + `Stream` of tungstenite
     /// messages), until it closes. [`Hub::serve`] is this over a raw upgraded connection.
-    pub async fn serve_socket<S>(&self, ws: S, session: Session)
+    pub fn serve_socket<S>(
+        &self,
+        ws: S,
+        session: Session,
+    ) -> impl Future<Output = ()> + Send + use<S>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
     {
-        socket::run(self.clone(), ws, session).await;
+        socket::serve_socket(self.clone(), ws, socket::new_conn(self, session))
     }
 
     /// The tungstenite configuration [`Hub::serve`] uses: `max_frame_bytes` as the message and

@@ -16,29 +16,61 @@ use std::task::{Context, Poll};
 use chat_core::{Audience, Error, MessageId, RoomId, Session, TokenBucket};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::Hub;
+use crate::coalesce::Coalesced;
 use crate::registry::{BeginJoin, CloseReason, Completed, Conn};
 use crate::wire::{self, Ack, Command, MAX_BAD_FRAMES, Rejected, Request};
 
+/// A new socket of `session` on this node, not registered yet.
+pub(crate) fn new_conn(hub: &Hub, session: Session) -> Arc<Conn> {
+    let config = hub.config();
+    Arc::new(Conn::new(
+        hub.service().new_conn().id,
+        session,
+        config.send_queue,
+        config.send_queue_bytes,
+    ))
+}
+
+/// Serves a raw upgraded connection: the coalescing wrapper, tungstenite over it, the socket.
+///
+/// The WebSocket is made here and only borrowed below: an `async fn` that takes a value and
+/// moves it on keeps a dead copy of it for as long as it runs, and these futures are every
+/// idle socket's memory.
+pub(crate) async fn serve_io<IO>(hub: Hub, io: IO, conn: Arc<Conn>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // tungstenite hands every frame to the IO at once; the coalescing wrapper holds them until
+    // the socket task flushes, once per turn, so a turn's frames cost one write; and it reads
+    // ahead, so a burst of client frames costs one read.
+    let io = Coalesced::new(io, crate::COALESCE_BYTES);
+    let config = hub.inner.ws_config;
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    run(hub, &mut ws, conn).await;
+}
+
+/// Serves a WebSocket given as a `Sink` + `Stream`.
+pub(crate) async fn serve_socket<S>(hub: Hub, mut ws: S, conn: Arc<Conn>)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+{
+    run(hub, &mut ws, conn).await;
+}
+
 /// Serves one socket until it is closed and cleaned up.
-pub(crate) async fn run<S>(hub: Hub, ws: S, session: Session)
+async fn run<S>(hub: Hub, ws: &mut S, conn: Arc<Conn>)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
 {
     // Counted from the first moment, so `closed()` waits for the cleanup too.
     let _tracked = hub.inner.tracker.token();
-    let service = hub.service();
-    let id = service.new_conn().id;
-    let config = hub.config();
-    let conn = Arc::new(Conn::new(
-        id,
-        session,
-        config.send_queue,
-        config.send_queue_bytes,
-    ));
     // Queued before the socket is registered, so it is the first frame whatever arrives.
     hub.reply(&conn, wire::connection_status(conn.phone().as_str()));
     let mut open = Opened::new(hub.clone(), Arc::clone(&conn));
@@ -192,7 +224,7 @@ struct Closing {
     expired: bool,
 }
 
-async fn drive<S>(mut ws: S, hub: &Hub, conn: &Arc<Conn>)
+async fn drive<S>(ws: &mut S, hub: &Hub, conn: &Arc<Conn>)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
@@ -217,7 +249,7 @@ where
         closing: None,
     };
     let mut timer = pin!(sleep_until(driver.next_timer()));
-    poll_fn(|cx| driver.poll(&mut ws, timer.as_mut(), cx)).await;
+    poll_fn(|cx| driver.poll(ws, timer.as_mut(), cx)).await;
 }
 
 impl Driver<'_> {
