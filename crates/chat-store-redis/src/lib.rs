@@ -39,9 +39,9 @@
 //! | `P ur:<phone>` | set | the user's room ids | longest room's expiry |
 //! | `P pr:<a>:<b>` | string | the room two users share (`a` < `b` bytewise) | room's expiry |
 //! | `P {<room>}:m` | hash | room meta: `a`, `b` (members, requester first), `c` created_at, `x` expires_at | `x` + `MARGIN` |
-//! | `P {<room>}:h` | stream | history; entry fields `s` sender, `m` text, `t` timestamp, `c` client_id | as `:m` |
-//! | `P {<room>}:d` | hash | `<sender>\|<client_id>` → message id (dedupe) | as `:m` |
-//! | `P {<room>}:q` | list | `<id>\|<sender>\|<client_id>`, oldest first: caps `:d` at `history_max` | as `:m` |
+//! | `P {<room>}:h` | stream | history; entry fields `s` sender, `m` text, `t` timestamp, `c` client_id | as `:m` (set when the first message creates it) |
+//! | `P {<room>}:d` | hash | dedupe, newer generation: `<sender>\|<client_id>` → message id; at `history_max` fields it becomes `:o` | as `:m` (set when created) |
+//! | `P {<room>}:o` | hash | dedupe, older generation (the previous `:d`, whole) | as `:m` |
 //! | `P timers` | sorted set | `Timer::encode()` → due time (ms) | permanent (one key); entries leave when handled |
 //!
 //! A room's keys share the hash tag `{<room>}`, so the hot path (append, history) stays in one
@@ -59,8 +59,10 @@
 //! a dead node's `nc:` set stay until a node handles them (a timer whose target Redis already
 //! freed is then a no-op). Index entries whose target was freed by expiry are dropped lazily by
 //! the scripts that read them.
-//! The bounded collections: history (`XADD MAXLEN = history_max`, exact), the dedupe hash and
-//! its queue (at most `history_max` entries), the delivery queue ([`bus::DELIVERY_QUEUE`]).
+//! The bounded collections: history (`XADD MAXLEN ~ history_max`: at least `history_max`
+//! messages, at most one stream node more, `stream-node-max-entries` = 100 by default), the
+//! dedupe hashes (at most `history_max` entries each, covering at least the newest
+//! `history_max` client ids), the delivery queue ([`bus::DELIVERY_QUEUE`]).
 //!
 //! ## Round trips per operation
 //!
@@ -75,7 +77,7 @@
 //! | `send_request`, `accept_request`, `remove_request`, `requests` | one script each |
 //! | `room` | `HMGET` |
 //! | `rooms_of`, `delete_room`, `end_session` | one script each |
-//! | `append_message` | one script: membership, dedupe, `XADD MAXLEN`, expiry, `PUBLISH` |
+//! | `append_message` | one script: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
 //! | `history` | one script: room check and `XRANGE (after` / `XREVRANGE` |
 //! | `schedule` | `ZADD` |
 //! | `due_timers`, `finish_timer` | one script each |

@@ -51,7 +51,7 @@ end
 local function k_room(r) return P .. '{' .. r .. '}:m' end
 local function k_hist(r) return P .. '{' .. r .. '}:h' end
 local function k_dedupe(r) return P .. '{' .. r .. '}:d' end
-local function k_dedupe_q(r) return P .. '{' .. r .. '}:q' end
+local function k_dedupe_old(r) return P .. '{' .. r .. '}:o' end
 
 local function later(a, b)
   if tonumber(a) >= tonumber(b) then return a end
@@ -176,7 +176,7 @@ end
 local function delete_room(r)
   local v = room_get(r)
   if not v then return nil end
-  redis.call('DEL', k_room(r), k_hist(r), k_dedupe(r), k_dedupe_q(r))
+  redis.call('DEL', k_room(r), k_hist(r), k_dedupe(r), k_dedupe_old(r))
   if redis.call('GET', k_pair(v[1], v[2])) == r then redis.call('DEL', k_pair(v[1], v[2])) end
   redis.call('SREM', k_urooms(v[1]), r)
   redis.call('SREM', k_urooms(v[2]), r)
@@ -474,53 +474,71 @@ end
 return 0
 "#;
 
-/// The room hot path, one round trip: membership, dedupe, XADD, trim, expiry, PUBLISH.
+/// The room hot path, one round trip: membership, dedupe, XADD, PUBLISH. Three commands
+/// (`HMGET`, `XADD`, `PUBLISH`) for a message without a client id, once the room has history.
 ///
-/// KEYS: room meta, history stream, dedupe hash, dedupe queue (one hash tag).
-/// ARGV: sender, has_client_id (0/1), client_id, text, timestamp, history_max (>= 1), channel,
-/// delivery JSON before the id, delivery JSON after the id.
-/// → {'no_room'} | {'forbidden'} | {'dup', id, {field, value...}} | {'new', id}
+/// - The history is trimmed with `MAXLEN ~`: Redis drops whole stream nodes only, so a room
+///   keeps between `history_max` and `history_max` + one node (`stream-node-max-entries`, 100
+///   by default) messages, at a fraction of the cost of exact trimming.
+/// - Keys under the room's tag expire with the room (`:m`'s expiry, fixed when the room is
+///   made). `XADD NOMKSTREAM` fails only on the room's first message: that one creates the
+///   stream and copies the expiry; XADD keeps it after. The dedupe hashes likewise get it when
+///   created.
+/// - Dedupe: `:d` maps `<sender>|<client_id>` to the message id; when it holds `history_max`
+///   fields it is renamed to `:o` (dropping the previous `:o`) and a new `:d` begins. So the
+///   newest `history_max` client ids are always in `:d` or `:o`, at most twice that is kept,
+///   and a message costs `HGET`s, `HLEN` and `HSET` rather than a queue walk.
+///
+/// KEYS: room meta, history stream, dedupe (newer), dedupe (older) — one hash tag.
+/// ARGV: sender, text, timestamp, history_max (>= 1), channel, delivery JSON before the id,
+/// delivery JSON after the id, and the client id when there is one.
+/// → 0 (no room) | 1 (not a member) | id (new) | {id, {field, value...}} (the earlier message)
 pub(crate) const APPEND: &str = r#"
-local sender, has_cid, cid, text, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local max, channel = tonumber(ARGV[6]), ARGV[7]
+local sender, text, ts, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local meta = redis.call('HMGET', KEYS[1], 'a', 'b')
-if not meta[1] then return {'no_room'} end
-if sender ~= meta[1] and sender ~= meta[2] then return {'forbidden'} end
-local field = nil
-if has_cid == '1' then
+if not meta[1] then return 0 end
+if sender ~= meta[1] and sender ~= meta[2] then return 1 end
+local cid = ARGV[8]
+local field
+if cid then
   field = sender .. '|' .. cid
-  local prev = redis.call('HGET', KEYS[3], field)
+  local prev = redis.call('HGET', KEYS[3], field) or redis.call('HGET', KEYS[4], field)
   if prev then
     local e = redis.call('XRANGE', KEYS[2], prev, prev)
-    if e[1] then return {'dup', e[1][1], e[1][2]} end
+    if e[1] then return e[1] end
   end
 end
 local id
 if field then
-  id = redis.call('XADD', KEYS[2], 'MAXLEN', max, '*', 's', sender, 'm', text, 't', ts, 'c', cid)
+  id = redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts, 'c', cid)
 else
-  id = redis.call('XADD', KEYS[2], 'MAXLEN', max, '*', 's', sender, 'm', text, 't', ts)
+  id = redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts)
 end
-local at = redis.call('PEXPIRETIME', KEYS[1])
-if at > 0 then redis.call('PEXPIREAT', KEYS[2], at) end
+local at
+if not id then
+  -- The room's first message: create the stream, expiring with the room.
+  if field then
+    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts, 'c', cid)
+  else
+    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts)
+  end
+  at = redis.call('PEXPIRETIME', KEYS[1])
+  if at > 0 then redis.call('PEXPIREAT', KEYS[2], at) end
+end
 if field then
-  -- The dedupe hash covers the newest `max` client ids, oldest dropped first: bounded, and
-  -- covering at least every message the trimmed history still holds.
-  redis.call('HSET', KEYS[3], field, id)
-  redis.call('RPUSH', KEYS[4], id .. '|' .. field)
-  while redis.call('LLEN', KEYS[4]) > max do
-    local old = redis.call('LPOP', KEYS[4])
-    local sep = string.find(old, '|', 1, true)
-    local old_id, old_field = string.sub(old, 1, sep - 1), string.sub(old, sep + 1)
-    if redis.call('HGET', KEYS[3], old_field) == old_id then redis.call('HDEL', KEYS[3], old_field) end
+  local n = redis.call('HLEN', KEYS[3])
+  if n >= tonumber(max) then
+    redis.call('RENAME', KEYS[3], KEYS[4])
+    n = 0
   end
-  if at > 0 then
-    redis.call('PEXPIREAT', KEYS[3], at)
-    redis.call('PEXPIREAT', KEYS[4], at)
+  redis.call('HSET', KEYS[3], field, id)
+  if n == 0 then
+    at = at or redis.call('PEXPIRETIME', KEYS[1])
+    if at > 0 then redis.call('PEXPIREAT', KEYS[3], at) end
   end
 end
-redis.call('PUBLISH', channel, ARGV[8] .. id .. ARGV[9])
-return {'new', id}
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. id .. ARGV[7])
+return id
 "#;
 
 /// KEYS: room meta, history stream. ARGV: 'after' | 'latest', exclusive start id, count.

@@ -171,7 +171,7 @@ impl RedisStore {
             format!("{p}{{{room}}}:m"),
             format!("{p}{{{room}}}:h"),
             format!("{p}{{{room}}}:d"),
-            format!("{p}{{{room}}}:q"),
+            format!("{p}{{{room}}}:o"),
         ]
     }
 
@@ -564,46 +564,39 @@ impl Store for RedisStore {
         let before = format!("{}\"id\":\"", &json[..cut]);
         let after = format!("\"{}", &json[cut + ID_PLACEHOLDER.len()..]);
         let channel = self.inner.bus.channel(&Audience::Room(*room_));
-        let (has_cid, cid) = match &stored.client_id {
-            Some(c) => ("1", c.as_str()),
-            None => ("0", ""),
-        };
-        let v = items(
-            self.run_keys(
-                &self.inner.scripts.append,
-                &self.room_keys(room_),
-                &[
-                    stored.sender.as_str(),
-                    has_cid,
-                    cid,
-                    &stored.message,
-                    &stored.timestamp.to_string(),
-                    &history_max.max(1).to_string(),
-                    &channel,
-                    &before,
-                    &after,
-                ],
-            )
-            .await?,
-        )?;
-        match text_at(&v, 0)?.as_str() {
-            "no_room" => Err(Error::RoomNotFound),
-            "forbidden" => Err(Error::forbidden("you are not a member of this room")),
-            "new" => {
-                stored.id =
-                    MessageId::parse(&text_at(&v, 1)?).map_err(|_| bad_reply("stream id"))?;
-                Ok(Appended::New(stored))
-            }
-            "dup" => {
-                let mut v = v.into_iter().skip(1);
-                match (v.next(), v.next()) {
+        let ts = stored.timestamp.to_string();
+        let max = history_max.max(1).to_string();
+        let mut args = vec![
+            stored.sender.as_str(),
+            &stored.message,
+            &ts,
+            &max,
+            &channel,
+            &before,
+            &after,
+        ];
+        if let Some(cid) = &stored.client_id {
+            args.push(cid);
+        }
+        let reply = self
+            .run_keys(&self.inner.scripts.append, &self.room_keys(room_), &args)
+            .await?;
+        match reply {
+            Value::Int(0) => Err(Error::RoomNotFound),
+            Value::Int(1) => Err(Error::forbidden("you are not a member of this room")),
+            Value::Array(entry) => {
+                let mut entry = entry.into_iter();
+                match (entry.next(), entry.next()) {
                     (Some(id), Some(fields)) => {
                         Ok(Appended::Duplicate(entry_message(*room_, &id, fields)?))
                     }
                     _ => Err(bad_reply("duplicate")),
                 }
             }
-            _ => Err(bad_reply("append")),
+            id => {
+                stored.id = MessageId::parse(&text(&id)?).map_err(|_| bad_reply("stream id"))?;
+                Ok(Appended::New(stored))
+            }
         }
     }
 

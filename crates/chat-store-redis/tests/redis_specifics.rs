@@ -153,11 +153,15 @@ async fn keys_expire_a_margin_after_the_callers_deadlines() {
 
     // A room and everything under its hash tag expire with it.
     let room = make_room(&store, &b, &a, t, 300_000).await;
-    store
-        .append_message(&room, msg(&b, "hi", Some("k1")), 100)
-        .await
-        .expect("append");
-    for part in ["m", "h", "d", "q"] {
+    // With `history_max` 1 the second client id moves the first generation of the dedupe hash
+    // to `:o` and starts a new `:d`: both keep the room's expiry.
+    for cid in ["k1", "k2"] {
+        store
+            .append_message(&room, msg(&b, "hi", Some(cid)), 1)
+            .await
+            .expect("append");
+    }
+    for part in ["m", "h", "d", "o"] {
         let key = format!("{p}{{{room}}}:{part}");
         assert_near(
             pexpiretime(&mut con, &key).await,
@@ -301,11 +305,16 @@ async fn dedupe_and_history_stay_bounded() {
     register(&store, &a, t, t + 60_000).await;
     register(&store, &b, t, t + 60_000).await;
     let room = make_room(&store, &a, &b, t, 300_000).await;
+    // History is trimmed by whole stream nodes (`MAXLEN ~`): it keeps at least `MAX` messages
+    // and at most `MAX` plus one node (100 entries by default). Enough messages to trim often.
+    const MAX: usize = 10;
+    const NODE: usize = 100;
+    let total = 3 * NODE + 7;
     let mut ids = Vec::new();
-    for i in 0..40 {
+    for i in 0..total {
         let cid = format!("k{i}");
         let m = store
-            .append_message(&room, msg(&a, &format!("m{i}"), Some(&cid)), 10)
+            .append_message(&room, msg(&a, &format!("m{i}"), Some(&cid)), MAX)
             .await
             .expect("append");
         ids.push(m.into_message().id);
@@ -321,22 +330,41 @@ async fn dedupe_and_history_stay_bounded() {
                 .expect("len")
         }
     };
-    assert_eq!(len("XLEN", "h").await, 10, "history trimmed to history_max");
-    assert!(len("HLEN", "d").await <= 10, "dedupe hash capped");
-    assert!(len("LLEN", "q").await <= 10, "dedupe queue capped");
-    // A client id still in the window is a duplicate; one long trimmed is new again.
-    let again = store
-        .append_message(&room, msg(&a, "again", Some("k39")), 10)
-        .await
-        .expect("append");
-    assert!(matches!(again, Appended::Duplicate(ref m) if m.id == ids[39]));
+    let kept = len("XLEN", "h").await;
+    assert!(
+        (MAX..=MAX + NODE).contains(&kept),
+        "history trimmed to history_max plus at most a node: {kept}"
+    );
+    let (newer, older) = (len("HLEN", "d").await, len("HLEN", "o").await);
+    assert!(
+        newer <= MAX && older <= MAX,
+        "dedupe hashes capped: {newer}, {older}"
+    );
+    assert!(newer + older >= MAX, "the newest client ids are covered");
+    // Every client id of the newest `MAX` messages is still a duplicate; one long trimmed is
+    // new again.
+    for back in 1..=MAX {
+        let i = total - back;
+        let again = store
+            .append_message(&room, msg(&a, "again", Some(&format!("k{i}"))), MAX)
+            .await
+            .expect("append");
+        assert!(
+            matches!(again, Appended::Duplicate(ref m) if m.id == ids[i] && m.message == format!("m{i}")),
+            "k{i} is a duplicate: {again:?}"
+        );
+    }
     let old = store
-        .append_message(&room, msg(&a, "old", Some("k0")), 10)
+        .append_message(&room, msg(&a, "old", Some("k0")), MAX)
         .await
         .expect("append");
     assert!(matches!(old, Appended::New(_)));
-    let page = store.history(&room, None, 100).await.expect("history");
-    assert_eq!(page.messages.len(), 10);
+    let page = store.history(&room, None, 1000).await.expect("history");
+    assert!(page.messages.len() >= MAX);
+    assert_eq!(
+        page.messages.last().map(|m| m.message.as_str()),
+        Some("old")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
