@@ -598,12 +598,14 @@ impl Store for MemoryStore {
                 }
             }
         }
-        // Delivered under the lock: the order sockets see is the order of history.
-        self.shared.sink.deliver(&Delivery::to_room(
-            *room,
-            Event::ReceiveMessage(stored.clone()),
-        ));
-        Ok(Appended::New(stored))
+        // Delivered under the lock: the order sockets see is the order of history. The
+        // delivery lends the message back afterwards, saving a copy per message.
+        let delivery = Delivery::to_room(*room, Event::ReceiveMessage(stored));
+        self.shared.sink.deliver(&delivery);
+        match delivery.event {
+            Event::ReceiveMessage(stored) => Ok(Appended::New(stored)),
+            _ => unreachable!("built as a receive_message just above"),
+        }
     }
 
     async fn history(
