@@ -667,7 +667,7 @@ async fn send_message(
         .send_message(conn.phone(), &data.room, data.message, data.client_id)
         .await?;
     if let Some(ack) = ack {
-        hub.reply(conn, wire::message_frame("ack", Some(ack), &message));
+        hub.reply(conn, wire::message_ack(ack, &message));
     }
     Ok(())
 }

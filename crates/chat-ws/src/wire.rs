@@ -2,8 +2,9 @@
 //! own data), server frames built once as text. Nothing here touches a socket or the service.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
-use chat_core::{Error, Event, HistoryPage, Message, RoomId, rfc3339};
+use chat_core::{Error, Event, HistoryPage, Message, MessageId, RoomId, rfc3339};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -250,6 +251,42 @@ pub(crate) fn message_frame(event: &str, ack: Option<&RawValue>, m: &Message) ->
     push_message(&mut out, m);
     out.push('}');
     Utf8Bytes::from(out)
+}
+
+thread_local! {
+    /// The last `receive_message` frame encoded on this thread, with its message's room and
+    /// id. With the memory store a message is delivered on the sender's thread just before
+    /// the sender's ack is built, so the ack can copy the encoded message from here instead of
+    /// encoding it again; anything else simply misses.
+    static LAST_RECEIVED: Cell<Option<(RoomId, MessageId, Utf8Bytes)>> = const { Cell::new(None) };
+}
+
+/// `{"event":"receive_message","data":` — how every `receive_message` frame starts.
+const RECEIVED_HEAD: &str = "{\"event\":\"receive_message\",\"data\":";
+
+/// The `receive_message` frame of a message (remembered for [`message_ack`]).
+fn received_frame(m: &Message) -> Utf8Bytes {
+    let frame = message_frame("receive_message", None, m);
+    LAST_RECEIVED.set(Some((m.room, m.id, frame.clone())));
+    frame
+}
+
+/// The ack of `send_message`: `{"event":"ack","ack":..,"data":<message>}`.
+pub(crate) fn message_ack(ack: &RawValue, m: &Message) -> Utf8Bytes {
+    if let Some((room, id, frame)) = LAST_RECEIVED.take()
+        && room == m.room
+        && id == m.id
+        && let Some(data) = frame
+            .strip_prefix(RECEIVED_HEAD)
+            .and_then(|rest| rest.strip_suffix('}'))
+    {
+        let mut out = String::with_capacity(32 + ack.get().len() + data.len());
+        frame_head(&mut out, "ack", Some(ack));
+        out.push_str(data);
+        out.push('}');
+        return Utf8Bytes::from(out);
+    }
+    message_frame("ack", Some(ack), m)
 }
 
 /// The `room_history` reply to `join_room`.
@@ -592,7 +629,7 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
             },
         ),
         Event::RoomExpired { room } => frame("room_expired", None, &RoomOnly { room }),
-        Event::ReceiveMessage(m) => message_frame("receive_message", None, m),
+        Event::ReceiveMessage(m) => received_frame(m),
         Event::UserJoined { room, user } => frame(
             "user_joined",
             None,
@@ -903,6 +940,24 @@ mod tests {
                 .unwrap()
                 .as_str()
             );
+        }
+    }
+
+    #[test]
+    fn acks_copied_from_the_delivery_are_the_encoded_ones() {
+        let ack: Ack = RawValue::from_string("\"k\"".into()).unwrap();
+        let messages = tricky_messages();
+        for m in &messages {
+            let encoded = message_frame("ack", Some(&ack), m);
+            // Right after its delivery: copied.
+            event_frame(&Event::ReceiveMessage(m.clone()));
+            assert_eq!(message_ack(&ack, m), encoded);
+            // Nothing remembered, or another message remembered: encoded.
+            assert_eq!(message_ack(&ack, m), encoded);
+            let mut other = m.clone();
+            other.id = other.id.next();
+            event_frame(&Event::ReceiveMessage(other));
+            assert_eq!(message_ack(&ack, m), encoded);
         }
     }
 
