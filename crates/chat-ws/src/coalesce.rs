@@ -107,11 +107,14 @@ impl<IO> Coalesced<IO> {
         }
     }
 
-    /// Hands the drained write buffer to this thread's spare slot.
+    /// Hands the drained write buffer to this thread's spare slot (unless a large frame made
+    /// it grow: that one is freed).
     fn release_write(&mut self) {
         let mut drained = std::mem::take(&mut self.buf);
-        drained.clear();
-        SPARE_WRITE.set(drained);
+        if drained.capacity() == self.limit {
+            drained.clear();
+            SPARE_WRITE.set(drained);
+        }
     }
 
     /// Hands the drained read-ahead to this thread's spare slot.
@@ -123,6 +126,36 @@ impl<IO> Coalesced<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
+    /// Ready when [`Coalesced::push_text`] may append a frame: the buffer holds less than its
+    /// limit (it is written out first when it is full).
+    pub(crate) fn poll_text_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.len() >= self.limit {
+            ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Appends one whole text frame carrying `payload`, unmasked and final, as a server sends
+    /// it: the socket loop's frames skip tungstenite's write path (its per-frame work and its
+    /// own copy into a buffer it keeps for the socket's life). Called once
+    /// [`Coalesced::poll_text_ready`] is ready, so the buffer holds at most its limit plus one
+    /// frame.
+    ///
+    /// Frames never interleave: this appends a whole frame, and tungstenite's own frames
+    /// (pings, pongs, the close) are small enough that [`AsyncWrite::poll_write`] always takes
+    /// them whole or not at all.
+    pub(crate) fn push_text(&mut self, payload: &[u8]) {
+        let mut head = [0u8; 10];
+        let head = text_header(payload.len(), &mut head);
+        if self.buf.capacity() == 0 {
+            self.buf = self.write_buffer();
+        }
+        // Past the limit only for a large frame, and then to exactly what it needs.
+        self.buf.reserve_exact(head.len() + payload.len());
+        self.buf.extend_from_slice(head);
+        self.buf.extend_from_slice(payload);
+    }
+
     /// Writes out everything held; gives the buffer up once it is all written.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.buf.capacity() == 0 {
@@ -140,6 +173,25 @@ impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
         // Nothing held keeps nothing allocated.
         self.release_write();
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The header of an unmasked, final text frame of `len` bytes (RFC 6455, section 5.2).
+fn text_header(len: usize, out: &mut [u8; 10]) -> &[u8] {
+    /// FIN and the text opcode.
+    const FIN_TEXT: u8 = 0x81;
+    out[0] = FIN_TEXT;
+    if len < 126 {
+        out[1] = len as u8;
+        &out[..2]
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        &out[..4]
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        &out[..10]
     }
 }
 
@@ -163,7 +215,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
         if this.buf.capacity() == 0 {
             this.buf = this.write_buffer();
         }
-        // Fits: `buf.len() + data.len() <= limit == capacity`, so this never reallocates.
+        // Fits: `buf.len() + data.len() <= limit`, within the capacity.
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
     }
@@ -451,6 +503,96 @@ mod tests {
         assert!(matches!(write(&mut c, &big), Poll::Ready(Ok(40))));
         assert_eq!(c.get_ref().writes, vec![b"head".to_vec(), big.to_vec()]);
         assert_eq!((c.buffered(), c.allocated()), (0, 0));
+    }
+
+    /// What a client reads from `bytes`: tungstenite on the client side decodes them.
+    fn client_reads(bytes: Vec<u8>) -> Vec<tokio_tungstenite::tungstenite::Message> {
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+        let config = WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        /// Reads `bytes`; what the client writes back (pongs) is dropped.
+        struct ReadOnly(std::io::Cursor<Vec<u8>>);
+        impl io::Read for ReadOnly {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        impl io::Write for ReadOnly {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let stream = ReadOnly(std::io::Cursor::new(bytes));
+        let mut ws = WebSocket::from_raw_socket(stream, Role::Client, Some(config));
+        let mut got = Vec::new();
+        loop {
+            match ws.read() {
+                Ok(m) => got.push(m),
+                // The end of the bytes.
+                Err(tokio_tungstenite::tungstenite::Error::Protocol(
+                    tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn text_frames_pushed_among_other_writes_decode_whole_and_in_order() {
+        use tokio_tungstenite::tungstenite::Message;
+        let mut c = Coalesced::new(
+            Recorder {
+                per_write: Some(1000),
+                ..Recorder::default()
+            },
+            4096,
+        );
+        let ping = [0x89u8, 0x02, b'h', b'i'];
+        let mut expected = Vec::new();
+        for (i, len) in [0usize, 1, 125, 126, 127, 4000, 65_535, 65_536, 100_000, 3]
+            .into_iter()
+            .enumerate()
+        {
+            let text: String = (0..len)
+                .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
+                .collect();
+            let waker = cx_of(&Arc::default());
+            let ready = c.poll_text_ready(&mut Context::from_waker(&waker));
+            assert!(matches!(ready, Poll::Ready(Ok(()))));
+            c.push_text(text.as_bytes());
+            assert!(c.buffered() <= 4096 + 10 + len);
+            expected.push(Message::text(text));
+            // tungstenite's own frames go through `poll_write`, whole.
+            assert!(matches!(write(&mut c, &ping), Poll::Ready(Ok(4))));
+            expected.push(Message::Ping(b"hi".to_vec().into()));
+        }
+        assert!(matches!(flush(&mut c), Poll::Ready(Ok(()))));
+        assert_eq!(c.allocated(), 0, "a grown buffer is freed, not kept");
+        let bytes = c.get_ref().bytes();
+        assert_eq!(client_reads(bytes), expected);
+    }
+
+    #[test]
+    fn text_waits_while_a_full_buffer_cannot_be_written() {
+        let mut c = Coalesced::new(Recorder::default(), 8);
+        c.push_text(b"0123456789");
+        c.io.blocked = true;
+        let waker = cx_of(&Arc::default());
+        assert!(
+            c.poll_text_ready(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        c.io.blocked = false;
+        assert!(matches!(
+            c.poll_text_ready(&mut Context::from_waker(&waker)),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(c.get_ref().bytes()[..2], [0x81, 10]);
     }
 
     #[test]

@@ -57,18 +57,87 @@ where
 }
 
 /// Serves a WebSocket given as a `Sink` + `Stream`.
-pub(crate) async fn serve_socket<S>(hub: Hub, mut ws: S, conn: Arc<Conn>)
+pub(crate) async fn serve_socket<S>(hub: Hub, ws: S, conn: Arc<Conn>)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
 {
-    run(hub, &mut ws, conn).await;
+    run(hub, &mut ThroughSink(ws), conn).await;
+}
+
+/// What the socket loop drives: a `Stream` + `Sink` of tungstenite messages, and a way to send
+/// text frames (every frame but pings and the close) that may bypass the `Sink`.
+pub(crate) trait Socket:
+    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin
+{
+    /// Ready when [`Socket::send_text`] may be called (the `Sink` must be ready too).
+    fn poll_text_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>>;
+
+    /// Sends a text frame.
+    fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), WsError>;
+}
+
+/// tungstenite over the coalescing wrapper: text frames go straight into the wrapper's write
+/// buffer, skipping tungstenite's write path (its per-frame work, and its copy into a buffer
+/// that keeps its largest size for the socket's life). Its own frames (pongs, pings, the
+/// close) still go through it; the wrapper takes every frame whole, so they never interleave,
+/// and the loop sends nothing after the close.
+impl<IO: AsyncRead + AsyncWrite + Unpin> Socket for WebSocketStream<Coalesced<IO>> {
+    fn poll_text_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        self.get_mut().poll_text_ready(cx).map_err(WsError::Io)
+    }
+
+    fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), WsError> {
+        self.get_mut().push_text(frame.as_bytes());
+        Ok(())
+    }
+}
+
+/// Any other `Sink` + `Stream` (the tests' channels): text frames go through the `Sink`.
+struct ThroughSink<S>(S);
+
+impl<S: Stream + Unpin> Stream for ThroughSink<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        self.0.poll_next_unpin(cx)
+    }
+}
+
+impl<S: Sink<Message> + Unpin> Sink<Message> for ThroughSink<S> {
+    type Error = S::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), S::Error> {
+        self.0.start_send_unpin(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_close_unpin(cx)
+    }
+}
+
+impl<S> Socket for ThroughSink<S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    fn poll_text_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), WsError> {
+        self.0.start_send_unpin(Message::Text(frame))
+    }
 }
 
 /// Serves one socket until it is closed and cleaned up.
-async fn run<S>(hub: Hub, ws: &mut S, conn: Arc<Conn>)
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
-{
+async fn run<S: Socket + Send>(hub: Hub, ws: &mut S, conn: Arc<Conn>) {
     // Counted from the first moment, so `closed()` waits for the cleanup too.
     let _tracked = hub.inner.tracker.token();
     // Queued before the socket is registered, so it is the first frame whatever arrives.
@@ -224,10 +293,7 @@ struct Closing {
     expired: bool,
 }
 
-async fn drive<S>(ws: &mut S, hub: &Hub, conn: &Arc<Conn>)
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-{
+async fn drive<S: Socket>(ws: &mut S, hub: &Hub, conn: &Arc<Conn>) {
     let config = hub.config();
     let now = Instant::now();
     let mut driver = Driver {
@@ -263,10 +329,12 @@ impl Driver<'_> {
     }
 
     /// One turn of the loop: makes every bit of progress possible, then waits.
-    fn poll<S>(&mut self, ws: &mut S, mut timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()>
-    where
-        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-    {
+    fn poll<S: Socket>(
+        &mut self,
+        ws: &mut S,
+        mut timer: Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         self.conn.register(cx.waker());
         loop {
             let mut progress = false;
@@ -349,16 +417,17 @@ impl Driver<'_> {
 
     /// Hands the sink what is due: a ping, queued frames, then the close frame, without
     /// flushing. Whether anything moved.
-    fn feed<S>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool
-    where
-        S: Sink<Message, Error = WsError> + Unpin,
-    {
+    fn feed<S: Socket>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool {
         if self.broken {
             return false;
         }
         let mut progress = false;
         loop {
-            match ws.poll_ready_unpin(cx) {
+            let ready = match ws.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => ws.poll_text_ready(cx),
+                other => other,
+            };
+            match ready {
                 Poll::Pending => break,
                 Poll::Ready(Err(_)) => {
                     self.broken = true;
@@ -369,7 +438,11 @@ impl Driver<'_> {
             let Some(message) = self.next_outgoing() else {
                 break;
             };
-            if ws.start_send_unpin(message).is_err() {
+            let sent = match message {
+                Message::Text(frame) => ws.send_text(frame),
+                other => ws.start_send_unpin(other),
+            };
+            if sent.is_err() {
                 self.broken = true;
                 return true;
             }
@@ -380,10 +453,7 @@ impl Driver<'_> {
     }
 
     /// Flushes what was fed. Whether it finished (or failed).
-    fn flush<S>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool
-    where
-        S: Sink<Message, Error = WsError> + Unpin,
-    {
+    fn flush<S: Socket>(&mut self, ws: &mut S, cx: &mut Context<'_>) -> bool {
         if self.broken {
             return false;
         }

@@ -325,3 +325,84 @@ async fn bad_frames_close_with_their_codes_over_real_sockets() {
         .expect("all sockets cleaned up");
     assert_eq!(s.hub.connections(), 0);
 }
+
+/// The server writes its frames straight into a write-coalescing buffer, tungstenite only its
+/// own (pongs, pings, the close): a frame far larger than that buffer, a burst of small ones
+/// and pongs to the client's pings must all arrive whole and in order.
+#[tokio::test]
+async fn large_and_small_frames_and_pongs_arrive_whole_over_real_sockets() {
+    let s = server().await;
+    let a = s
+        .service
+        .register("+14155550100", None, None)
+        .await
+        .unwrap()
+        .session;
+    let b = s
+        .service
+        .register("+14155550101", None, None)
+        .await
+        .unwrap()
+        .session;
+    s.service
+        .send_request(&a.phone, b.phone.as_str())
+        .await
+        .unwrap();
+    let room = s
+        .service
+        .respond_request(&b.phone, a.phone.as_str(), "accept")
+        .await
+        .unwrap()
+        .unwrap();
+    // 50 messages of 4000 characters, escaped to 6 bytes each: a ~1.2 MB room_history.
+    let long: String = "\u{1}".repeat(4000);
+    for _ in 0..50 {
+        s.service
+            .send_message(&a.phone, &room.to_string(), long.clone(), None)
+            .await
+            .unwrap();
+    }
+    let mut c = s.client(b.token.as_str()).await;
+    send(
+        &mut c,
+        json!({"event": "join_room", "data": {"room": room.to_string()}, "ack": "j"}),
+    )
+    .await;
+    // Pings and small frames while the large one is being written.
+    for i in 0..20 {
+        c.send(Message::Ping(vec![i].into())).await.unwrap();
+        send(&mut c, json!({"event": "ping", "ack": i})).await;
+    }
+    let mut pongs = Vec::new();
+    let mut acks = Vec::new();
+    let mut history = None;
+    while pongs.len() < 20 || acks.len() < 20 || history.is_none() {
+        let m = tokio::time::timeout(WAIT, c.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .unwrap();
+        match m {
+            Message::Pong(p) => pongs.push(p[0]),
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["event"].as_str().unwrap() {
+                    "room_history" => history = Some(v),
+                    "pong" => acks.push(v["ack"].as_u64().unwrap()),
+                    "user_joined" => {}
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            Message::Ping(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let history = history.unwrap();
+    let messages = history["data"]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 50);
+    assert!(messages.iter().all(|m| m["message"] == long.as_str()));
+    assert_eq!(pongs, (0..20).collect::<Vec<u8>>());
+    assert_eq!(acks, (0..20).collect::<Vec<u64>>());
+    s.hub.shutdown();
+    assert_eq!(close_code(&mut c).await, CloseCode::Away);
+}
