@@ -34,7 +34,8 @@
 //! acknowledged in that gap would reach no socket on this node.
 //!
 //! Received messages go through a bounded queue ([`DELIVERY_QUEUE`]) to one dispatcher task that
-//! decodes them and hands them to the attached sink. A full queue drops the delivery, counts it
+//! decodes them (a JSON `Delivery`, or a message's compact payload on a room channel) and hands
+//! them to the attached sink. A full queue drops the delivery, counts it
 //! ([`BusStats::dropped`]) and logs: blocking instead would stall the reading of the Redis
 //! connection, and Redis would soon disconnect a subscriber that does not read (its pub/sub
 //! output buffer limit), losing more. Sockets that missed messages catch up from history.
@@ -44,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chat_core::{Audience, Delivery, Error, Result, SinkSlot};
+use chat_core::{Audience, Delivery, Error, Event, Result, RoomId, SinkSlot};
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
@@ -333,20 +334,30 @@ pub(crate) fn channel(prefix: &str, audience: &Audience) -> String {
     }
 }
 
+/// A message as the subscriber connection received it.
+pub(crate) struct Received {
+    /// The channel it was published on.
+    channel: Vec<u8>,
+    /// What was published: a JSON `Delivery`, or a message payload (see [`crate::entry`]).
+    payload: Vec<u8>,
+}
+
 /// The push sender of the subscriber connection. Runs on the connection's read path, so it
 /// never blocks: messages go to the bounded queue (or are dropped and counted), a disconnect
 /// counts as a loss (`lost`), so the node stops serving until the watchdog resubscribed.
 pub(crate) fn push_sender(
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Received>,
     stats: Arc<BusStats>,
     lost: Arc<AtomicU64>,
 ) -> impl Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync + 'static {
     move |push: PushInfo| {
         match push.kind {
             PushKind::Message => {
-                let payload = push.data.into_iter().nth(1);
-                if let Some(Value::BulkString(payload)) = payload {
-                    match tx.try_send(payload) {
+                let mut data = push.data.into_iter();
+                if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                {
+                    match tx.try_send(Received { channel, payload }) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             let n = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -373,21 +384,41 @@ pub(crate) fn push_sender(
 }
 
 /// Decodes queued payloads and hands them to the sink, in the order Redis delivered them.
+/// `prefix` is the key prefix: a message payload's room is named by its channel.
 pub(crate) async fn dispatch(
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Received>,
     sink: Arc<SinkSlot>,
     stats: Arc<BusStats>,
+    prefix: String,
 ) {
-    while let Some(payload) = rx.recv().await {
-        match serde_json::from_slice::<Delivery>(&payload) {
-            Ok(delivery) => {
+    let room_channel = format!("{prefix}r:");
+    while let Some(received) = rx.recv().await {
+        match decode(&room_channel, &received) {
+            Some(delivery) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 sink.deliver(&delivery);
             }
-            Err(e) => {
+            None => {
                 stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "pub/sub payload is not a delivery; ignored");
+                tracing::warn!(
+                    channel = %String::from_utf8_lossy(&received.channel),
+                    "pub/sub payload is not a delivery; ignored"
+                );
             }
         }
     }
+}
+
+/// A JSON `Delivery` (it starts with `{`), or a message payload on a room's channel.
+fn decode(room_channel: &str, received: &Received) -> Option<Delivery> {
+    if received.payload.first() == Some(&b'{') {
+        return serde_json::from_slice(&received.payload).ok();
+    }
+    let room = received
+        .channel
+        .strip_prefix(room_channel.as_bytes())
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .and_then(|id| RoomId::parse(id).ok())?;
+    let message = crate::entry::decode_payload(room, &received.payload)?;
+    Some(Delivery::to_room(room, Event::ReceiveMessage(message)))
 }

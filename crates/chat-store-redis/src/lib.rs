@@ -5,7 +5,8 @@
 //! one server. [`RedisStore`] is both; clones share one command connection and one subscriber
 //! connection.
 //!
-//! This crate knows Redis and the JSON of chat-core's types, and nothing of HTTP or WebSocket.
+//! This crate knows Redis, the JSON of chat-core's types and its own compact text of a message
+//! (`src/entry.rs`), and nothing of HTTP or WebSocket.
 //! It holds no rule of the chat: every check it makes is one chat-core's store contract names,
 //! made inside a Lua script with the caller's clock values.
 //!
@@ -39,7 +40,7 @@
 //! | `P ur:<phone>` | set | the user's room ids | longest room's expiry |
 //! | `P pr:<a>:<b>` | string | the room two users share (`a` < `b` bytewise) | room's expiry |
 //! | `P {<room>}:m` | hash | room meta: `a`, `b` (members, requester first), `c` created_at, `x` expires_at | `x` + `MARGIN` |
-//! | `P {<room>}:h` | stream | history; entry fields `s` sender, `m` text, `t` timestamp, `c` client_id | as `:m` (set when the first message creates it) |
+//! | `P {<room>}:h` | stream | history; one field `v`: `<sender>\|<timestamp>\|<client id length, empty if none>\|[<client_id>\|]<text>` (entries of older versions, fields `s`, `m`, `t`, `c`, are still read) | as `:m` (set when the first message creates it) |
 //! | `P {<room>}:d` | hash | dedupe, newer generation: `<sender>\|<client_id>` → message id; at `history_max` fields it becomes `:o` | as `:m` (set when created) |
 //! | `P {<room>}:o` | hash | dedupe, older generation (the previous `:d`, whole) | as `:m` |
 //! | `P timers` | sorted set | `Timer::encode()` → due time (ms) | permanent (one key); entries leave when handled |
@@ -90,7 +91,9 @@
 //! See [`bus`]: per-audience channels subscribed on demand with reference counts, a dedicated
 //! RESP3 subscriber connection that resubscribes by itself, a bounded delivery queue.
 //! `append_message` publishes the `receive_message` delivery inside its script, right after the
-//! `XADD`, so every node sees a room's messages in history order.
+//! `XADD`, so every node sees a room's messages in history order. It publishes
+//! `<id>|<entry>` (the stored entry behind its id, no JSON) on the room's channel, which names
+//! the room; every other delivery crosses as the JSON of chat-core's `Delivery`.
 //!
 //! chat-core's `EventBus` contract as this crate keeps it, including on failure:
 //!
@@ -125,6 +128,7 @@ use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError};
 use tokio::sync::mpsc;
 
 pub mod bus;
+mod entry;
 mod scripts;
 mod store;
 #[cfg(feature = "test-server")]
@@ -227,7 +231,12 @@ impl RedisStore {
             Err(_) => return Err(Error::StoreUnavailable),
         };
 
-        tokio::spawn(bus::dispatch(rx, sink.clone(), stats.clone()));
+        tokio::spawn(bus::dispatch(
+            rx,
+            sink.clone(),
+            stats.clone(),
+            key_prefix.to_owned(),
+        ));
         let inner = Arc::new(Inner {
             prefix: key_prefix.to_owned(),
             node,

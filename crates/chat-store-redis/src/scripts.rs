@@ -489,16 +489,19 @@ return 0
 ///   newest `history_max` client ids are always in `:d` or `:o`, at most twice that is kept,
 ///   and a message costs `HGET`s, `HLEN` and `HSET` rather than a queue walk.
 ///
-/// KEYS: room meta, history stream, dedupe (newer), dedupe (older) — one hash tag.
-/// ARGV: sender, text, timestamp, history_max (>= 1), channel, delivery JSON before the id,
-/// delivery JSON after the id, and the client id when there is one.
+/// The entry (see [`crate::entry`]) is stored as the one field `v` and published behind the
+/// id: the script neither builds nor parses text beyond prefixing the id.
+///
+/// KEYS: room meta, history stream, and with a client id the dedupe hashes (newer, older) —
+/// one hash tag.
+/// ARGV: sender, entry, history_max (>= 1), channel, and the client id when there is one.
 /// → 0 (no room) | 1 (not a member) | id (new) | {id, {field, value...}} (the earlier message)
 pub(crate) const APPEND: &str = r#"
-local sender, text, ts, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local sender, entry, max = ARGV[1], ARGV[2], ARGV[3]
 local meta = redis.call('HMGET', KEYS[1], 'a', 'b')
 if not meta[1] then return 0 end
 if sender ~= meta[1] and sender ~= meta[2] then return 1 end
-local cid = ARGV[8]
+local cid = ARGV[5]
 local field
 if cid then
   field = sender .. '|' .. cid
@@ -508,20 +511,11 @@ if cid then
     if e[1] then return e[1] end
   end
 end
-local id
-if field then
-  id = redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts, 'c', cid)
-else
-  id = redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts)
-end
 local at
+local id = redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'v', entry)
 if not id then
   -- The room's first message: create the stream, expiring with the room.
-  if field then
-    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts, 'c', cid)
-  else
-    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', max, '*', 's', sender, 'm', text, 't', ts)
-  end
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', max, '*', 'v', entry)
   at = redis.call('PEXPIRETIME', KEYS[1])
   if at > 0 then redis.call('PEXPIREAT', KEYS[2], at) end
 end
@@ -537,7 +531,7 @@ if field then
     if at > 0 then redis.call('PEXPIREAT', KEYS[3], at) end
   end
 end
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. id .. ARGV[7])
+redis.call('PUBLISH', ARGV[4], id .. '|' .. entry)
 return id
 "#;
 

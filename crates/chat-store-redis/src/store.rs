@@ -4,20 +4,17 @@
 use std::sync::Arc;
 
 use chat_core::{
-    Appended, Audience, ChatRequest, ConnKey, Delivery, DueTimer, EndedSession, Error, Event,
-    EventBus, EventSink, HistoryPage, Message, MessageId, Millis, NewMessage, NewRoom, NodeId,
-    OnlinePage, Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome,
-    Session, Store, Timer, Token, Touched,
+    Appended, Audience, ChatRequest, ConnKey, Delivery, DueTimer, EndedSession, Error, EventBus,
+    EventSink, HistoryPage, Message, MessageId, Millis, NewMessage, NewRoom, NodeId, OnlinePage,
+    Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome, Session, Store,
+    Timer, Token, Touched,
 };
-use redis::{Script, Value};
+use redis::{ErrorKind, Script, ServerErrorKind, Value};
 
-use crate::{RedisStore, bounded};
+use crate::{RedisStore, bounded, entry};
 
 /// Online-listing cursors start with this, then the last phone of the page.
 const CURSOR_PREFIX: &str = "o1.";
-
-/// The id placeholder in the `receive_message` JSON the append script completes.
-const ID_PLACEHOLDER: &str = "\"id\":\"0-0\"";
 
 // ------------------------------------------------------------------ reply decoding
 
@@ -119,6 +116,12 @@ fn session_at(v: &[Value], i: usize, token: Token) -> Result<Session> {
 fn entry_message(room: RoomId, id: &Value, fields: Value) -> Result<Message> {
     let id = MessageId::parse(&text(id)?).map_err(|_| bad_reply("not a stream id"))?;
     let fields = items(fields)?;
+    if let [Value::BulkString(k), Value::BulkString(v)] = fields.as_slice()
+        && k == b"v"
+    {
+        return entry::decode(room, id, v).ok_or_else(|| bad_reply("history entry"));
+    }
+    // Entries written before the compact `v` field: one field per part.
     let (mut sender, mut body, mut ts, mut client_id) = (None, None, None, None);
     for pair in fields.chunks(2) {
         let [k, v] = pair else {
@@ -164,6 +167,15 @@ fn conn_members(phone: &Phone, conn: &ConnKey) -> (String, String) {
     )
 }
 
+/// `EVALSHA <sha>`, to which the caller adds the key count, keys and arguments. Built in one
+/// `Cmd` (one buffer), where `Script::prepare_invoke` would first collect each argument into
+/// its own allocation and then copy them all.
+fn evalsha(script: &Script) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash());
+    cmd
+}
+
 impl RedisStore {
     fn room_keys(&self, room: &RoomId) -> [String; 4] {
         let p = &self.inner.prefix;
@@ -177,6 +189,22 @@ impl RedisStore {
 
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.inner.prefix)
+    }
+
+    /// Runs `cmd`, an `EVALSHA` of `script` built by [`evalsha`]; after a `NOSCRIPT` (Redis lost
+    /// its script cache) loads the script and runs `cmd` once more.
+    async fn invoke(&self, script: &Script, cmd: &redis::Cmd) -> Result<Value> {
+        let mut conn = self.inner.conn.clone();
+        bounded(async {
+            match cmd.query_async::<Value>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async::<Value>(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// Runs a script of the prelude family: `ARGV[1]` is the prefix, then `args`.
@@ -543,60 +571,58 @@ impl Store for RedisStore {
         message: NewMessage,
         history_max: usize,
     ) -> Result<Appended> {
-        let mut stored = Message {
-            id: MessageId { ms: 0, seq: 0 },
-            room: *room_,
-            sender: message.sender,
-            message: message.message,
-            timestamp: message.timestamp,
-            client_id: message.client_id,
-        };
-        // The delivery is serialised here with a placeholder id; the script splices in the id
-        // XADD gave, so the published JSON is exactly the `Delivery` every node decodes.
-        let json = serde_json::to_string(&Delivery::to_room(
-            *room_,
-            Event::ReceiveMessage(stored.clone()),
-        ))
-        .map_err(|_| bad_reply("message not serialisable"))?;
-        let cut = json
-            .find(ID_PLACEHOLDER)
-            .ok_or_else(|| bad_reply("message JSON without id"))?;
-        let before = format!("{}\"id\":\"", &json[..cut]);
-        let after = format!("\"{}", &json[cut + ID_PLACEHOLDER.len()..]);
+        let entry = entry::encode(
+            &message.sender,
+            message.timestamp,
+            message.client_id.as_deref(),
+            &message.message,
+        );
+        let p = &self.inner.prefix;
+        let max = history_max.max(1);
         let channel = self.inner.bus.channel(&Audience::Room(*room_));
-        let ts = stored.timestamp.to_string();
-        let max = history_max.max(1).to_string();
-        let mut args = vec![
-            stored.sender.as_str(),
-            &stored.message,
-            &ts,
-            &max,
-            &channel,
-            &before,
-            &after,
-        ];
-        if let Some(cid) = &stored.client_id {
-            args.push(cid);
-        }
-        let reply = self
-            .run_keys(&self.inner.scripts.append, &self.room_keys(room_), &args)
-            .await?;
-        match reply {
+        let mut cmd = evalsha(&self.inner.scripts.append);
+        match &message.client_id {
+            None => cmd
+                .arg(2)
+                .arg(format!("{p}{{{room_}}}:m"))
+                .arg(format!("{p}{{{room_}}}:h"))
+                .arg(message.sender.as_str())
+                .arg(&entry)
+                .arg(max)
+                .arg(&channel),
+            Some(cid) => cmd
+                .arg(4)
+                .arg(&self.room_keys(room_))
+                .arg(message.sender.as_str())
+                .arg(&entry)
+                .arg(max)
+                .arg(&channel)
+                .arg(cid),
+        };
+        match self.invoke(&self.inner.scripts.append, &cmd).await? {
             Value::Int(0) => Err(Error::RoomNotFound),
             Value::Int(1) => Err(Error::forbidden("you are not a member of this room")),
-            Value::Array(entry) => {
-                let mut entry = entry.into_iter();
-                match (entry.next(), entry.next()) {
+            Value::Array(earlier) => {
+                let mut earlier = earlier.into_iter();
+                match (earlier.next(), earlier.next()) {
                     (Some(id), Some(fields)) => {
                         Ok(Appended::Duplicate(entry_message(*room_, &id, fields)?))
                     }
                     _ => Err(bad_reply("duplicate")),
                 }
             }
-            id => {
-                stored.id = MessageId::parse(&text(&id)?).map_err(|_| bad_reply("stream id"))?;
-                Ok(Appended::New(stored))
-            }
+            Value::BulkString(id) => Ok(Appended::New(Message {
+                id: std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|id| MessageId::parse(id).ok())
+                    .ok_or_else(|| bad_reply("stream id"))?,
+                room: *room_,
+                sender: message.sender,
+                message: message.message,
+                timestamp: message.timestamp,
+                client_id: message.client_id,
+            })),
+            _ => Err(bad_reply("append")),
         }
     }
 

@@ -1,6 +1,7 @@
 //! What the conformance suite cannot see: key expiry, bounded dedupe, freed keys, no keyspace
-//! scans, cursor validation, numeric id order, and the bus's receive path (full queue,
-//! undecodable payloads, a killed subscriber connection).
+//! scans, cursor validation, numeric id order, the compact message entry (separators, the
+//! older one-field-per-part layout), scripts reloaded after Redis forgot them, and the bus's
+//! receive path (full queue, undecodable payloads, a killed subscriber connection).
 
 mod common;
 
@@ -694,4 +695,125 @@ async fn connect_refuses_bad_input_and_fails_fast_without_redis() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_keep_their_separators_through_history_and_the_bus() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, waiter) = node(&server, &p).await;
+    let (a, b) = (phone(81), phone(82));
+    let t = now();
+    register(&store, &a, t, t + 60_000).await;
+    register(&store, &b, t, t + 60_000).await;
+    let room = make_room(&store, &a, &b, t, 300_000).await;
+    store
+        .subscribe(Audience::Room(room))
+        .await
+        .expect("subscribe");
+    // The compact entry delimits with `|` and measures the client id: neither may leak.
+    let cases = [
+        ("|a|b||", None),
+        ("", Some("|")),
+        ("x|y|", Some("12|")),
+        ("ünï|cödé \"{}\"\n", Some("ü|ö")),
+    ];
+    let mut sent = Vec::new();
+    for (text, cid) in cases {
+        let m = store
+            .append_message(&room, msg(&a, text, cid), 100)
+            .await
+            .expect("append")
+            .into_message();
+        assert_eq!((m.message.as_str(), m.client_id.as_deref()), (text, cid));
+        let delivery = Delivery::to_room(room, Event::ReceiveMessage(m.clone()));
+        assert!(
+            waiter.wait_for(WAIT, |d| d == &delivery).await,
+            "{text:?} delivered as stored"
+        );
+        sent.push(m);
+    }
+    let page = store.history(&room, None, 100).await.expect("history");
+    assert_eq!(page.messages, sent);
+    // A repeated client id answers with the stored message, separators and all.
+    let again = store
+        .append_message(&room, msg(&a, "other", Some("12|")), 100)
+        .await
+        .expect("append");
+    assert_eq!(again, Appended::Duplicate(sent[2].clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_entries_stored_one_field_per_part() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, _) = node(&server, &p).await;
+    let mut con = raw(&server).await;
+    let (a, b) = (phone(91), phone(92));
+    let t = now();
+    register(&store, &a, t, t + 60_000).await;
+    register(&store, &b, t, t + 60_000).await;
+    let room = make_room(&store, &a, &b, t, 300_000).await;
+    // The layout history had before the compact `v` field, as a running deployment holds it.
+    let key = format!("{p}{{{room}}}:h");
+    let old: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg(&[
+            "s",
+            a.as_str(),
+            "m",
+            "before",
+            "t",
+            "1700000000000",
+            "c",
+            "k",
+        ])
+        .query_async(&mut con)
+        .await
+        .expect("XADD");
+    let new = store
+        .append_message(&room, msg(&b, "after", None), 100)
+        .await
+        .expect("append")
+        .into_message();
+    let page = store.history(&room, None, 10).await.expect("history");
+    assert_eq!(page.messages.len(), 2);
+    let first = &page.messages[0];
+    assert_eq!(first.id.to_string(), old);
+    assert_eq!(
+        (
+            &first.sender,
+            first.message.as_str(),
+            first.timestamp,
+            first.client_id.as_deref()
+        ),
+        (&a, "before", 1_700_000_000_000, Some("k"))
+    );
+    assert_eq!(page.messages[1], new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_come_back_after_redis_forgets_them() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, _) = node(&server, &p).await;
+    let mut con = raw(&server).await;
+    let (a, b) = (phone(95), phone(96));
+    let t = now();
+    register(&store, &a, t, t + 60_000).await;
+    register(&store, &b, t, t + 60_000).await;
+    let room = make_room(&store, &a, &b, t, 300_000).await;
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut con)
+        .await
+        .expect("SCRIPT FLUSH");
+    let m = store
+        .append_message(&room, msg(&a, "hi", None), 100)
+        .await
+        .expect("append after the flush");
+    let page = store.history(&room, None, 10).await.expect("history");
+    assert_eq!(page.messages, vec![m.into_message()]);
+    assert!(store.presence(&a).await.expect("presence").is_some());
 }
