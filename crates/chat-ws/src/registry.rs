@@ -6,6 +6,7 @@
 //! way round.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chat_core::{MessageId, Phone, RoomId, Session};
@@ -172,6 +173,9 @@ pub(crate) struct Conn {
     /// Bound of the outgoing queue in bytes behind its head (`WsConfig::send_queue_bytes`).
     cap_bytes: usize,
     state: Mutex<ConnState>,
+    /// Set (under the lock, with `ConnState::closing`) once the socket is closing, so the
+    /// socket loop can check it every turn without taking the lock.
+    closing_set: AtomicBool,
     /// Wakes the socket task when its queue goes from empty to not, or it must close.
     waker: AtomicWaker,
 }
@@ -193,6 +197,7 @@ impl Conn {
             cap: cap.max(1),
             cap_bytes,
             state: Mutex::default(),
+            closing_set: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -230,6 +235,7 @@ impl Conn {
             || st.behind_head(held_bytes) + adds > self.cap_bytes
         {
             let offer = st.overflow();
+            self.closing_set.store(true, Ordering::Release);
             drop(st);
             self.waker.wake();
             return offer;
@@ -279,6 +285,7 @@ impl Conn {
             return false;
         }
         st.closing = Some(reason);
+        self.closing_set.store(true, Ordering::Release);
         if !reason.drains() {
             st.clear();
         }
@@ -289,6 +296,9 @@ impl Conn {
 
     /// Why the socket is closing, if it is.
     pub(crate) fn closing(&self) -> Option<CloseReason> {
+        if !self.closing_set.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().closing
     }
 
@@ -526,6 +536,7 @@ impl Registry {
         let offer = if st.queue.len() + held_frames > conn.cap
             || st.behind_head(held_bytes) > conn.cap_bytes
         {
+            conn.closing_set.store(true, Ordering::Release);
             st.overflow()
         } else {
             Offer::Queued

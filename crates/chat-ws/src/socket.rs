@@ -336,6 +336,7 @@ impl Driver<'_> {
         cx: &mut Context<'_>,
     ) -> Poll<()> {
         self.conn.register(cx.waker());
+        let mut poll_timer = true;
         loop {
             let mut progress = false;
 
@@ -351,6 +352,7 @@ impl Driver<'_> {
                 && let Some(reason) = self.conn.closing()
             {
                 self.start_closing(reason, timer.as_mut());
+                poll_timer = true;
             }
 
             progress |= self.feed(ws, cx);
@@ -364,10 +366,16 @@ impl Driver<'_> {
                 progress = true;
             }
 
+            // The timer keeps its waker once polled: it needs polling once per wake-up, and
+            // again only after a reset.
             let expired = self.closing.as_ref().is_some_and(|c| c.expired);
-            if !expired && timer.as_mut().poll(cx).is_ready() {
-                self.on_timer(timer.as_mut());
-                progress = true;
+            if !expired && poll_timer {
+                poll_timer = false;
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.on_timer(timer.as_mut());
+                    poll_timer = true;
+                    progress = true;
+                }
             }
 
             // One flush per turn, once nothing else moves: everything the turn wrote (acks,
