@@ -353,10 +353,14 @@ pub(crate) fn message_ack(ack: &RawValue, m: &Message) -> Utf8Bytes {
             .strip_prefix(RECEIVED_HEAD)
             .and_then(|rest| rest.strip_suffix('}'))
     {
-        let mut out = String::with_capacity(32 + ack.get().len() + data.len());
+        // Exactly its length: a full String becomes the frame's bytes without another
+        // allocation (a partly filled one costs one more, for the shared handle).
+        let len = r#"{"event":"ack","ack":,"data":}"#.len() + ack.get().len() + data.len();
+        let mut out = String::with_capacity(len);
         frame_head(&mut out, "ack", Some(ack));
         out.push_str(data);
         out.push('}');
+        debug_assert_eq!(out.len(), len);
         return Utf8Bytes::from(out);
     }
     message_frame("ack", Some(ack), m)
