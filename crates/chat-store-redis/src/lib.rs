@@ -8,13 +8,14 @@
 //! This crate knows Redis, the JSON of chat-core's types and its own compact text of a message
 //! (`src/entry.rs`), and nothing of HTTP or WebSocket.
 //! It holds no rule of the chat: every check it makes is one chat-core's store contract names,
-//! made inside a Lua script with the caller's clock values.
+//! made inside a Lua function with the caller's clock values.
 //!
 //! ## Atomicity and time
 //!
-//! Every operation that reads then writes, or writes more than one key, is one Lua script
-//! (`EVALSHA`, loaded at connect and reloaded by itself after `NOSCRIPT`): Redis runs it whole,
-//! so races between nodes (two accepts, an accept against a crossed request, a reap by two
+//! Every operation that reads then writes, or writes more than one key, is one Lua function
+//! (`FCALL` of a function library loaded at connect with `FUNCTION LOAD`, and loaded again by
+//! the call that finds it missing, e.g. after a restart; see `src/scripts.rs`): Redis runs it
+//! whole, so races between nodes (two accepts, an accept against a crossed request, a reap by two
 //! nodes) resolve to one serial order and a failure leaves nothing half-written. No operation
 //! reads, decides in Rust, then writes.
 //!
@@ -46,7 +47,7 @@
 //! | `P timers` | sorted set | `Timer::encode()` → due time (ms) | permanent (one key); entries leave when handled |
 //!
 //! A room's keys share the hash tag `{<room>}`, so the hot path (append, history) stays in one
-//! slot. The other scripts compute key names from the prefix and span users, rooms and the
+//! slot. The other functions compute key names from the prefix and span users, rooms and the
 //! global sets: they assume one Redis (or one shard), which is what this crate supports today.
 //!
 //! Channels: `P u:<phone>` (a user's sockets) and `P r:<room>` (sockets joined to a room).
@@ -59,7 +60,7 @@
 //! node reaps it; the members of the three global sorted sets (`online`, `nodes`, `timers`) and
 //! a dead node's `nc:` set stay until a node handles them (a timer whose target Redis already
 //! freed is then a no-op). Index entries whose target was freed by expiry are dropped lazily by
-//! the scripts that read them.
+//! the functions that read them.
 //! The bounded collections: history (`XADD MAXLEN ~ history_max`: at least `history_max`
 //! messages, at most one stream node more, `stream-node-max-entries` = 100 by default), the
 //! dedupe hashes (at most `history_max` entries each, covering at least the newest
@@ -67,21 +68,21 @@
 //!
 //! ## Round trips per operation
 //!
-//! Every operation is one round trip (one command or one `EVALSHA`; the first call of a script
-//! after Redis lost its script cache costs one more for the reload):
+//! Every operation is one round trip (one command or one `FCALL`; a call that finds the library
+//! missing, after Redis lost it, costs two more: `FUNCTION LOAD` and the call again):
 //!
 //! | operation | command |
 //! |---|---|
-//! | `create_session`, `session`, `touch`, `add_conn`, `remove_conn`, `presence`, `go_offline`, `online_page` | one script each |
+//! | `create_session`, `session`, `touch`, `add_conn`, `remove_conn`, `presence`, `go_offline`, `online_page` | one function each |
 //! | `heartbeat` | `ZADD` |
-//! | `reap_dead_nodes`, `remove_node` | one script (O(sockets of the dead node)) |
-//! | `send_request`, `accept_request`, `remove_request`, `requests` | one script each |
+//! | `reap_dead_nodes`, `remove_node` | one function (O(sockets of the dead node)) |
+//! | `send_request`, `accept_request`, `remove_request`, `requests` | one function each |
 //! | `room` | `HMGET` |
-//! | `rooms_of`, `delete_room`, `end_session` | one script each |
-//! | `append_message` | one script: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
-//! | `history` | one script: room check and `XRANGE (after` / `XREVRANGE` |
+//! | `rooms_of`, `delete_room`, `end_session` | one function each |
+//! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
+//! | `history` | one function: room check and `XRANGE (after` / `XREVRANGE` |
 //! | `schedule` | `ZADD` |
-//! | `due_timers`, `finish_timer` | one script each |
+//! | `due_timers`, `finish_timer` | one function each |
 //! | `ping` | `PING`, once the bus is serving (else none: `StoreUnavailable` at once) |
 //! | `publish` | `PUBLISH` |
 //! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` on the first / last count (or while a failed one is pending), else none |
@@ -90,7 +91,7 @@
 //!
 //! See [`bus`]: per-audience channels subscribed on demand with reference counts, a dedicated
 //! RESP3 subscriber connection that resubscribes by itself, a bounded delivery queue.
-//! `append_message` publishes the `receive_message` delivery inside its script, right after the
+//! `append_message` publishes the `receive_message` delivery inside its function, right after the
 //! `XADD`, so every node sees a room's messages in history order. It publishes
 //! `<id>|<entry>` (the stored entry behind its id, no JSON) on the room's channel, which names
 //! the room; every other delivery crosses as the JSON of chat-core's `Delivery`.
@@ -124,7 +125,7 @@ use std::time::Duration;
 
 use chat_core::{Error, NodeId, Result, SinkSlot};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError};
+use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
 use tokio::sync::mpsc;
 
 pub mod bus;
@@ -137,7 +138,7 @@ pub mod test_server;
 pub use bus::BusStats;
 
 use crate::bus::Bus;
-use crate::scripts::Scripts;
+use crate::scripts::Library;
 
 /// Longest any store or bus call waits for Redis before failing with `StoreUnavailable`
 /// (the contract allows 2 s to the client, end to end).
@@ -148,7 +149,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Reconnect attempts after a connection loss before the manager gives up until the next call.
 const RECONNECT_RETRIES: usize = 2;
-/// Longest wait at [`RedisStore::connect`] (connection, script loading).
+/// Longest wait at [`RedisStore::connect`] (connection, loading the function library).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The Redis [`Store`](chat_core::Store) and [`EventBus`](chat_core::EventBus). Clones share
@@ -172,14 +173,15 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     /// This process's node (for logs; store calls name their node explicitly).
     pub(crate) node: NodeId,
-    /// Commands and scripts (RESP2). Cloned per call; reconnects by itself.
+    /// Commands and functions (RESP2). Cloned per call; reconnects by itself.
     pub(crate) conn: ConnectionManager,
-    pub(crate) scripts: Scripts,
+    /// The Lua function library, loaded at connect and again whenever Redis lost it.
+    pub(crate) library: Library,
     pub(crate) bus: Bus,
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url` (a `redis://` URL), loads the scripts, and starts the
+    /// Connects to Redis at `url` (a `redis://` URL), loads the function library, and starts the
     /// subscriber connection, its dispatcher and its watchdog. Keys and channels are named under
     /// `key_prefix`. Must be called inside a Tokio runtime.
     ///
@@ -218,14 +220,11 @@ impl RedisStore {
                     .set_automatic_resubscription(),
             )
             .await?;
-            let scripts = Scripts::new();
-            let mut c = conn.clone();
-            for script in scripts.all() {
-                script.load_async(&mut c).await?;
-            }
-            Ok::<_, RedisError>((conn, pubsub, scripts))
+            let library = Library::new();
+            load_library(&mut conn.clone(), &library).await?;
+            Ok::<_, RedisError>((conn, pubsub, library))
         };
-        let (conn, pubsub, scripts) = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+        let (conn, pubsub, library) = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(Ok(parts)) => parts,
             Ok(Err(e)) => return Err(unavailable(e)),
             Err(_) => return Err(Error::StoreUnavailable),
@@ -241,7 +240,7 @@ impl RedisStore {
             prefix: key_prefix.to_owned(),
             node,
             conn,
-            scripts,
+            library,
             bus: Bus::new(key_prefix.to_owned(), pubsub, sink, stats, lost),
         });
         tokio::spawn(watchdog(Arc::downgrade(&inner)));
@@ -285,6 +284,20 @@ async fn watchdog(inner: std::sync::Weak<Inner>) {
         };
         inner.bus.check().await;
     }
+}
+
+/// `FUNCTION LOAD REPLACE`: loads the library, or replaces it with the same code.
+pub(crate) async fn load_library(
+    conn: &mut ConnectionManager,
+    library: &Library,
+) -> std::result::Result<(), RedisError> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&library.code)
+        .query_async::<Value>(conn)
+        .await
+        .map(|_| ())
 }
 
 /// The one mapping of Redis's errors: the store is unavailable. Logged here, once.

@@ -1,9 +1,21 @@
-//! The Lua scripts: every store operation that reads and then writes, or writes more than one
-//! key, is one script, so Redis runs it atomically and a failure leaves nothing half-written.
+//! The Lua code: every store operation that reads and then writes, or writes more than one key,
+//! is one Lua function, so Redis runs it atomically and a failure leaves nothing half-written.
 //!
-//! Scripts that touch users, requests, nodes or timers share [`PRELUDE`], which builds key names
-//! from the prefix in `ARGV[1]` (see the key map in the crate docs). The room hot path
-//! ([`APPEND`], [`HISTORY`]) names its keys in `KEYS`, all under the room's hash tag.
+//! The functions form one Redis function library ([`Library`], `FUNCTION LOAD`, Redis 7.0+),
+//! called with `FCALL`. Redis compiles the library and runs its top level once, at load: the
+//! shared helpers of [`PRELUDE`] are defined then, not on every call (as an `EVAL` script
+//! that carries them must), which was half or more of a small script's cost.
+//!
+//! Functions that touch users, requests, nodes or timers start with `enter(ARGV[1])`, which
+//! sets the key prefix the helpers build key names from (see the key map in the crate docs):
+//! one library serves every prefix, and Redis never runs two functions at once, so the
+//! library-level variables it sets are the current call's. The room hot path ([`APPEND`],
+//! [`HISTORY`]) names its keys in `KEYS`, all under the room's hash tag.
+//!
+//! The library and its functions are named after a hash of the code (`chat_<hash>`,
+//! `chat_<hash>_<operation>`), so nodes of different versions sharing a Redis each call their
+//! own. Redis keeps functions across commands but not across a restart without persistence or
+//! a `FUNCTION FLUSH`: a call answered "Function not found" loads the library and is retried.
 //!
 //! Times are the caller's: every logical check compares the caller's `now` with the caller's
 //! deadlines. Redis's clock (`TIME`) is only used to set key expiry a margin after the later of
@@ -13,9 +25,16 @@
 
 use redis::Script;
 
-/// Shared helpers. `ARGV[1]` is the key prefix in every script that includes it.
+/// Shared helpers, defined once when the library loads. `enter` sets the key prefix.
 const PRELUDE: &str = r#"
-local P = ARGV[1]
+-- The current call's key prefix and the global keys under it, set by `enter`.
+local P, K_ONLINE, K_NODES, K_TIMERS
+local function enter(prefix)
+  P = prefix
+  K_ONLINE = P .. 'online'
+  K_NODES = P .. 'nodes'
+  K_TIMERS = P .. 'timers'
+end
 -- Keys outlive the deadline they serve by this much (ms): the timer that acts on the deadline
 -- still finds them, yet nothing stays forever if no node runs.
 local MARGIN = 3600000
@@ -24,9 +43,6 @@ local MARGIN = 3600000
 local USER_GRACE = 604800000
 local MAX_AT = 4000000000000000
 
-local K_ONLINE = P .. 'online'
-local K_NODES = P .. 'nodes'
-local K_TIMERS = P .. 'timers'
 local function k_sess(p) return P .. 's:' .. p end
 local function k_tok(t) return P .. 't:' .. t end
 local function k_uconns(p) return P .. 'uc:' .. p end
@@ -490,7 +506,7 @@ return 0
 ///   and a message costs `HGET`s, `HLEN` and `HSET` rather than a queue walk.
 ///
 /// The entry (see [`crate::entry`]) is stored as the one field `v` and published behind the
-/// id: the script neither builds nor parses text beyond prefixing the id.
+/// id: the function neither builds nor parses text beyond prefixing the id.
 ///
 /// KEYS: room meta, history stream, and with a client id the dedupe hashes (newer, older) —
 /// one hash tag.
@@ -545,87 +561,129 @@ end
 return redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
 "#;
 
-/// Every script, compiled once per store (the SHA1 is computed here; `EVALSHA` reloads the
-/// source by itself after a `NOSCRIPT`, e.g. when Redis restarted).
-pub(crate) struct Scripts {
-    pub create_session: Script,
-    pub session: Script,
-    pub touch: Script,
-    pub add_conn: Script,
-    pub remove_conn: Script,
-    pub presence: Script,
-    pub go_offline: Script,
-    pub online_page: Script,
-    pub reap: Script,
-    pub remove_node: Script,
-    pub send_request: Script,
-    pub accept: Script,
-    pub remove_request: Script,
-    pub requests: Script,
-    pub rooms_of: Script,
-    pub delete_room: Script,
-    pub end_session: Script,
-    pub due_timers: Script,
-    pub finish_timer: Script,
-    pub append: Script,
-    pub history: Script,
+/// The operations, in the order of [`Library::names`].
+const FUNCTIONS: [(&str, &str); 21] = [
+    ("create_session", CREATE_SESSION),
+    ("session", SESSION),
+    ("touch", TOUCH),
+    ("add_conn", ADD_CONN),
+    ("remove_conn", REMOVE_CONN),
+    ("presence", PRESENCE),
+    ("go_offline", GO_OFFLINE),
+    ("online_page", ONLINE_PAGE),
+    ("reap", REAP),
+    ("remove_node", REMOVE_NODE),
+    ("send_request", SEND_REQUEST),
+    ("accept", ACCEPT),
+    ("remove_request", REMOVE_REQUEST),
+    ("requests", REQUESTS),
+    ("rooms_of", ROOMS_OF),
+    ("delete_room", DELETE_ROOM),
+    ("end_session", END_SESSION),
+    ("due_timers", DUE_TIMERS),
+    ("finish_timer", FINISH_TIMER),
+    ("append", APPEND),
+    ("history", HISTORY),
+];
+
+/// Functions whose keys are all in `KEYS`; the others begin with `enter(ARGV[1])`.
+const KEYED: [&str; 2] = ["append", "history"];
+
+/// Stands for the version hash in the library's source until it is known.
+const TAG: &str = "@TAG@";
+
+/// The function library: its source (for `FUNCTION LOAD`) and the name of each operation's
+/// function (for `FCALL`).
+pub(crate) struct Library {
+    pub code: String,
+    pub create_session: String,
+    pub session: String,
+    pub touch: String,
+    pub add_conn: String,
+    pub remove_conn: String,
+    pub presence: String,
+    pub go_offline: String,
+    pub online_page: String,
+    pub reap: String,
+    pub remove_node: String,
+    pub send_request: String,
+    pub accept: String,
+    pub remove_request: String,
+    pub requests: String,
+    pub rooms_of: String,
+    pub delete_room: String,
+    pub end_session: String,
+    pub due_timers: String,
+    pub finish_timer: String,
+    pub append: String,
+    pub history: String,
 }
 
-fn with_prelude(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
-}
-
-impl Scripts {
-    pub(crate) fn new() -> Scripts {
-        Scripts {
-            create_session: with_prelude(CREATE_SESSION),
-            session: with_prelude(SESSION),
-            touch: with_prelude(TOUCH),
-            add_conn: with_prelude(ADD_CONN),
-            remove_conn: with_prelude(REMOVE_CONN),
-            presence: with_prelude(PRESENCE),
-            go_offline: with_prelude(GO_OFFLINE),
-            online_page: with_prelude(ONLINE_PAGE),
-            reap: with_prelude(REAP),
-            remove_node: with_prelude(REMOVE_NODE),
-            send_request: with_prelude(SEND_REQUEST),
-            accept: with_prelude(ACCEPT),
-            remove_request: with_prelude(REMOVE_REQUEST),
-            requests: with_prelude(REQUESTS),
-            rooms_of: with_prelude(ROOMS_OF),
-            delete_room: with_prelude(DELETE_ROOM),
-            end_session: with_prelude(END_SESSION),
-            due_timers: with_prelude(DUE_TIMERS),
-            finish_timer: with_prelude(FINISH_TIMER),
-            append: Script::new(APPEND),
-            history: Script::new(HISTORY),
+impl Library {
+    pub(crate) fn new() -> Library {
+        let mut code = format!(
+            "#!lua name=chat_{TAG}\n{PRELUDE}\nlocal function reg(name, f) \
+             redis.register_function('chat_{TAG}_' .. name, f) end\n"
+        );
+        for (name, body) in FUNCTIONS {
+            let enter = if KEYED.contains(&name) {
+                ""
+            } else {
+                "enter(ARGV[1])\n"
+            };
+            code.push_str(&format!(
+                "reg('{name}', function(KEYS, ARGV)\n{enter}{body}end)\n"
+            ));
+        }
+        // The version: a hash of the code itself (SHA1, as Redis names scripts).
+        let tag = Script::new(&code).get_hash()[..16].to_owned();
+        let code = code.replace(TAG, &tag);
+        let name = |op: &str| format!("chat_{tag}_{op}");
+        Library {
+            create_session: name("create_session"),
+            session: name("session"),
+            touch: name("touch"),
+            add_conn: name("add_conn"),
+            remove_conn: name("remove_conn"),
+            presence: name("presence"),
+            go_offline: name("go_offline"),
+            online_page: name("online_page"),
+            reap: name("reap"),
+            remove_node: name("remove_node"),
+            send_request: name("send_request"),
+            accept: name("accept"),
+            remove_request: name("remove_request"),
+            requests: name("requests"),
+            rooms_of: name("rooms_of"),
+            delete_room: name("delete_room"),
+            end_session: name("end_session"),
+            due_timers: name("due_timers"),
+            finish_timer: name("finish_timer"),
+            append: name("append"),
+            history: name("history"),
+            code,
         }
     }
+}
 
-    /// Every script, for loading them all at connect.
-    pub(crate) fn all(&self) -> [&Script; 21] {
-        [
-            &self.create_session,
-            &self.session,
-            &self.touch,
-            &self.add_conn,
-            &self.remove_conn,
-            &self.presence,
-            &self.go_offline,
-            &self.online_page,
-            &self.reap,
-            &self.remove_node,
-            &self.send_request,
-            &self.accept,
-            &self.remove_request,
-            &self.requests,
-            &self.rooms_of,
-            &self.delete_room,
-            &self.end_session,
-            &self.due_timers,
-            &self.finish_timer,
-            &self.append,
-            &self.history,
-        ]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_its_function_and_the_tag_is_filled_in() {
+        let lib = Library::new();
+        assert!(!lib.code.contains(TAG));
+        assert!(lib.code.starts_with("#!lua name=chat_"));
+        for (name, _) in FUNCTIONS {
+            assert_eq!(
+                lib.code.matches(&format!("reg('{name}', function")).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert!(lib.append.ends_with("_append") && lib.append.starts_with("chat_"));
+        // The same code, the same names: nodes of one version share the library.
+        assert_eq!(Library::new().append, lib.append);
     }
 }

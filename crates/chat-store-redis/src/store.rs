@@ -1,5 +1,5 @@
-//! `Store` and `EventBus` for [`RedisStore`]: argument encoding, one script or command per
-//! operation, and decoding of the replies. The rules themselves live in the scripts.
+//! `Store` and `EventBus` for [`RedisStore`]: argument encoding, one function or command per
+//! operation, and decoding of the replies. The rules themselves live in the Lua functions.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use chat_core::{
     Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome, Session, Store,
     Timer, Token, Touched,
 };
-use redis::{ErrorKind, Script, ServerErrorKind, Value};
+use redis::Value;
 
 use crate::{RedisStore, bounded, entry};
 
@@ -18,7 +18,7 @@ const CURSOR_PREFIX: &str = "o1.";
 
 // ------------------------------------------------------------------ reply decoding
 
-/// A reply that does not have the shape the script returns: a bug or foreign data under our
+/// A reply that does not have the shape the function returns: a bug or foreign data under our
 /// prefix. Logged; the caller sees the store as unavailable rather than wrong data.
 fn bad_reply(what: &str) -> Error {
     tracing::error!("unexpected redis reply: {what}");
@@ -167,13 +167,17 @@ fn conn_members(phone: &Phone, conn: &ConnKey) -> (String, String) {
     )
 }
 
-/// `EVALSHA <sha>`, to which the caller adds the key count, keys and arguments. Built in one
-/// `Cmd` (one buffer), where `Script::prepare_invoke` would first collect each argument into
-/// its own allocation and then copy them all.
-fn evalsha(script: &Script) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash());
+/// `FCALL <function>`, to which the caller adds the key count, keys and arguments, in one
+/// `Cmd` (one buffer).
+fn fcall(function: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(function);
     cmd
+}
+
+/// Redis's answer to an `FCALL` of a function it does not have.
+fn function_missing(e: &redis::RedisError) -> bool {
+    e.code() == Some("ERR") && e.detail() == Some("Function not found")
 }
 
 impl RedisStore {
@@ -191,14 +195,14 @@ impl RedisStore {
         format!("{}{name}", self.inner.prefix)
     }
 
-    /// Runs `cmd`, an `EVALSHA` of `script` built by [`evalsha`]; after a `NOSCRIPT` (Redis lost
-    /// its script cache) loads the script and runs `cmd` once more.
-    async fn invoke(&self, script: &Script, cmd: &redis::Cmd) -> Result<Value> {
+    /// Runs `cmd`, an `FCALL` built by [`fcall`]. When Redis no longer has the library
+    /// (restarted without persistence, `FUNCTION FLUSH`), loads it and runs `cmd` once more.
+    async fn invoke(&self, cmd: &redis::Cmd) -> Result<Value> {
         let mut conn = self.inner.conn.clone();
         bounded(async {
             match cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load_async(&mut conn).await?;
+                Err(e) if function_missing(&e) => {
+                    crate::load_library(&mut conn, &self.inner.library).await?;
                     cmd.query_async::<Value>(&mut conn).await
                 }
                 other => other,
@@ -207,28 +211,18 @@ impl RedisStore {
         .await
     }
 
-    /// Runs a script of the prelude family: `ARGV[1]` is the prefix, then `args`.
-    async fn run(&self, script: &Script, args: &[&str]) -> Result<Value> {
-        let mut inv = script.prepare_invoke();
-        inv.arg(&self.inner.prefix);
-        for a in args {
-            inv.arg(*a);
-        }
-        let mut conn = self.inner.conn.clone();
-        bounded(inv.invoke_async::<Value>(&mut conn)).await
+    /// Runs a function of the prelude family: no keys, `ARGV[1]` is the prefix, then `args`.
+    async fn run(&self, function: &str, args: &[&str]) -> Result<Value> {
+        let mut cmd = fcall(function);
+        cmd.arg(0).arg(&self.inner.prefix).arg(args);
+        self.invoke(&cmd).await
     }
 
-    /// Runs a room script with explicit keys.
-    async fn run_keys(&self, script: &Script, keys: &[String], args: &[&str]) -> Result<Value> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(*a);
-        }
-        let mut conn = self.inner.conn.clone();
-        bounded(inv.invoke_async::<Value>(&mut conn)).await
+    /// Runs a room function with explicit keys.
+    async fn run_keys(&self, function: &str, keys: &[String], args: &[&str]) -> Result<Value> {
+        let mut cmd = fcall(function);
+        cmd.arg(keys.len()).arg(keys).arg(args);
+        self.invoke(&cmd).await
     }
 
     async fn command(&self, cmd: &redis::Cmd) -> Result<Value> {
@@ -251,7 +245,7 @@ impl Store for RedisStore {
         };
         let reply = self
             .run(
-                &self.inner.scripts.create_session,
+                &self.inner.library.create_session,
                 &[
                     session.phone.as_str(),
                     session.token.as_str(),
@@ -293,7 +287,7 @@ impl Store for RedisStore {
 
     async fn session(&self, token: &Token) -> Result<Option<Session>> {
         match self
-            .run(&self.inner.scripts.session, &[token.as_str()])
+            .run(&self.inner.library.session, &[token.as_str()])
             .await?
         {
             Value::Nil => Ok(None),
@@ -304,7 +298,7 @@ impl Store for RedisStore {
     async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
         let reply = self
             .run(
-                &self.inner.scripts.touch,
+                &self.inner.library.touch,
                 &[token.as_str(), &http_until.to_string()],
             )
             .await?;
@@ -324,7 +318,7 @@ impl Store for RedisStore {
         let (cm, nm) = conn_members(phone, conn);
         let v = self
             .run(
-                &self.inner.scripts.add_conn,
+                &self.inner.library.add_conn,
                 &[phone.as_str(), &cm, &conn.node.0, &nm],
             )
             .await?;
@@ -334,7 +328,7 @@ impl Store for RedisStore {
     async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()> {
         let (cm, nm) = conn_members(phone, conn);
         self.run(
-            &self.inner.scripts.remove_conn,
+            &self.inner.library.remove_conn,
             &[phone.as_str(), &cm, &conn.node.0, &nm, &now.to_string()],
         )
         .await?;
@@ -343,7 +337,7 @@ impl Store for RedisStore {
 
     async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
         match self
-            .run(&self.inner.scripts.presence, &[phone.as_str()])
+            .run(&self.inner.library.presence, &[phone.as_str()])
             .await?
         {
             Value::Nil => Ok(None),
@@ -366,7 +360,7 @@ impl Store for RedisStore {
     async fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> Result<bool> {
         let v = self
             .run(
-                &self.inner.scripts.go_offline,
+                &self.inner.library.go_offline,
                 &[
                     phone.as_str(),
                     &now.to_string(),
@@ -398,7 +392,7 @@ impl Store for RedisStore {
         }
         let v = items(
             self.run(
-                &self.inner.scripts.online_page,
+                &self.inner.library.online_page,
                 &[&start, &limit.to_string(), &now.to_string()],
             )
             .await?,
@@ -428,7 +422,7 @@ impl Store for RedisStore {
 
     async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>> {
         let v = self
-            .run(&self.inner.scripts.reap, &[&now.to_string()])
+            .run(&self.inner.library.reap, &[&now.to_string()])
             .await?;
         let mut orphans = phones(v)?;
         orphans.dedup();
@@ -438,7 +432,7 @@ impl Store for RedisStore {
     async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>> {
         let v = self
             .run(
-                &self.inner.scripts.remove_node,
+                &self.inner.library.remove_node,
                 &[&node.0, &now.to_string()],
             )
             .await?;
@@ -450,7 +444,7 @@ impl Store for RedisStore {
     async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<SendOutcome> {
         let v = items(
             self.run(
-                &self.inner.scripts.send_request,
+                &self.inner.library.send_request,
                 &[
                     request.from.as_str(),
                     request.to.as_str(),
@@ -486,7 +480,7 @@ impl Store for RedisStore {
     ) -> Result<Option<Room>> {
         match self
             .run(
-                &self.inner.scripts.accept,
+                &self.inner.library.accept,
                 &[
                     from.as_str(),
                     to.as_str(),
@@ -506,7 +500,7 @@ impl Store for RedisStore {
     async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {
         let v = self
             .run(
-                &self.inner.scripts.remove_request,
+                &self.inner.library.remove_request,
                 &[from.as_str(), to.as_str(), &now.to_string()],
             )
             .await?;
@@ -516,7 +510,7 @@ impl Store for RedisStore {
     async fn requests(&self, phone: &Phone, now: Millis) -> Result<Requests> {
         let v = items(
             self.run(
-                &self.inner.scripts.requests,
+                &self.inner.library.requests,
                 &[phone.as_str(), &now.to_string()],
             )
             .await?,
@@ -550,14 +544,14 @@ impl Store for RedisStore {
 
     async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>> {
         rooms(
-            self.run(&self.inner.scripts.rooms_of, &[phone.as_str()])
+            self.run(&self.inner.library.rooms_of, &[phone.as_str()])
                 .await?,
         )
     }
 
     async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>> {
         match self
-            .run(&self.inner.scripts.delete_room, &[&id.to_string()])
+            .run(&self.inner.library.delete_room, &[&id.to_string()])
             .await?
         {
             Value::Nil => Ok(None),
@@ -580,7 +574,7 @@ impl Store for RedisStore {
         let p = &self.inner.prefix;
         let max = history_max.max(1);
         let channel = self.inner.bus.channel(&Audience::Room(*room_));
-        let mut cmd = evalsha(&self.inner.scripts.append);
+        let mut cmd = fcall(&self.inner.library.append);
         match &message.client_id {
             None => cmd
                 .arg(2)
@@ -599,7 +593,7 @@ impl Store for RedisStore {
                 .arg(&channel)
                 .arg(cid),
         };
-        match self.invoke(&self.inner.scripts.append, &cmd).await? {
+        match self.invoke(&cmd).await? {
             Value::Int(0) => Err(Error::RoomNotFound),
             Value::Int(1) => Err(Error::forbidden("you are not a member of this room")),
             Value::Array(earlier) => {
@@ -650,7 +644,7 @@ impl Store for RedisStore {
         };
         let reply = self
             .run_keys(
-                &self.inner.scripts.history,
+                &self.inner.library.history,
                 &[meta, hist],
                 &[mode, &start, &count],
             )
@@ -674,7 +668,7 @@ impl Store for RedisStore {
     ) -> Result<Option<EndedSession>> {
         let reply = self
             .run(
-                &self.inner.scripts.end_session,
+                &self.inner.library.end_session,
                 &[phone_.as_str(), &offline_before.to_string()],
             )
             .await?;
@@ -727,7 +721,7 @@ impl Store for RedisStore {
         }
         let v = items(
             self.run(
-                &self.inner.scripts.due_timers,
+                &self.inner.library.due_timers,
                 &[
                     &now.to_string(),
                     &lease_until.to_string(),
@@ -754,7 +748,7 @@ impl Store for RedisStore {
 
     async fn finish_timer(&self, due: &DueTimer) -> Result<()> {
         self.run(
-            &self.inner.scripts.finish_timer,
+            &self.inner.library.finish_timer,
             &[&due.timer.encode(), &due.lease_until.to_string()],
         )
         .await?;

@@ -1,7 +1,7 @@
 //! What the conformance suite cannot see: key expiry, bounded dedupe, freed keys, no keyspace
 //! scans, cursor validation, numeric id order, the compact message entry (separators, the
-//! older one-field-per-part layout), scripts reloaded after Redis forgot them, and the bus's
-//! receive path (full queue, undecodable payloads, a killed subscriber connection).
+//! older one-field-per-part layout), the function library reloaded after Redis forgot it, and
+//! the bus's receive path (full queue, undecodable payloads, a killed subscriber connection).
 
 mod common;
 
@@ -350,10 +350,10 @@ async fn dedupe_and_history_stay_bounded() {
             .append_message(&room, msg(&a, "again", Some(&format!("k{i}"))), MAX)
             .await
             .expect("append");
-        assert!(
-            matches!(again, Appended::Duplicate(ref m) if m.id == ids[i] && m.message == format!("m{i}")),
-            "k{i} is a duplicate: {again:?}"
-        );
+        let Appended::Duplicate(first) = again else {
+            panic!("k{i} is a duplicate: {again:?}");
+        };
+        assert_eq!((first.id, first.message), (ids[i], format!("m{i}")));
     }
     let old = store
         .append_message(&room, msg(&a, "old", Some("k0")), MAX)
@@ -794,7 +794,7 @@ async fn history_reads_entries_stored_one_field_per_part() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_come_back_after_redis_forgets_them() {
+async fn functions_come_back_after_redis_forgets_them() {
     let server = RedisServer::start();
     let p = prefix();
     let (store, _) = node(&server, &p).await;
@@ -804,16 +804,37 @@ async fn scripts_come_back_after_redis_forgets_them() {
     register(&store, &a, t, t + 60_000).await;
     register(&store, &b, t, t + 60_000).await;
     let room = make_room(&store, &a, &b, t, 300_000).await;
-    redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async::<()>(&mut con)
-        .await
-        .expect("SCRIPT FLUSH");
+    let flush = |mut con: MultiplexedConnection| async move {
+        redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query_async::<()>(&mut con)
+            .await
+            .expect("FUNCTION FLUSH");
+        let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query_async(&mut con)
+            .await
+            .expect("FUNCTION LIST");
+        assert!(libraries.is_empty());
+    };
+    // A function of the prelude family first, then the room's hot path: each reloads the
+    // library by itself.
+    flush(con.clone()).await;
+    assert!(store.presence(&a).await.expect("presence").is_some());
+    flush(con.clone()).await;
     let m = store
         .append_message(&room, msg(&a, "hi", None), 100)
         .await
         .expect("append after the flush");
     let page = store.history(&room, None, 10).await.expect("history");
     assert_eq!(page.messages, vec![m.into_message()]);
-    assert!(store.presence(&a).await.expect("presence").is_some());
+    // One library, named after its code, whatever the prefix.
+    let (other, _) = node(&server, &prefix()).await;
+    assert!(other.presence(&a).await.expect("presence").is_none());
+    let libraries: Vec<Vec<redis::Value>> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await
+        .expect("FUNCTION LIST");
+    assert_eq!(libraries.len(), 1);
 }
