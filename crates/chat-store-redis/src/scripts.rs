@@ -90,43 +90,42 @@ local function expire_at(deadline, extra)
 end
 
 -- An index set lives as long as its longest-lived entry: never shorten its expiry. A set just
--- created by SADD has none yet (PTTL -1): give it this one.
+-- created by SADD has none yet (NX sets it); else only a later one is taken (GT).
 local function expire_index(key, at)
-  if redis.call('PTTL', key) == -1 then
-    redis.call('PEXPIREAT', key, at)
-  else
+  if redis.call('PEXPIREAT', key, at, 'NX') == 0 then
     redis.call('PEXPIREAT', key, at, 'GT')
   end
 end
 
 -- The session's own keys (session hash, token, socket set) never expire while the user has a
--- socket (`at` nil); otherwise they expire at `at`.
-local function user_expiry(phone, at)
+-- socket (`at` nil); otherwise they expire at `at`. `tok`: the session's token, if the caller
+-- has read it already.
+local function user_expiry(phone, at, tok)
   local s = k_sess(phone)
   local keys = {s, k_uconns(phone)}
-  local tok = redis.call('HGET', s, 'token')
+  tok = tok or redis.call('HGET', s, 'token')
   if tok then keys[3] = k_tok(tok) end
   for _, k in ipairs(keys) do
     if at then redis.call('PEXPIREAT', k, at) else redis.call('PERSIST', k) end
   end
 end
 
--- Extends the HTTP presence window (never shortens it) and marks the user online.
+-- Extends the HTTP presence window (never shortens it) and marks the user online. `h`, `tok`
+-- and `off`: the session's `h` field, token and `off` field, as the caller read them.
 -- Returns whether they were offline.
-local function touch(phone, http_until)
+local function touch(phone, http_until, h, tok, off)
   local s = k_sess(phone)
-  local h = redis.call('HGET', s, 'h')
   if (not h) or tonumber(http_until) > tonumber(h) then
     h = http_until
     redis.call('HSET', s, 'h', h)
   end
-  local came = redis.call('HDEL', s, 'off') == 1
+  if off then redis.call('HDEL', s, 'off') end
   redis.call('ZADD', K_ONLINE, 0, phone)
   redis.call('ZADD', K_TIMERS, h, 'p|' .. phone)
   if redis.call('SCARD', k_uconns(phone)) == 0 then
-    user_expiry(phone, expire_at(h, USER_GRACE))
+    user_expiry(phone, expire_at(h, USER_GRACE), tok)
   end
-  return came
+  return off and true or false
 end
 
 -- Forgets one socket (`cm` = "<id>|<node>"). When it was the user's last: schedules the presence
@@ -165,10 +164,13 @@ local function request_live(f, t, now)
 end
 
 -- Removes the request f -> t with its index entries and timer; its expires_at if it existed.
+-- Without the request there is nothing to remove: index entries and timers of one Redis
+-- expired are dropped by whoever reads them.
 local function drop_request(f, t)
   local k = k_req(f, t)
   local x = redis.call('HGET', k, 'x')
-  if x then redis.call('DEL', k) end
+  if not x then return nil end
+  redis.call('DEL', k)
   redis.call('SREM', k_in(t), f)
   redis.call('SREM', k_out(f), t)
   redis.call('ZREM', K_TIMERS, 'q|' .. f .. '|' .. t)
@@ -252,22 +254,31 @@ const CREATE_SESSION: &str = r#"
 local phone, token, has_name, name = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local created, http_until, refresh = ARGV[6], ARGV[7], ARGV[8]
 local s = k_sess(phone)
-local cur = redis.call('HMGET', s, 'token', 'c', 'n')
+local cur = redis.call('HMGET', s, 'token', 'c', 'n', 'h', 'off')
 if cur[1] then
   if refresh == '' or refresh ~= cur[1] then return {'in_use'} end
-  local came = touch(phone, http_until)
+  local came = touch(phone, http_until, cur[4], cur[1], cur[5])
   local hn, n = '0', ''
   if cur[3] then hn, n = '1', cur[3] end
   return {'refreshed', came and '1' or '0', cur[1], cur[2], hn, n}
 end
--- Leftovers of a session that Redis expired without it ending by the rules: nobody inherits them.
-purge_user(phone)
-redis.call('HSET', s, 'token', token, 'c', created, 'h', http_until)
-if has_name == '1' then redis.call('HSET', s, 'n', name) end
-redis.call('SET', k_tok(token), phone)
+-- Leftovers of a session that Redis expired without it ending by the rules: nobody inherits
+-- them. Its index sets outlive their entries, so when none is left, only its timers and
+-- listing entry can be (the ZADDs below replace the `p|` timer and the listing entry).
+redis.call('ZREM', K_TIMERS, 's|' .. phone)
+if redis.call('EXISTS', s, k_uconns(phone), k_in(phone), k_out(phone), k_urooms(phone)) > 0 then
+  purge_user(phone)
+end
+local at = expire_at(http_until, USER_GRACE)
+if has_name == '1' then
+  redis.call('HSET', s, 'token', token, 'c', created, 'h', http_until, 'n', name)
+else
+  redis.call('HSET', s, 'token', token, 'c', created, 'h', http_until)
+end
+redis.call('PEXPIREAT', s, at)
+redis.call('SET', k_tok(token), phone, 'PXAT', at)
 redis.call('ZADD', K_ONLINE, 0, phone)
 redis.call('ZADD', K_TIMERS, http_until, 'p|' .. phone)
-user_expiry(phone, expire_at(http_until, USER_GRACE))
 return {'created'}
 "#;
 
@@ -287,9 +298,9 @@ const TOUCH: &str = r#"
 local token, http_until = ARGV[2], ARGV[3]
 local phone = redis.call('GET', k_tok(token))
 if not phone then return nil end
-local v = redis.call('HMGET', k_sess(phone), 'token', 'c', 'n')
+local v = redis.call('HMGET', k_sess(phone), 'token', 'c', 'n', 'h', 'off')
 if v[1] ~= token then return nil end
-local came = touch(phone, http_until) and '1' or '0'
+local came = touch(phone, http_until, v[4], token, v[5]) and '1' or '0'
 if v[3] then return {phone, v[2], '1', v[3], came} end
 return {phone, v[2], '0', '', came}
 "#;
@@ -393,7 +404,7 @@ if request_live(to, from, created) then
 end
 if request_live(from, to, created) then return {'pending'} end
 local k = k_req(from, to)
-redis.call('DEL', k)
+-- Replaces both fields of an expired request, if one is left.
 redis.call('HSET', k, 'c', created, 'x', expires)
 local at = expire_at(expires, MARGIN)
 redis.call('PEXPIREAT', k, at)

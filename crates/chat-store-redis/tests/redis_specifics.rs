@@ -838,3 +838,83 @@ async fn functions_come_back_after_redis_forgets_them() {
         .expect("FUNCTION LIST");
     assert_eq!(libraries.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_inherits_nothing_redis_expired_under_its_phone() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (store, _) = node(&server, &p).await;
+    let mut con = raw(&server).await;
+    let (a, b, c) = (phone(101), phone(102), phone(103));
+    let t = now();
+    let sa = register(&store, &a, t, t + 60_000).await;
+    register(&store, &b, t, t + 60_000).await;
+    register(&store, &c, t, t + 60_000).await;
+    let room = make_room(&store, &a, &c, t, 300_000).await;
+    let request = ChatRequest {
+        from: a.clone(),
+        to: b.clone(),
+        created_at: t,
+        expires_at: t + 60_000,
+    };
+    let spare = NewRoom {
+        id: RoomId::generate(),
+        created_at: t,
+        expires_at: t + 300_000,
+    };
+    assert_eq!(
+        store.send_request(request, spare).await.expect("send"),
+        SendOutcome::Sent
+    );
+    // Redis frees a's session keys (their expiry came first) while its requests, rooms, timers
+    // and indexes are still there.
+    redis::cmd("DEL")
+        .arg(format!("{p}s:{a}"))
+        .arg(format!("{p}t:{}", sa.token.as_str()))
+        .query_async::<()>(&mut con)
+        .await
+        .expect("DEL");
+    redis::cmd("ZADD")
+        .arg(format!("{p}timers"))
+        .arg(t + 1)
+        .arg(format!("s|{a}"))
+        .query_async::<()>(&mut con)
+        .await
+        .expect("ZADD");
+    register(&store, &a, t + 10, t + 60_000).await;
+    let for_a = store.requests(&a, t + 10).await.expect("requests");
+    assert!(for_a.incoming.is_empty() && for_a.sent.is_empty());
+    assert!(
+        store
+            .requests(&b, t + 10)
+            .await
+            .expect("requests")
+            .incoming
+            .is_empty()
+    );
+    assert!(store.rooms_of(&a).await.expect("rooms").is_empty());
+    assert!(store.rooms_of(&c).await.expect("rooms").is_empty());
+    assert_eq!(store.room(&room).await.expect("room"), None);
+    let end_timer: Option<u64> = redis::cmd("ZSCORE")
+        .arg(format!("{p}timers"))
+        .arg(format!("s|{a}"))
+        .query_async(&mut con)
+        .await
+        .expect("ZSCORE");
+    assert_eq!(end_timer, None, "the old session's end timer is gone");
+
+    // With nothing left but a timer, the new session is as clean.
+    let d = phone(104);
+    register(&store, &d, t, t + 60_000).await;
+    redis::cmd("DEL")
+        .arg(format!("{p}s:{d}"))
+        .query_async::<()>(&mut con)
+        .await
+        .expect("DEL");
+    let again = register(&store, &d, t + 10, t + 60_000).await;
+    assert_eq!(
+        store.session(&again.token).await.expect("session"),
+        Some(again.clone())
+    );
+    assert!(store.presence(&d).await.expect("presence").is_some());
+}
