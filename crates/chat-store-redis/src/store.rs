@@ -167,17 +167,67 @@ fn conn_members(phone: &Phone, conn: &ConnKey) -> (String, String) {
     )
 }
 
-/// `FCALL <function>`, to which the caller adds the key count, keys and arguments, in one
-/// `Cmd` (one buffer).
-fn fcall(function: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg(function);
+/// `FCALL <function> <key count>`, to which the caller adds the keys and arguments
+/// (`args` of them, `bytes` long in all). One `Cmd` buffer, sized up front: every argument is
+/// copied into it as it is added.
+fn fcall(function: &str, keys: usize, args: usize, bytes: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3 + args, 32 + function.len() + bytes);
+    cmd.arg("FCALL").arg(function).arg(keys);
     cmd
 }
 
 /// Redis's answer to an `FCALL` of a function it does not have.
 fn function_missing(e: &redis::RedisError) -> bool {
     e.code() == Some("ERR") && e.detail() == Some("Function not found")
+}
+
+/// Builds the names under one room (`<prefix>{<room>}:<part>`) and its channel in one buffer,
+/// without `format!` (whose trip through `fmt` and the uuid's `Display` cost more than the
+/// rest of building the command).
+struct RoomKey {
+    buf: String,
+    /// `buf[..base]` is `<prefix>{<room>}:`.
+    base: usize,
+    room: [u8; RoomKey::ROOM_LEN],
+    prefix_len: usize,
+}
+
+impl RoomKey {
+    /// A hyphenated uuid.
+    const ROOM_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+
+    fn new(prefix: &str, room: &RoomId) -> RoomKey {
+        let mut id = [0u8; RoomKey::ROOM_LEN];
+        room.0.hyphenated().encode_lower(&mut id);
+        let mut buf = String::with_capacity(prefix.len() + RoomKey::ROOM_LEN + 8);
+        buf.push_str(prefix);
+        buf.push('{');
+        // The hyphenated form is ASCII.
+        buf.push_str(std::str::from_utf8(&id).unwrap_or_default());
+        buf.push_str("}:");
+        RoomKey {
+            base: buf.len(),
+            buf,
+            room: id,
+            prefix_len: prefix.len(),
+        }
+    }
+
+    /// The key of one part of the room (`m`, `h`, `d`, `o`).
+    fn part(&mut self, part: &str) -> &str {
+        self.buf.truncate(self.base);
+        self.buf.push_str(part);
+        &self.buf
+    }
+
+    /// The room's channel, as [`crate::bus::channel`] names it (the last use of the buffer).
+    fn channel(mut self) -> String {
+        self.buf.truncate(self.prefix_len);
+        self.buf.push_str("r:");
+        self.buf
+            .push_str(std::str::from_utf8(&self.room).unwrap_or_default());
+        self.buf
+    }
 }
 
 impl RedisStore {
@@ -213,15 +263,19 @@ impl RedisStore {
 
     /// Runs a function of the prelude family: no keys, `ARGV[1]` is the prefix, then `args`.
     async fn run(&self, function: &str, args: &[&str]) -> Result<Value> {
-        let mut cmd = fcall(function);
-        cmd.arg(0).arg(&self.inner.prefix).arg(args);
+        let p = &self.inner.prefix;
+        let bytes = p.len() + args.iter().map(|a| a.len()).sum::<usize>();
+        let mut cmd = fcall(function, 0, 1 + args.len(), bytes);
+        cmd.arg(p).arg(args);
         self.invoke(&cmd).await
     }
 
     /// Runs a room function with explicit keys.
     async fn run_keys(&self, function: &str, keys: &[String], args: &[&str]) -> Result<Value> {
-        let mut cmd = fcall(function);
-        cmd.arg(keys.len()).arg(keys).arg(args);
+        let bytes = keys.iter().map(String::len).sum::<usize>()
+            + args.iter().map(|a| a.len()).sum::<usize>();
+        let mut cmd = fcall(function, keys.len(), keys.len() + args.len(), bytes);
+        cmd.arg(keys).arg(args);
         self.invoke(&cmd).await
     }
 
@@ -571,28 +625,28 @@ impl Store for RedisStore {
             message.client_id.as_deref(),
             &message.message,
         );
-        let p = &self.inner.prefix;
-        let max = history_max.max(1);
-        let channel = self.inner.bus.channel(&Audience::Room(*room_));
-        let mut cmd = fcall(&self.inner.library.append);
-        match &message.client_id {
-            None => cmd
-                .arg(2)
-                .arg(format!("{p}{{{room_}}}:m"))
-                .arg(format!("{p}{{{room_}}}:h"))
-                .arg(message.sender.as_str())
-                .arg(&entry)
-                .arg(max)
-                .arg(&channel),
-            Some(cid) => cmd
-                .arg(4)
-                .arg(&self.room_keys(room_))
-                .arg(message.sender.as_str())
-                .arg(&entry)
-                .arg(max)
-                .arg(&channel)
-                .arg(cid),
-        };
+        let p = self.inner.prefix.as_str();
+        let cid = message.client_id.as_deref();
+        let function = &self.inner.library.append;
+        let len = 32
+            + 5 * (p.len() + RoomKey::ROOM_LEN)
+            + message.sender.as_str().len()
+            + entry.len()
+            + cid.map_or(0, str::len);
+        let keys = if cid.is_some() { 4 } else { 2 };
+        let mut cmd = fcall(function, keys, keys + 5, len);
+        let mut key = RoomKey::new(p, room_);
+        cmd.arg(key.part("m")).arg(key.part("h"));
+        if cid.is_some() {
+            cmd.arg(key.part("d")).arg(key.part("o"));
+        }
+        cmd.arg(message.sender.as_str())
+            .arg(&entry)
+            .arg(history_max.max(1))
+            .arg(key.channel());
+        if let Some(cid) = cid {
+            cmd.arg(cid);
+        }
         match self.invoke(&cmd).await? {
             Value::Int(0) => Err(Error::RoomNotFound),
             Value::Int(1) => Err(Error::forbidden("you are not a member of this room")),
@@ -787,5 +841,23 @@ impl EventBus for RedisStore {
 
     fn attach(&self, sink: Arc<dyn EventSink>) {
         self.inner.bus.sink.set(sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_keys_are_named_as_the_key_map_says() {
+        let room = RoomId::generate();
+        let mut key = RoomKey::new("chat:", &room);
+        for part in ["m", "h", "d", "o"] {
+            assert_eq!(key.part(part), format!("chat:{{{room}}}:{part}"));
+        }
+        assert_eq!(
+            key.channel(),
+            crate::bus::channel("chat:", &Audience::Room(room))
+        );
     }
 }
