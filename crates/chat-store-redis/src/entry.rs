@@ -1,6 +1,6 @@
 //! The compact text of a message, as history stores it and as its `receive_message` delivery
 //! crosses pub/sub. No JSON on this path: the sending node writes it with a few `push_str`s,
-//! the append script stores it as is and publishes it behind the id, and every node reads it
+//! the append function stores it as is and publishes it behind the id, and every node reads it
 //! back by splitting, without escaping or a parser.
 //!
 //! ```text

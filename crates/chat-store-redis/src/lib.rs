@@ -80,7 +80,7 @@
 //! | `room` | `HMGET` |
 //! | `rooms_of`, `delete_room`, `end_session` | one function each |
 //! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
-//! | `history` | one function: room check and `XRANGE (after` / `XREVRANGE` |
+//! | `history` | `MULTI`, `EXISTS` (room check), `XRANGE (after` / `XREVRANGE`, `EXEC`: one round trip, atomic, no Lua |
 //! | `schedule` | `ZADD` |
 //! | `due_timers`, `finish_timer` | one function each |
 //! | `ping` | `PING`, once the bus is serving (else none: `StoreUnavailable` at once) |

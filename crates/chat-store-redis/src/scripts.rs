@@ -9,8 +9,9 @@
 //! Functions that touch users, requests, nodes or timers start with `enter(ARGV[1])`, which
 //! sets the key prefix the helpers build key names from (see the key map in the crate docs):
 //! one library serves every prefix, and Redis never runs two functions at once, so the
-//! library-level variables it sets are the current call's. The room hot path ([`APPEND`],
-//! [`HISTORY`]) names its keys in `KEYS`, all under the room's hash tag.
+//! library-level variables it sets are the current call's. The room hot path ([`APPEND`])
+//! names its keys in `KEYS`, all under the room's hash tag. (Reading history needs no
+//! function: `MULTI`, `EXISTS`, `XRANGE`, `EXEC` in one round trip.)
 //!
 //! The library and its functions are named after a hash of the code (`chat_<hash>`,
 //! `chat_<hash>_<operation>`), so nodes of different versions sharing a Redis each call their
@@ -562,18 +563,8 @@ redis.call('PUBLISH', ARGV[4], id .. '|' .. entry)
 return id
 "#;
 
-/// KEYS: room meta, history stream. ARGV: 'after' | 'latest', exclusive start id, count.
-/// → nil (no room) | entries
-pub(crate) const HISTORY: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-if ARGV[1] == 'after' then
-  return redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
-end
-return redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
-"#;
-
 /// The operations, in the order of [`Library::names`].
-const FUNCTIONS: [(&str, &str); 21] = [
+const FUNCTIONS: [(&str, &str); 20] = [
     ("create_session", CREATE_SESSION),
     ("session", SESSION),
     ("touch", TOUCH),
@@ -594,11 +585,10 @@ const FUNCTIONS: [(&str, &str); 21] = [
     ("due_timers", DUE_TIMERS),
     ("finish_timer", FINISH_TIMER),
     ("append", APPEND),
-    ("history", HISTORY),
 ];
 
 /// Functions whose keys are all in `KEYS`; the others begin with `enter(ARGV[1])`.
-const KEYED: [&str; 2] = ["append", "history"];
+const KEYED: [&str; 1] = ["append"];
 
 /// Stands for the version hash in the library's source until it is known.
 const TAG: &str = "@TAG@";
@@ -627,7 +617,6 @@ pub(crate) struct Library {
     pub due_timers: String,
     pub finish_timer: String,
     pub append: String,
-    pub history: String,
 }
 
 impl Library {
@@ -671,7 +660,6 @@ impl Library {
             due_timers: name("due_timers"),
             finish_timer: name("finish_timer"),
             append: name("append"),
-            history: name("history"),
             code,
         }
     }
@@ -696,5 +684,13 @@ mod tests {
         assert!(lib.append.ends_with("_append") && lib.append.starts_with("chat_"));
         // The same code, the same names: nodes of one version share the library.
         assert_eq!(Library::new().append, lib.append);
+    }
+
+    /// Writes the library to `$CHAT_LIBRARY_OUT`, for `perf/callgrind.sh`.
+    #[test]
+    #[ignore = "a tool, run by perf/callgrind.sh"]
+    fn write_library() {
+        let path = std::env::var("CHAT_LIBRARY_OUT").expect("CHAT_LIBRARY_OUT");
+        std::fs::write(path, Library::new().code).expect("write the library");
     }
 }
