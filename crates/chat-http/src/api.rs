@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use chat_core::{Error, Message, Result, RoomSummary, SendResult, rfc3339};
+use chat_core::{Error, Result, RoomSummary, SendResult};
 
 use crate::App;
 use crate::query;
@@ -120,18 +120,6 @@ struct CancelBody {
 #[derive(Deserialize)]
 struct CloseRoomBody {
     chat_id: String,
-}
-
-/// A stored message on the wire.
-pub(crate) fn message_json(m: &Message) -> Value {
-    json!({
-        "id": m.id.to_string(),
-        "room": m.room.to_string(),
-        "sender": m.sender.as_str(),
-        "message": m.message,
-        "timestamp": rfc3339(m.timestamp),
-        "client_id": m.client_id,
-    })
 }
 
 fn rooms_json(rooms: &[RoomSummary]) -> Value {
@@ -250,7 +238,15 @@ pub(crate) async fn handle(
             let page = service
                 .history(me, &room, q("after")?.as_deref(), q("limit")?.as_deref())
                 .await?;
-            let messages: Vec<Value> = page.messages.iter().map(message_json).collect();
+            let messages = page
+                .messages
+                .iter()
+                .map(chat_ws::message_json)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    tracing::error!(error = %e, "a stored message did not encode");
+                    Error::StoreUnavailable
+                })?;
             Ok(reply::ok(json!({"messages": messages, "more": page.more})))
         }
         Route::CloseRoom => {

@@ -28,6 +28,8 @@ mod registry;
 mod socket;
 mod wire;
 
+pub use wire::message_json;
+
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};

@@ -406,6 +406,16 @@ fn message_capacity(m: &Message) -> usize {
     FIXED + text + m.client_id.as_ref().map_or(0, |c| c.len() + 2)
 }
 
+/// A `<message>` of the contract as JSON text, for the REST history route: the one definition
+/// of the shape, shared with the socket frames.
+/// (`push_message` always writes valid JSON — the tests hold it to serde's output — so the
+/// error is for the caller's fault path only.)
+pub fn message_json(m: &Message) -> serde_json::Result<Box<serde_json::value::RawValue>> {
+    let mut out = String::with_capacity(message_capacity(m));
+    push_message(&mut out, m);
+    serde_json::value::RawValue::from_string(out)
+}
+
 /// A `<message>` of the contract:
 /// `{"id","room","sender","message","timestamp","client_id"}`.
 fn push_message(out: &mut String, m: &Message) {
