@@ -167,6 +167,26 @@ impl Store for InstrumentedStore {
             .await
     }
 
+    async fn append_messages(
+        &self,
+        batch: Vec<(RoomId, NewMessage)>,
+        history_max: usize,
+    ) -> Vec<Result<Appended>> {
+        let start = Instant::now();
+        let results = self.inner.append_messages(batch, history_max).await;
+        self.metrics.store_latency.observe(start.elapsed());
+        let failed = results
+            .iter()
+            .filter(|r| matches!(r, Err(Error::StoreUnavailable)))
+            .count();
+        if failed > 0 {
+            self.metrics
+                .store_errors_total
+                .fetch_add(failed as u64, Ordering::Relaxed);
+        }
+        results
+    }
+
     async fn history(
         &self,
         room: &RoomId,

@@ -86,6 +86,17 @@ pub enum SendResult {
 }
 
 /// What one [`ChatService::tick`] did, for logs and tests.
+/// One message of a burst given to [`ChatService::send_messages`], as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The room id as sent.
+    pub room: String,
+    /// The text.
+    pub text: String,
+    /// The idempotency key, if any.
+    pub client_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickReport {
     /// Timers handled.
@@ -661,6 +672,81 @@ impl ChatService {
             }
             Appended::Duplicate(m) => m,
         })
+    }
+
+    /// Sends a socket's burst of messages: each checked and answered exactly as
+    /// [`ChatService::send_message`] would, in the order given, but the valid ones stored with
+    /// one store call ([`Store::append_messages`]), so they cost one round trip. The results
+    /// are in the order of `batch`.
+    pub async fn send_messages(
+        &self,
+        me: &Phone,
+        mut batch: Vec<Outgoing>,
+    ) -> Vec<Result<Message>> {
+        if batch.len() == 1 {
+            if let Some(one) = batch.pop() {
+                return vec![
+                    self.send_message(me, &one.room, one.text, one.client_id)
+                        .await,
+                ];
+            }
+        }
+        let now = self.now();
+        let mut results: Vec<Option<Result<Message>>> = Vec::with_capacity(batch.len());
+        let mut valid = Vec::with_capacity(batch.len());
+        for one in batch {
+            if let Err(invalid) = self.check_message(&one.text, one.client_id.as_deref()) {
+                // As in `send_message`: a non-member hears 403 before any 400.
+                results.push(Some(match self.room_if_member(me, &one.room).await {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(invalid),
+                }));
+                continue;
+            }
+            match RoomId::parse(&one.room) {
+                Err(e) => results.push(Some(Err(e))),
+                Ok(id) => {
+                    results.push(None);
+                    valid.push((
+                        id,
+                        NewMessage {
+                            sender: me.clone(),
+                            message: one.text,
+                            timestamp: now,
+                            client_id: one.client_id,
+                        },
+                    ));
+                }
+            }
+        }
+        let mut appended = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.store()
+                .append_messages(valid, self.inner.config.history_max)
+                .await
+        }
+        .into_iter();
+        let mut new = 0;
+        let results = results
+            .into_iter()
+            .map(|slot| match slot {
+                Some(answered) => answered,
+                // A store that answered fewer than it was given failed the rest.
+                None => match appended.next().unwrap_or(Err(Error::StoreUnavailable))? {
+                    Appended::New(m) => {
+                        new += 1;
+                        Ok(m)
+                    }
+                    Appended::Duplicate(m) => Ok(m),
+                },
+            })
+            .collect();
+        self.inner
+            .metrics
+            .messages_total
+            .fetch_add(new, Ordering::Relaxed);
+        results
     }
 
     fn check_message(&self, text: &str, client_id: Option<&str>) -> Result<()> {

@@ -293,6 +293,23 @@ pub trait Store: Send + Sync + 'static {
         history_max: usize,
     ) -> Result<Appended>;
 
+    /// Appends `batch` in order, exactly as [`Store::append_message`] would one after another,
+    /// each with its own result in the same position; a failure of one leaves the others
+    /// standing. A backend may do it in one round trip (the Redis store pipelines them): it is
+    /// how a socket's burst of messages costs one store call. The default calls
+    /// `append_message` for each.
+    async fn append_messages(
+        &self,
+        batch: Vec<(RoomId, NewMessage)>,
+        history_max: usize,
+    ) -> Vec<Result<Appended>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for (room, message) in batch {
+            results.push(self.append_message(&room, message, history_max).await);
+        }
+        results
+    }
+
     /// History, oldest first: the first `limit` strictly after `after`, or the latest `limit`.
     async fn history(
         &self,

@@ -248,6 +248,7 @@ macro_rules! store_conformance {
             append_message_ids_strictly_increase,
             append_message_dedupes_client_id,
             append_message_publishes_in_order,
+            append_messages_answers_each_in_order,
             history_pages,
             history_max_keeps_last_n,
             end_session_conditions,
@@ -1535,6 +1536,64 @@ pub async fn append_message_publishes_in_order(fx: Fixture) {
         .await
         .expect("history");
     assert_eq!(history.messages, stored);
+    fx.bus.unsubscribe(audience).await.expect("unsubscribe");
+}
+
+/// A batch is appended in order, each item answered in its position as `append_message`
+/// would answer it alone: a refused item (no room, not a member) leaves the others standing, a
+/// `client_id` repeated within the batch is a duplicate of the earlier item, and the new ones
+/// are published in history order.
+pub async fn append_messages_answers_each_in_order(fx: Fixture) {
+    let [a, b, c] = [fx.phone(1), fx.phone(2), fx.phone(3)];
+    for p in [&a, &b, &c] {
+        register(&fx, p).await;
+    }
+    let room = room_between(&fx, &a, &b).await;
+    let other = room_between(&fx, &a, &c).await;
+    let audience = Audience::Room(room.id);
+    fx.bus.subscribe(audience.clone()).await.expect("subscribe");
+    let batch = vec![
+        (room.id, message(&fx, &a, "m0", Some("k"))),
+        (RoomId::generate(), message(&fx, &a, "nowhere", None)),
+        (room.id, message(&fx, &b, "m1", None)),
+        (room.id, message(&fx, &c, "intruder", None)),
+        (other.id, message(&fx, &c, "elsewhere", None)),
+        (room.id, message(&fx, &a, "m0 again", Some("k"))),
+        (room.id, message(&fx, &a, "m2", Some("l"))),
+    ];
+    let got = fx.store.append_messages(batch, 100).await;
+    assert_eq!(got.len(), 7, "one result per item: {got:?}");
+    let new = |i: usize| match &got[i] {
+        Ok(Appended::New(m)) => m.clone(),
+        other => panic!("item {i}: expected a new message, got {other:?}"),
+    };
+    let (m0, m1, elsewhere, m2) = (new(0), new(2), new(4), new(6));
+    assert_eq!(got[1], Err(Error::RoomNotFound));
+    assert!(matches!(got[3], Err(Error::Forbidden(_))), "{:?}", got[3]);
+    assert_eq!(got[5], Ok(Appended::Duplicate(m0.clone())));
+    assert_eq!((m0.message.as_str(), m0.room), ("m0", room.id));
+    assert_eq!((m1.sender.clone(), elsewhere.room), (b.clone(), other.id));
+    assert!(
+        m0.id < m1.id && m1.id < m2.id,
+        "ids increase in batch order"
+    );
+
+    let history = fx
+        .store
+        .history(&room.id, None, 100)
+        .await
+        .expect("history");
+    assert_eq!(history.messages, vec![m0.clone(), m1.clone(), m2.clone()]);
+    let published = fx.wait_for_events(&audience, 3).await;
+    let expected: Vec<Event> = [m0, m1, m2]
+        .into_iter()
+        .map(Event::ReceiveMessage)
+        .collect();
+    assert_eq!(published, expected, "published once each, in history order");
+    assert!(
+        fx.store.append_messages(Vec::new(), 100).await.is_empty(),
+        "an empty batch answers nothing"
+    );
     fx.bus.unsubscribe(audience).await.expect("unsubscribe");
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chat_core::{
-    ChatService, Config, DueTimer, Error, ManualClock, MockEventBus, MockStore, NodeId, Phone,
-    PresenceState, Registered, Room, RoomId, SendOutcome, SendResult, Session, Timer, Token,
+    ChatService, Config, DueTimer, Error, ManualClock, MockEventBus, MockStore, NodeId, Outgoing,
+    Phone, PresenceState, Registered, Room, RoomId, SendOutcome, SendResult, Session, Timer, Token,
     Touched,
 };
 use mockall::predicate::eq;
@@ -209,6 +209,30 @@ async fn send_message_with_store_down_counts_no_message() {
         .send_message(&a(), &RoomId::generate().to_string(), "hi".into(), None)
         .await;
     assert_eq!(got, Err(Error::StoreUnavailable));
+    assert_eq!(chat.metrics().messages_total.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn send_messages_with_store_down_answers_each_unavailable() {
+    let mut store = MockStore::new();
+    // One result for a batch of two: the store failed the rest.
+    store
+        .expect_append_messages()
+        .times(1)
+        .withf(|batch, _| batch.len() == 2)
+        .returning(|_, _| vec![down()]);
+    let chat = service(store, silent_bus());
+    let room = RoomId::generate().to_string();
+    let out = |text: &str| Outgoing {
+        room: room.clone(),
+        text: text.into(),
+        client_id: None,
+    };
+    let got = chat.send_messages(&a(), vec![out("one"), out("two")]).await;
+    assert_eq!(
+        got,
+        vec![Err(Error::StoreUnavailable), Err(Error::StoreUnavailable)]
+    );
     assert_eq!(chat.metrics().messages_total.load(Ordering::Relaxed), 0);
 }
 

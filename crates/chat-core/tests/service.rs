@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 
 use chat_core::{
     Audience, ChatService, Config, ConnKey, Delivery, Error, Event, EventBus, Except,
-    HISTORY_LIMIT, JOIN_HISTORY, ManualClock, MemoryStore, Message, NodeId, Phone, RecordingSink,
-    RoomId, SendResult, Session, page_limit,
+    HISTORY_LIMIT, JOIN_HISTORY, ManualClock, MemoryStore, Message, NodeId, Outgoing, Phone,
+    RecordingSink, RoomId, SendResult, Session, page_limit,
 };
 use tokio::task::JoinSet;
 
@@ -1156,6 +1156,67 @@ async fn send_message_stores_and_publishes_to_the_room() {
         .await
         .unwrap();
     assert_eq!(page.messages, vec![m]);
+}
+
+#[tokio::test]
+async fn send_messages_answers_each_as_send_message_would() {
+    let h = Harness::new();
+    let a = h.register("+14155550100").await;
+    let b = h.register("+14155550101").await;
+    let c = h.register("+14155550102").await;
+    let room = h.room(&a, &b).await;
+    let other = h.room(&b, &c).await.to_string();
+    let id = room.to_string();
+    let out = |room: &str, text: &str, cid: Option<&str>| Outgoing {
+        room: room.into(),
+        text: text.into(),
+        client_id: cid.map(Into::into),
+    };
+    let got = h
+        .chat
+        .send_messages(
+            &a.phone,
+            vec![
+                out(&id, "one", Some("c1")),
+                out(&id, " ", None),
+                out(&other, " ", None),
+                out("not-a-room", "x", None),
+                out(&other, "not mine", None),
+                out(&id, "one again", Some("c1")),
+                out(&id, "two", None),
+            ],
+        )
+        .await;
+    assert_eq!(got.len(), 7, "{got:?}");
+    let one = got[0].clone().unwrap();
+    assert_eq!(got[1], Err(Error::EmptyMessage));
+    // A non-member hears 403 before any 400, as alone.
+    assert!(matches!(got[2], Err(Error::Forbidden(_))), "{:?}", got[2]);
+    assert_eq!(got[3], Err(Error::RoomNotFound));
+    assert!(matches!(got[4], Err(Error::Forbidden(_))), "{:?}", got[4]);
+    assert_eq!(
+        got[5],
+        Ok(one.clone()),
+        "a repeated client_id answers the first"
+    );
+    let two = got[6].clone().unwrap();
+    assert_eq!((one.message.as_str(), two.message.as_str()), ("one", "two"));
+    assert!(one.id < two.id);
+    assert_eq!(
+        h.room_events(room),
+        vec![
+            Event::ReceiveMessage(one.clone()),
+            Event::ReceiveMessage(two.clone())
+        ]
+    );
+    assert_eq!(
+        h.chat.metrics().messages_total.load(Ordering::Relaxed),
+        2,
+        "only new messages count"
+    );
+    let page = h.chat.history(&b.phone, &id, None, None).await.unwrap();
+    assert_eq!(page.messages, vec![one, two]);
+    assert!(h.chat.send_messages(&a.phone, Vec::new()).await.is_empty());
 }
 
 #[tokio::test]

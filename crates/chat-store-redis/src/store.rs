@@ -260,9 +260,96 @@ impl RedisStore {
         self.invoke(&cmd).await
     }
 
+    /// Runs `pipe`, a pipeline of `FCALL`s with errors kept per command. When Redis no longer
+    /// has the library, it failed every one of them the same way (nothing ran): loads the
+    /// library and runs the pipeline once more.
+    async fn invoke_pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::RedisResult<Value>>> {
+        let mut conn = self.inner.conn.clone();
+        bounded(async {
+            let replies = pipe
+                .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn)
+                .await?;
+            let all_missing = !replies.is_empty()
+                && replies
+                    .iter()
+                    .all(|r| matches!(r, Err(e) if function_missing(e)));
+            if all_missing {
+                crate::load_library(&mut conn, &self.inner.library).await?;
+                return pipe.query_async(&mut conn).await;
+            }
+            Ok(replies)
+        })
+        .await
+    }
+
+    /// The `FCALL` that appends `message` to `room_` and publishes it.
+    fn append_cmd(&self, room_: &RoomId, message: &NewMessage, history_max: usize) -> redis::Cmd {
+        let entry = entry::encode(
+            &message.sender,
+            message.timestamp,
+            message.client_id.as_deref(),
+            &message.message,
+        );
+        let p = self.inner.prefix.as_str();
+        let cid = message.client_id.as_deref();
+        let function = &self.inner.library.append;
+        let len = 32
+            + 5 * (p.len() + RoomKey::ROOM_LEN)
+            + message.sender.as_str().len()
+            + entry.len()
+            + cid.map_or(0, str::len);
+        let keys = if cid.is_some() { 4 } else { 2 };
+        let mut cmd = fcall(function, keys, keys + 5, len);
+        let mut key = RoomKey::new(p, room_);
+        cmd.arg(key.part("m")).arg(key.part("h"));
+        if cid.is_some() {
+            cmd.arg(key.part("d")).arg(key.part("o"));
+        }
+        cmd.arg(message.sender.as_str())
+            .arg(&entry)
+            .arg(history_max.max(1))
+            .arg(key.channel());
+        if let Some(cid) = cid {
+            cmd.arg(cid);
+        }
+        cmd
+    }
+
     async fn command(&self, cmd: &redis::Cmd) -> Result<Value> {
         let mut conn = self.inner.conn.clone();
         bounded(cmd.query_async::<Value>(&mut conn)).await
+    }
+}
+
+/// What the append function answered, for `message` in `room_`.
+fn appended(room_: RoomId, message: NewMessage, reply: Value) -> Result<Appended> {
+    match reply {
+        Value::Int(0) => Err(Error::RoomNotFound),
+        Value::Int(1) => Err(Error::forbidden("you are not a member of this room")),
+        Value::Array(earlier) => {
+            let mut earlier = earlier.into_iter();
+            match (earlier.next(), earlier.next()) {
+                (Some(id), Some(fields)) => {
+                    Ok(Appended::Duplicate(entry_message(room_, &id, fields)?))
+                }
+                _ => Err(bad_reply("duplicate")),
+            }
+        }
+        Value::BulkString(id) => Ok(Appended::New(Message {
+            id: std::str::from_utf8(&id)
+                .ok()
+                .and_then(|id| MessageId::parse(id).ok())
+                .ok_or_else(|| bad_reply("stream id"))?,
+            room: room_,
+            sender: message.sender,
+            message: message.message,
+            timestamp: message.timestamp,
+            client_id: message.client_id,
+        })),
+        _ => Err(bad_reply("append")),
     }
 }
 
@@ -604,58 +691,43 @@ impl Store for RedisStore {
         message: NewMessage,
         history_max: usize,
     ) -> Result<Appended> {
-        let entry = entry::encode(
-            &message.sender,
-            message.timestamp,
-            message.client_id.as_deref(),
-            &message.message,
-        );
-        let p = self.inner.prefix.as_str();
-        let cid = message.client_id.as_deref();
-        let function = &self.inner.library.append;
-        let len = 32
-            + 5 * (p.len() + RoomKey::ROOM_LEN)
-            + message.sender.as_str().len()
-            + entry.len()
-            + cid.map_or(0, str::len);
-        let keys = if cid.is_some() { 4 } else { 2 };
-        let mut cmd = fcall(function, keys, keys + 5, len);
-        let mut key = RoomKey::new(p, room_);
-        cmd.arg(key.part("m")).arg(key.part("h"));
-        if cid.is_some() {
-            cmd.arg(key.part("d")).arg(key.part("o"));
-        }
-        cmd.arg(message.sender.as_str())
-            .arg(&entry)
-            .arg(history_max.max(1))
-            .arg(key.channel());
-        if let Some(cid) = cid {
-            cmd.arg(cid);
-        }
-        match self.invoke(&cmd).await? {
-            Value::Int(0) => Err(Error::RoomNotFound),
-            Value::Int(1) => Err(Error::forbidden("you are not a member of this room")),
-            Value::Array(earlier) => {
-                let mut earlier = earlier.into_iter();
-                match (earlier.next(), earlier.next()) {
-                    (Some(id), Some(fields)) => {
-                        Ok(Appended::Duplicate(entry_message(*room_, &id, fields)?))
-                    }
-                    _ => Err(bad_reply("duplicate")),
-                }
+        let cmd = self.append_cmd(room_, &message, history_max);
+        let reply = self.invoke(&cmd).await?;
+        appended(*room_, message, reply)
+    }
+
+    /// One pipeline of the batch's `FCALL`s: one write, one round trip, run by Redis in order.
+    async fn append_messages(
+        &self,
+        batch: Vec<(RoomId, NewMessage)>,
+        history_max: usize,
+    ) -> Vec<Result<Appended>> {
+        if batch.len() < 2 {
+            let mut results = Vec::with_capacity(1);
+            for (room, message) in batch {
+                results.push(self.append_message(&room, message, history_max).await);
             }
-            Value::BulkString(id) => Ok(Appended::New(Message {
-                id: std::str::from_utf8(&id)
-                    .ok()
-                    .and_then(|id| MessageId::parse(id).ok())
-                    .ok_or_else(|| bad_reply("stream id"))?,
-                room: *room_,
-                sender: message.sender,
-                message: message.message,
-                timestamp: message.timestamp,
-                client_id: message.client_id,
-            })),
-            _ => Err(bad_reply("append")),
+            return results;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (room, message) in &batch {
+            pipe.add_command(self.append_cmd(room, message, history_max));
+        }
+        let replies = self.invoke_pipeline(&pipe).await;
+        match replies {
+            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            Ok(replies) if replies.len() != batch.len() => {
+                let e = bad_reply("append pipeline length");
+                batch.iter().map(|_| Err(e.clone())).collect()
+            }
+            Ok(replies) => batch
+                .into_iter()
+                .zip(replies)
+                .map(|((room, message), reply)| {
+                    appended(room, message, reply.map_err(crate::unavailable)?)
+                })
+                .collect(),
         }
     }
 

@@ -6,14 +6,16 @@
 //! close linger), its close flag, and the frame being handled. A frame that needs the store is
 //! handled by a boxed future polled from the same loop, so the socket keeps writing (and its
 //! timers keep running) while the store answers; the next frame is read only once it is done,
-//! which keeps a socket's frames in order.
+//! which keeps a socket's frames in order. `send_message` frames read in a row (a client's
+//! burst, already in the read buffers) are handled as one: one store call for all of them
+//! (one Redis round trip), their acks queued in order and written together.
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use chat_core::{Audience, Error, MessageId, RoomId, Session, TokenBucket};
+use chat_core::{Audience, Error, MessageId, Outgoing, RoomId, Session, TokenBucket};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -256,9 +258,44 @@ impl Drop for Opened {
     }
 }
 
-/// A client frame being handled by the service; resolves to whether its answer was
-/// `bad_request`/`unknown_event`.
-type Handling = Pin<Box<dyn Future<Output = bool> + Send>>;
+/// Client frames being handled by the service (one frame, or a burst of `send_message`);
+/// resolves to which of their answers were `bad_request`/`unknown_event`.
+type Handling = Pin<Box<dyn Future<Output = Answers> + Send>>;
+
+/// The most `send_message` frames handled together: one store call, one flush of their acks.
+pub(crate) const MAX_BURST: usize = 64;
+
+/// Which answers of a handling, in frame order, were bad (bit `i` for the `i`-th answer).
+#[derive(Debug, Default, Clone, Copy)]
+struct Answers {
+    count: u32,
+    bad: u64,
+}
+
+impl Answers {
+    fn one(bad: bool) -> Answers {
+        let mut a = Answers::default();
+        a.push(bad);
+        a
+    }
+
+    fn push(&mut self, bad: bool) {
+        if bad && self.count < 64 {
+            self.bad |= 1 << self.count;
+        }
+        self.count += 1;
+    }
+}
+
+/// What a client text frame asks for, decided before anything is done about it.
+enum Action {
+    /// Answered at once, without the service; whether the answer counts as bad.
+    Reply(Utf8Bytes, bool),
+    /// A frame for the service, handled alone.
+    Handle(Option<Ack>, Command),
+    /// A `send_message`, handled together with those read right after it.
+    Send(Option<Ack>, wire::SendMessage),
+}
 
 /// The loop's state for one socket.
 struct Driver<'a> {
@@ -272,8 +309,15 @@ struct Driver<'a> {
     last_heard: Instant,
     next_ping: Instant,
     ping_due: bool,
-    /// The frame being handled, if any; no frame is read until it is done.
+    /// The frame (or burst) being handled, if any; no frame is read until it is done.
     handling: Option<Handling>,
+    /// `send_message` frames read in a row and not handled yet: handled together once no
+    /// further frame is at hand (or [`MAX_BURST`] are), so a burst costs one store call and
+    /// its acks one write.
+    burst: Vec<(Option<Ack>, wire::SendMessage)>,
+    /// The frame read after a burst, acted on once the burst is answered, so answers keep
+    /// the order of the frames.
+    deferred: Option<Action>,
     /// Frames were started but not flushed yet.
     unflushed: bool,
     /// The read side ended (peer gone, error, or close handshake done).
@@ -309,6 +353,8 @@ async fn drive<S: Socket>(ws: &mut S, hub: &Hub, conn: &Arc<Conn>) {
         next_ping: now + config.ping_interval,
         ping_due: false,
         handling: None,
+        burst: Vec::new(),
+        deferred: None,
         unflushed: false,
         read_done: false,
         broken: false,
@@ -344,7 +390,9 @@ impl Driver<'_> {
                 && let Poll::Ready(bad) = handling.as_mut().poll(cx)
             {
                 self.handling = None;
-                self.answered(bad);
+                for i in 0..bad.count {
+                    self.answered(i < 64 && bad.bad & (1 << i) != 0);
+                }
                 progress = true;
             }
 
@@ -358,11 +406,37 @@ impl Driver<'_> {
             progress |= self.feed(ws, cx);
 
             if self.handling.is_none()
+                && let Some(action) = self.deferred.take()
+            {
+                self.act(action);
+                progress = true;
+            }
+
+            // Every frame at hand (tungstenite's and the read-ahead's buffers), so a burst of
+            // messages is handled as one.
+            while self.handling.is_none()
+                && self.deferred.is_none()
+                && self.burst.len() < MAX_BURST
                 && !self.read_done
                 && !self.broken
-                && let Poll::Ready(item) = ws.poll_next_unpin(cx)
             {
+                let Poll::Ready(item) = ws.poll_next_unpin(cx) else {
+                    break;
+                };
                 self.on_read(item);
+                progress = true;
+                if self.closing.is_some() || self.conn.closing().is_some() {
+                    break;
+                }
+            }
+
+            if self.handling.is_none() && !self.burst.is_empty() {
+                let burst = std::mem::take(&mut self.burst);
+                self.handling = Some(Box::pin(handle_burst(
+                    self.hub.clone(),
+                    Arc::clone(self.conn),
+                    burst,
+                )));
                 progress = true;
             }
 
@@ -395,9 +469,9 @@ impl Driver<'_> {
     }
 
     fn finished(&self) -> bool {
-        if self.handling.is_some() {
+        if self.handling.is_some() || !self.burst.is_empty() || self.deferred.is_some() {
             // A frame being handled may hold a bus subscription half-made; let it finish
-            // (the service answers within its store timeout).
+            // (the service answers within its store timeout). Frames read are answered.
             return false;
         }
         match &self.closing {
@@ -567,26 +641,27 @@ impl Driver<'_> {
     }
 
     fn on_text(&mut self, text: Utf8Bytes) {
+        let action = self.classify(&text);
+        self.act(action);
+    }
+
+    /// What `text` asks for (the rate limit taken).
+    fn classify(&mut self, text: &str) -> Action {
         let hub = self.hub;
         if let Err(wait_ms) = self.bucket.take(hub.service().now()) {
-            let ack = wire::peek_ack(&text);
+            let ack = wire::peek_ack(text);
             let error = Error::RateLimited {
                 retry_after_secs: wait_ms.div_ceil(1000).max(1),
             };
-            hub.reply(self.conn, wire::error_frame(ack.as_deref(), &error));
-            self.answered(false);
-            return;
+            return Action::Reply(wire::error_frame(ack.as_deref(), &error), false);
         }
-        match wire::parse(&text) {
-            Err(Rejected { ack, error }) => {
-                hub.reply(self.conn, wire::error_frame(ack.as_deref(), &error));
-                self.answered(counts_as_bad(&error));
-            }
+        match wire::parse(text) {
+            Err(Rejected { ack, error }) => Action::Reply(
+                wire::error_frame(ack.as_deref(), &error),
+                counts_as_bad(&error),
+            ),
             Ok(Request { ack, command }) => match command {
-                Command::Ping => {
-                    hub.reply(self.conn, wire::pong(ack.as_deref()));
-                    self.answered(false);
-                }
+                Command::Ping => Action::Reply(wire::pong(ack.as_deref()), false),
                 Command::RegisterUserSocket(data) => {
                     let frame = match hub
                         .service()
@@ -595,18 +670,31 @@ impl Driver<'_> {
                         Ok(()) => wire::user_registered(ack.as_deref()),
                         Err(e) => wire::error_frame(ack.as_deref(), &e),
                     };
-                    hub.reply(self.conn, frame);
-                    self.answered(false);
+                    Action::Reply(frame, false)
                 }
-                command => {
-                    self.handling = Some(Box::pin(handle(
-                        hub.clone(),
-                        Arc::clone(self.conn),
-                        ack,
-                        command,
-                    )));
-                }
+                Command::SendMessage(data) => Action::Send(ack, data),
+                command => Action::Handle(ack, command),
             },
+        }
+    }
+
+    /// Does what a frame asks, or holds it back until the burst before it is answered.
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Send(ack, data) => self.burst.push((ack, data)),
+            other if !self.burst.is_empty() => self.deferred = Some(other),
+            Action::Reply(frame, bad) => {
+                self.hub.reply(self.conn, frame);
+                self.answered(bad);
+            }
+            Action::Handle(ack, command) => {
+                self.handling = Some(Box::pin(handle(
+                    self.hub.clone(),
+                    Arc::clone(self.conn),
+                    ack,
+                    command,
+                )));
+            }
         }
     }
 }
@@ -617,7 +705,7 @@ fn counts_as_bad(error: &Error) -> bool {
 }
 
 /// Handles a frame that needs the service; answers it, and says whether the answer was bad.
-async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -> bool {
+async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -> Answers {
     let ack = ack.as_deref();
     let done = match command {
         Command::JoinRoom(d) => join_room(&hub, &conn, ack, d).await,
@@ -627,13 +715,61 @@ async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -
         // Answered without the service, in `Driver::on_text`.
         Command::Ping | Command::RegisterUserSocket(_) => Ok(()),
     };
-    match done {
+    Answers::one(match done {
         Ok(()) => false,
         Err(e) => {
             hub.reply(&conn, wire::error_frame(ack, &e));
             counts_as_bad(&e)
         }
+    })
+}
+
+/// Handles a burst of `send_message` frames with one call to the service (one store call),
+/// then answers each, in order.
+async fn handle_burst(
+    hub: Hub,
+    conn: Arc<Conn>,
+    burst: Vec<(Option<Ack>, wire::SendMessage)>,
+) -> Answers {
+    let mut acks = Vec::with_capacity(burst.len());
+    let mut outgoing = Vec::with_capacity(burst.len());
+    for (ack, data) in burst {
+        let checked = check_callers(&hub, &conn, [data.sender.as_deref(), None]);
+        if checked.is_ok() {
+            outgoing.push(Outgoing {
+                room: data.room,
+                text: data.message,
+                client_id: data.client_id,
+            });
+        }
+        acks.push((ack, checked));
     }
+    let mut sent = hub
+        .service()
+        .send_messages(conn.phone(), outgoing)
+        .await
+        .into_iter();
+    let mut answers = Answers::default();
+    for (ack, checked) in acks {
+        let result = match checked {
+            Ok(()) => sent.next().unwrap_or(Err(Error::StoreUnavailable)),
+            Err(e) => Err(e),
+        };
+        let ack = ack.as_deref();
+        match result {
+            Ok(message) => {
+                if let Some(ack) = ack {
+                    hub.reply(&conn, wire::message_ack(ack, &message));
+                }
+                answers.push(false);
+            }
+            Err(e) => {
+                hub.reply(&conn, wire::error_frame(ack, &e));
+                answers.push(counts_as_bad(&e));
+            }
+        }
+    }
+    answers
 }
 
 /// Fields that name the caller must name them.

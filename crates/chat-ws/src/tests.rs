@@ -851,6 +851,63 @@ fn a_room_that_ends_during_a_join_is_left_when_the_join_ends() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_burst_of_frames_is_answered_in_order() {
+    let w = World::new(WsConfig::default());
+    let a = w.user(A).await;
+    let b = w.user(B).await;
+    let room = w.room(&a, &b).await.to_string();
+    let mut c = w.open(&a).await;
+    let send = |text: &str, ack: u32| json!({"event": "send_message", "data": {"room": room, "message": text}, "ack": ack});
+    // All queued before the socket reads any: one burst, with other frames inside it.
+    let frames = [
+        send("one", 1),
+        json!({"event": "send_message", "data": {"room": room, "message": "x", "sender": B}, "ack": 2}),
+        send(" ", 3),
+        send("two", 4),
+        json!({"event": "ping", "ack": 5}),
+        send("three", 6),
+        json!({"event": "send_message", "data": {"room": "not-a-room", "message": "x"}, "ack": 7}),
+        json!({"event": "fly", "ack": 8}),
+        send("four", 9),
+    ];
+    for frame in frames.iter() {
+        c.send_json(frame.clone());
+    }
+    let mut answers = Vec::new();
+    while answers.len() < frames.len() {
+        let v = c.json().await;
+        let kind = match v["event"].as_str() {
+            Some("ack") => v["data"]["message"].as_str().unwrap_or_default().to_owned(),
+            Some("error") => v["data"]["code"].as_str().unwrap_or_default().to_owned(),
+            Some("pong") => "pong".to_owned(),
+            _ => continue,
+        };
+        answers.push((v["ack"].as_u64().unwrap_or_default(), kind));
+    }
+    let expected = [
+        (1, "one"),
+        (2, "forbidden"),
+        (3, "empty_message"),
+        (4, "two"),
+        (5, "pong"),
+        (6, "three"),
+        (7, "room_not_found"),
+        (8, "unknown_event"),
+        (9, "four"),
+    ];
+    let expected: Vec<(u64, String)> = expected.iter().map(|(n, k)| (*n, k.to_string())).collect();
+    assert_eq!(answers, expected, "every frame answered once, in order");
+    let page = w
+        .service
+        .history(&b.phone, &room, None, None)
+        .await
+        .unwrap();
+    let texts: Vec<&str> = page.messages.iter().map(|m| m.message.as_str()).collect();
+    assert_eq!(texts, ["one", "two", "three", "four"], "stored in order");
+    c.hang_up().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn service_errors_are_error_events_and_the_socket_stays() {
     let w = World::new(WsConfig::default());
     let a = w.user(A).await;
