@@ -8,7 +8,9 @@
 # port with persistence off), with every rate limit raised out of the way, runs:
 #   chat closed loop at windows 1 4 16 64 (saturation), chat open loop at half the best
 #   closed-loop rate (p99), idle with IDLE_SOCKETS sockets, setup at concurrency 16 and 64,
-# and writes one JSON line per run to OUT_DIR/<store>-<run>.json (stderr next to it).
+# and writes one JSON line per run to OUT_DIR/<store>-<run>.json (stderr next to it). With
+# Redis it then runs run-idle-cluster.sh: CLUSTER_SOCKETS (50000) idle sockets over
+# CLUSTER_NODES (3) nodes, past the open-file limit of one process (OUT_DIR/cluster.json).
 # Every server it started is stopped at the end, and only those.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -94,5 +96,9 @@ if [[ $STORES == redis || $STORES == both ]]; then
     PIDS+=("$!")
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     figures redis --redis-url "redis://127.0.0.1:$port"
+    # Past one process's open-file limit: CLUSTER_SOCKETS idle sockets over CLUSTER_NODES nodes
+    # on a Redis of their own.
+    echo "-- redis-idle-cluster: ${CLUSTER_SOCKETS:-50000} sockets over ${CLUSTER_NODES:-3} nodes" >&2
+    crates/chat-bench/run-idle-cluster.sh "${CLUSTER_SOCKETS:-50000}" "${CLUSTER_NODES:-3}" "$OUT"
 fi
 echo "results in $OUT" >&2

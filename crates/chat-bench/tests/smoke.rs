@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -445,4 +445,52 @@ fn start_redis() -> Redis {
         std::thread::sleep(Duration::from_millis(20));
     }
     Redis { _proc: proc, port }
+}
+
+/// `run-idle-cluster.sh` on debug builds: two nodes on its own Redis, 40 idle sockets in all,
+/// summed into one line.
+#[test]
+fn idle_cluster_script_sums_its_nodes() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("run-idle-cluster.sh");
+    let out =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{}", std::process::id()));
+    let mut child = Proc(
+        Command::new("bash")
+            .arg(&script)
+            .args(["40", "2"])
+            .arg(&out)
+            .env("BENCH", env!("CARGO_BIN_EXE_chat-bench"))
+            .env("SERVER", server_binary())
+            .env("DURATION", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the script did not finish within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(status.success(), "run-idle-cluster.sh failed: {err}");
+    let line = std::fs::read_to_string(out.join("cluster.json")).unwrap();
+    let v: Value = serde_json::from_str(line.trim()).unwrap();
+    eprintln!("cluster: {v}");
+    assert_eq!(v["nodes"], 2, "{v}");
+    assert_eq!(v["sockets"], 40, "{v}");
+    assert_eq!(v["sockets_closed"], 0, "{v}");
+    assert!(float(&v, "server_rss_per_socket_bytes") > 0.0, "{v}");
+    assert!(float(&v, "server_cpu_us_per_socket_sec") >= 0.0, "{v}");
+    let _ = std::fs::remove_dir_all(&out);
 }
