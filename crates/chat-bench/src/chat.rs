@@ -7,7 +7,10 @@
 //!
 //! Load: `--rate R` is an open loop. R messages/s are spread evenly over the senders, and each
 //! message is stamped with its *scheduled* send time, so a stall (server or client) shows up
-//! as latency instead of quietly lowering the rate (no coordinated omission). `--window W` is a
+//! as latency instead of quietly lowering the rate (no coordinated omission). The schedule is
+//! kept by a pacer thread of its own ([`pace`]): tokio's timer wheel works in 1 ms ticks and
+//! rounds deadlines up, which would add up to a millisecond and more of the generator's own
+//! lateness to every latency measured from the schedule. `--window W` is a
 //! closed loop: each sender keeps W messages in flight, and a message completes when the peer
 //! receives it (or the server refuses it). Both members of every pair send, unless `--one-way`.
 
@@ -62,9 +65,9 @@ pub struct ChatArgs {
 
 #[derive(Debug, Clone, Copy)]
 enum Load {
-    /// Nanoseconds between two sends of one sender.
+    /// Messages per second over all senders.
     Open {
-        interval_ns: f64,
+        rate: f64,
     },
     Closed {
         window: usize,
@@ -169,7 +172,7 @@ impl Shared {
 
 pub async fn run(args: ChatArgs) -> Result<()> {
     let load = match (args.rate, args.window) {
-        (Some(r), None) if r > 0.0 && r.is_finite() => Load::Open { interval_ns: 0.0 },
+        (Some(r), None) if r > 0.0 && r.is_finite() => Load::Open { rate: r },
         (None, Some(w)) if w > 0 => Load::Closed { window: w },
         _ => return Err("give exactly one of --rate R (R > 0) or --window W (W > 0)".into()),
     };
@@ -191,12 +194,6 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     };
     let pop = crate::users::build(&target, &args.common, plan).await?;
     let senders: Vec<usize> = (0..users).filter(|u| !args.one_way || u % 2 == 0).collect();
-    let load = match load {
-        Load::Open { .. } => Load::Open {
-            interval_ns: senders.len() as f64 / args.rate.unwrap_or(1.0) * 1e9,
-        },
-        closed => closed,
-    };
     let window = match load {
         Load::Closed { window } => window,
         Load::Open { .. } => 0,
@@ -252,29 +249,47 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     let start = tokio::time::Instant::now();
     let deadline = start + duration;
     let mut sender_tasks = tokio::task::JoinSet::new();
-    for (k, &u) in senders.iter().enumerate() {
+    let mut schedules = Vec::with_capacity(senders.len());
+    for &u in &senders {
         let Some(sink) = sinks[u].take() else {
             continue;
         };
         let room = pop.rooms[u / 2].clone();
-        let offset_ns = match load {
-            Load::Open { interval_ns } => interval_ns * k as f64 / senders.len() as f64,
-            Load::Closed { .. } => 0.0,
+        let pace = match load {
+            Load::Open { .. } => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                schedules.push(tx);
+                Pace::Open(rx)
+            }
+            Load::Closed { .. } => Pace::Closed,
         };
         sender_tasks.spawn(sender(
             sink,
             u,
             room,
             shared.clone(),
-            load,
-            start,
-            offset_ns,
+            pace,
             deadline,
             deadline + drain,
             args.msg_bytes,
         ));
     }
+    let pacer = match load {
+        Load::Open { rate } => {
+            let (base, start, until) = (shared.base, start.into_std(), deadline.into_std());
+            Some(
+                std::thread::Builder::new()
+                    .name("pacer".into())
+                    .spawn(move || pace(schedules, base, start, rate, until))?,
+            )
+        }
+        Load::Closed { .. } => None,
+    };
     tokio::time::sleep_until(deadline).await;
+    if let Some(pacer) = pacer {
+        // It ends at the deadline; joined off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    }
     let delivered_in_window = shared.counters.delivered.load(Ordering::Relaxed);
     let sent_in_window = shared.counters.sent.load(Ordering::Relaxed);
     let mut idle_sinks: Vec<_> = sinks.into_iter().flatten().collect();
@@ -463,6 +478,45 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     Ok(())
 }
 
+/// Open loop: hands the senders their messages' scheduled send times (ns since `base`) as each
+/// comes due, round robin, `rate` per second in all from `start` until `until`; then drops the
+/// channels, which ends the senders. `std::thread::sleep` wakes within tens of microseconds of
+/// the time asked; what is due on waking is handed out at once, stamped with its schedule.
+fn pace(
+    schedules: Vec<tokio::sync::mpsc::UnboundedSender<u64>>,
+    base: Instant,
+    start: Instant,
+    rate: f64,
+    until: Instant,
+) {
+    if schedules.is_empty() {
+        return;
+    }
+    let step_ns = 1e9 / rate;
+    let n = schedules.len() as u64;
+    for j in 0u64.. {
+        let at = start + Duration::from_nanos((step_ns * j as f64) as u64);
+        if at >= until {
+            break;
+        }
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let stamp_ns = at.saturating_duration_since(base).as_nanos() as u64;
+        // A sender that ended (its socket closed) takes no more.
+        let _ = schedules[(j % n) as usize].send(stamp_ns);
+    }
+}
+
+/// How a sender knows when to send.
+enum Pace {
+    /// The scheduled send times, from [`pace`].
+    Open(tokio::sync::mpsc::UnboundedReceiver<u64>),
+    /// Whenever a window slot is free.
+    Closed,
+}
+
 /// Sends this user's messages until `deadline`; every wait is bounded by `hard_deadline`.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 async fn sender(
@@ -470,9 +524,7 @@ async fn sender(
     me: usize,
     room: String,
     shared: Arc<Shared>,
-    load: Load,
-    start: tokio::time::Instant,
-    offset_ns: f64,
+    mut pace: Pace,
     deadline: tokio::time::Instant,
     hard_deadline: tokio::time::Instant,
     msg_bytes: usize,
@@ -485,20 +537,13 @@ async fn sender(
             // A sender that fell behind its schedule does not catch up after the window.
             break;
         }
-        let stamp_ns = match load {
-            Load::Open { interval_ns } => {
-                let at =
-                    start + Duration::from_nanos((offset_ns + interval_ns * seq as f64) as u64);
-                if at >= deadline {
-                    break;
-                }
-                if at > tokio::time::Instant::now() {
-                    tokio::time::sleep_until(at).await;
-                }
-                // The scheduled time, not the actual one: lateness counts as latency.
-                (at.into_std().saturating_duration_since(shared.base)).as_nanos() as u64
-            }
-            Load::Closed { .. } => {
+        let stamp_ns = match &mut pace {
+            // The scheduled time, not the actual one: lateness counts as latency.
+            Pace::Open(due) => match tokio::time::timeout_at(deadline, due.recv()).await {
+                Ok(Some(stamp_ns)) => stamp_ns,
+                _ => break,
+            },
+            Pace::Closed => {
                 match tokio::time::timeout_at(deadline, flow.window.acquire()).await {
                     Ok(Ok(permit)) => permit.forget(),
                     _ => break,
