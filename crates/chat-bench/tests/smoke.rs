@@ -167,22 +167,28 @@ fn bench(args: &[&str]) -> (bool, String, String) {
         s
     });
     let mut child = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chat-bench {args:?} did not finish within 90 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_bounded(&mut child, 90, &format!("chat-bench {args:?}"));
     (
         status.success(),
         out_reader.join().unwrap(),
         err_reader.join().unwrap(),
     )
+}
+
+/// Waits for `child` to exit, failing the test after `secs` seconds (the child is then killed
+/// by `Proc`'s drop).
+fn wait_bounded(child: &mut Proc, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs chat-bench and parses its single JSON line.
@@ -455,7 +461,10 @@ fn idle_cluster_script_sums_its_nodes() {
     let out =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{}", std::process::id()));
     let mut child = Proc(
-        Command::new("bash")
+        // `timeout` ends it with SIGTERM, on which it stops what it started, before the
+        // test gives up on it and kills it.
+        Command::new("timeout")
+            .args(["100", "bash"])
             .arg(&script)
             .args(["40", "2"])
             .arg(&out)
@@ -468,17 +477,7 @@ fn idle_cluster_script_sums_its_nodes() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the script did not finish within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_bounded(&mut child, 120, "run-idle-cluster.sh");
     let mut err = String::new();
     if let Some(mut e) = child.0.stderr.take() {
         let _ = e.read_to_string(&mut err);
