@@ -706,12 +706,17 @@ fn counts_as_bad(error: &Error) -> bool {
 
 /// Handles a frame that needs the service; answers it, and says whether the answer was bad.
 async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -> Answers {
+    // Read frames reach here through `Driver::act`, which gathers `send_message` into bursts.
+    let command = match command {
+        Command::SendMessage(d) => return handle_burst(hub, conn, vec![(ack, d)]).await,
+        other => other,
+    };
     let ack = ack.as_deref();
     let done = match command {
         Command::JoinRoom(d) => join_room(&hub, &conn, ack, d).await,
         Command::LeaveRoom(d) => leave_room(&hub, &conn, ack, d).await,
-        Command::SendMessage(d) => send_message(&hub, &conn, ack, d).await,
         Command::Typing(d) => typing(&hub, &conn, ack, d).await,
+        Command::SendMessage(_) => Ok(()), // handled above
         // Answered without the service, in `Driver::on_text`.
         Command::Ping | Command::RegisterUserSocket(_) => Ok(()),
     };
@@ -865,23 +870,6 @@ async fn leave_room(
     }
     if let Some(ack) = ack {
         hub.reply(conn, wire::ack_empty(ack));
-    }
-    Ok(())
-}
-
-async fn send_message(
-    hub: &Hub,
-    conn: &Arc<Conn>,
-    ack: Option<&RawValue>,
-    data: wire::SendMessage,
-) -> Result<(), Error> {
-    check_callers(hub, conn, [data.sender.as_deref(), None])?;
-    let message = hub
-        .service()
-        .send_message(conn.phone(), &data.room, data.message, data.client_id)
-        .await?;
-    if let Some(ack) = ack {
-        hub.reply(conn, wire::message_ack(ack, &message));
     }
     Ok(())
 }
