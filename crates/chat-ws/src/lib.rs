@@ -61,6 +61,12 @@ pub const COALESCE_BYTES: usize = 32 * 1024;
 /// connection is dropped anyway.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(3);
 
+/// Socket timers (ping, idle timeout) fire on multiples of this since the hub was made (or of a
+/// tenth of the ping interval, if shorter), so the sockets due within one slot are served in one
+/// wake-up of the runtime rather than one each: with thousands of idle sockets the wake-ups,
+/// not the pings, were most of their CPU. A ping or an idle close is at most this late.
+pub const TIMER_SLOT: Duration = Duration::from_millis(100);
+
 /// The shortest ping interval and idle timeout; shorter ones are raised to it.
 const MIN_PERIOD: Duration = Duration::from_millis(1);
 
@@ -118,6 +124,8 @@ struct Inner {
     registry: RwLock<Registry>,
     /// Every socket being served; `closed()` waits on it.
     tracker: TaskTracker,
+    /// Where the timer slots ([`TIMER_SLOT`]) are counted from.
+    epoch: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Hub {
@@ -180,6 +188,7 @@ impl Hub {
             ws_config,
             registry: RwLock::default(),
             tracker: TaskTracker::new(),
+            epoch: tokio::time::Instant::now(),
         });
         inner
             .service
@@ -233,6 +242,18 @@ impl Hub {
     /// The per-socket limits.
     pub fn config(&self) -> &WsConfig {
         &self.inner.config
+    }
+
+    /// `t` rounded up to the end of its timer slot (see [`TIMER_SLOT`]).
+    pub(crate) fn timer_slot_end(&self, t: tokio::time::Instant) -> tokio::time::Instant {
+        let slot = TIMER_SLOT
+            .min(self.inner.config.ping_interval / 10)
+            .as_nanos()
+            .max(1);
+        let since = t.saturating_duration_since(self.inner.epoch).as_nanos();
+        let end = since.div_ceil(slot).saturating_mul(slot);
+        let end = Duration::from_nanos(u64::try_from(end).unwrap_or(u64::MAX));
+        self.inner.epoch.checked_add(end).unwrap_or(t)
     }
 
     /// Sockets open on this node now.

@@ -368,9 +368,10 @@ impl Driver<'_> {
     fn next_timer(&self) -> Instant {
         match &self.closing {
             Some(c) => c.deadline,
-            None => self
-                .next_ping
-                .min(self.last_heard + self.hub.config().idle_timeout),
+            None => self.hub.timer_slot_end(
+                self.next_ping
+                    .min(self.last_heard + self.hub.config().idle_timeout),
+            ),
         }
     }
 

@@ -1197,6 +1197,39 @@ async fn quiet_sockets_are_pinged_then_closed_and_answering_ones_stay() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn pings_due_within_one_timer_slot_go_out_together() {
+    let w = World::new(WsConfig {
+        ping_interval: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(30),
+        ..WsConfig::default()
+    });
+    let slot = Duration::from_millis(100); // a tenth of the ping interval
+    let a = w.user(A).await;
+    // Slots are counted from the hub's making: both pings fall due inside the one ending at
+    // 1.1 s.
+    tokio::time::advance(Duration::from_millis(20)).await;
+    let mut first = w.open(&a).await;
+    let opened_first = tokio::time::Instant::now();
+    tokio::time::advance(Duration::from_millis(30)).await;
+    let mut second = w.open(&a).await;
+    let opened_second = tokio::time::Instant::now();
+    assert!(matches!(first.next().await, Message::Ping(_)));
+    let first_at = tokio::time::Instant::now();
+    assert!(matches!(second.next().await, Message::Ping(_)));
+    let second_at = tokio::time::Instant::now();
+    assert_eq!(first_at, second_at, "one wake-up for both");
+    for (opened, at) in [(opened_first, first_at), (opened_second, second_at)] {
+        let waited = at - opened;
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(1) + slot,
+            "pinged {waited:?} after opening"
+        );
+    }
+    first.hang_up().await;
+    second.hang_up().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn frame_errors_close_with_their_codes() {
     let w = World::new(WsConfig::default());
     let a = w.user(A).await;
