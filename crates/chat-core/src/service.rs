@@ -248,7 +248,9 @@ impl ChatService {
             }
             other => other?,
         };
-        if registered.came_online {
+        // A new session has no peers to tell: requests and rooms end with the session before
+        // it (and a request needs its target's session). Only a refreshed one may have some.
+        if registered.came_online && registered.refreshed {
             self.announce_presence(&phone, true).await;
         }
         Ok(Registration {
@@ -423,9 +425,10 @@ impl ChatService {
         }
     }
 
+    /// Tells both members, the two publishes at once.
     async fn announce_accept(&self, room: &Room) {
         let [a, b] = &room.members;
-        for (to_user, from_user) in [(a, b), (b, a)] {
+        let tell = |to_user: &Phone, from_user: &Phone| {
             self.publish(Delivery::to_user(
                 to_user.clone(),
                 Event::RequestAccepted {
@@ -434,8 +437,8 @@ impl ChatService {
                     to_user: to_user.clone(),
                 },
             ))
-            .await;
-        }
+        };
+        tokio::join!(tell(a, b), tell(b, a));
     }
 
     /// The user's pending requests.

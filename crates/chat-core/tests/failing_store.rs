@@ -89,18 +89,40 @@ async fn register_with_store_down_publishes_nothing() {
 #[tokio::test]
 async fn register_that_was_stored_is_not_reported_failed() {
     // The session exists once create_session returns; if telling the peers fails after that, a
-    // 503 would leave the phone taken by a session whose token nobody has.
+    // 503 would leave the phone taken by a session whose token nobody has. (A refreshed session
+    // is the one with peers to tell.)
     let mut store = MockStore::new();
     store.expect_create_session().returning(|s, _, _| {
+        Ok(Registered {
+            session: s,
+            refreshed: true,
+            came_online: true,
+        })
+    });
+    store.expect_requests().times(1).returning(|_, _| down());
+    store.expect_rooms_of().returning(|_| down());
+    let chat = service(store, silent_bus());
+    let got = chat.register("+14155550100", None, None).await.unwrap();
+    assert_eq!(got.session.phone, a());
+}
+
+#[tokio::test]
+async fn a_new_session_looks_for_no_peers() {
+    // Requests and rooms end with the session before: a new one has nobody to tell it is
+    // online, so registering costs the store one call.
+    let mut store = MockStore::new();
+    store.expect_create_session().times(1).returning(|s, _, _| {
         Ok(Registered {
             session: s,
             refreshed: false,
             came_online: true,
         })
     });
-    store.expect_requests().returning(|_, _| down());
-    store.expect_rooms_of().returning(|_| down());
-    let chat = service(store, silent_bus());
+    store.expect_requests().never();
+    store.expect_rooms_of().never();
+    let mut bus = MockEventBus::new();
+    bus.expect_publish().never();
+    let chat = service(store, bus);
     let got = chat.register("+14155550100", None, None).await.unwrap();
     assert_eq!(got.session.phone, a());
 }
