@@ -458,7 +458,8 @@ impl Store for MemoryStore {
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
         let mut s = self.state()?;
         let (from, to, now) = (&request.from, &request.to, request.created_at);
-        if !s.sessions.contains_key(to) {
+        let online = s.presence.get(to).is_some_and(|p| p.state().online_at(now));
+        if !s.sessions.contains_key(to) || !online {
             return Err(Error::UserNotFound);
         }
         if let Some(id) = s.pair_room.get(&pair(from, to)) {

@@ -381,9 +381,7 @@ impl ChatService {
         if &to == me {
             return Err(Error::SelfRequest);
         }
-        if !self.is_online(&to).await? {
-            return Err(Error::UserNotFound);
-        }
+        // The store checks that `to` is online, in the same step as it sends.
         let now = self.now();
         let request = ChatRequest {
             from: me.clone(),

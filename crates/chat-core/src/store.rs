@@ -248,9 +248,11 @@ pub trait Store: Send + Sync + 'static {
     /// `Timer::RequestExpiry` or `Timer::RoomExpiry` accordingly. Requests past their
     /// `expires_at` count as absent.
     ///
-    /// Fails with `UserNotFound`, storing nothing, when `request.to` has no session, checked in
-    /// the same atomic step: a request to a session that ended after the caller's own check must
-    /// not be kept for whoever registers that phone next.
+    /// Fails with `UserNotFound`, storing nothing, when `request.to` has no session or is not
+    /// online at `request.created_at` (no socket, HTTP presence window over), checked in the
+    /// same atomic step: a request to a session that ended, or went offline, a moment before must
+    /// not be kept (nor kept for whoever registers that phone next), and the caller needs no
+    /// round trip of its own to check first.
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome>;
 
     /// Accepts the pending request `from → to`: removes it (and any `to → from`) and creates

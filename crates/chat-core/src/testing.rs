@@ -238,6 +238,7 @@ macro_rules! store_conformance {
             crossed_send_request_accepts,
             send_request_to_room_partner_is_room_exists,
             send_request_to_phone_without_session_is_user_not_found,
+            send_request_to_offline_user_is_user_not_found,
             expired_request_counts_as_absent,
             accept_request_makes_room_once,
             remove_request_reports_pending,
@@ -1187,11 +1188,55 @@ pub async fn send_request_to_phone_without_session_is_user_not_found(fx: Fixture
     );
 }
 
+/// A request to a user with a session but offline (no socket, HTTP window over) is
+/// `UserNotFound` and stores nothing; a socket, or a new HTTP window, makes them reachable.
+pub async fn send_request_to_offline_user_is_user_not_found(fx: Fixture) {
+    let [a, b] = [fx.phone(1), fx.phone(2)];
+    register(&fx, &a).await;
+    let b_session = register(&fx, &b).await;
+    fx.advance(fx.lifetimes.presence_ms);
+    // A's own window is over too; only the target's presence counts.
+    assert_eq!(
+        fx.store
+            .send_request(request(&fx, &a, &b), new_room(&fx))
+            .await,
+        Err(Error::UserNotFound)
+    );
+    let r = fx.store.requests(&b, fx.now()).await.expect("requests");
+    assert!(r.incoming.is_empty(), "nothing stored: {r:?}");
+    let conn = conn(&NodeId::random(), 1);
+    fx.store.add_conn(&b, &conn).await.expect("add_conn");
+    assert_eq!(
+        fx.store
+            .send_request(request(&fx, &a, &b), new_room(&fx))
+            .await,
+        Ok(SendOutcome::Sent),
+        "a socket makes the user reachable"
+    );
+    fx.store
+        .remove_conn(&b, &conn, fx.now())
+        .await
+        .expect("remove_conn");
+    fx.store
+        .touch(&b_session.token, fx.now() + fx.lifetimes.presence_ms)
+        .await
+        .expect("touch")
+        .expect("live session");
+    assert_eq!(
+        fx.store
+            .send_request(request(&fx, &b, &a), new_room(&fx))
+            .await,
+        Err(Error::UserNotFound),
+        "A is still offline"
+    );
+}
+
 /// A request past its `expires_at` is absent for every operation, even before its timer ran.
 pub async fn expired_request_counts_as_absent(fx: Fixture) {
     let [a, b, c] = [fx.phone(1), fx.phone(2), fx.phone(3)];
+    let mut sessions = Vec::new();
     for p in [&a, &b, &c] {
-        register(&fx, p).await;
+        sessions.push(register(&fx, p).await);
     }
     fx.store
         .send_request(request(&fx, &a, &b), new_room(&fx))
@@ -1221,6 +1266,14 @@ pub async fn expired_request_counts_as_absent(fx: Fixture) {
             .expect("remove_request")
     );
     // Sending again is a new request, not a duplicate; crossing an expired one is not an accept.
+    // (The targets come back online first: their HTTP windows ended with the requests.)
+    for s in &sessions[1..] {
+        fx.store
+            .touch(&s.token, now + fx.lifetimes.presence_ms)
+            .await
+            .expect("touch")
+            .expect("live session");
+    }
     assert_eq!(
         fx.store
             .send_request(request(&fx, &a, &b), new_room(&fx))

@@ -64,14 +64,6 @@ fn room() -> Room {
     }
 }
 
-fn online() -> PresenceState {
-    PresenceState {
-        conns: 1,
-        http_until: NOW + 600_000,
-        offline_since: None,
-    }
-}
-
 #[tokio::test]
 async fn register_with_store_down_publishes_nothing() {
     let mut store = MockStore::new();
@@ -195,7 +187,8 @@ async fn decline_and_cancel_with_store_down_publish_nothing() {
 #[tokio::test]
 async fn send_request_with_store_down_sends_no_chat_request() {
     let mut store = MockStore::new();
-    store.expect_presence().returning(|_| Ok(Some(online())));
+    // The store checks the target's presence itself, in the same step.
+    store.expect_presence().never();
     store
         .expect_send_request()
         .times(1)
@@ -208,14 +201,18 @@ async fn send_request_with_store_down_sends_no_chat_request() {
 }
 
 #[tokio::test]
-async fn send_request_stops_at_the_first_failure() {
+async fn send_request_to_an_offline_user_publishes_nothing() {
     let mut store = MockStore::new();
-    store.expect_presence().returning(|_| down());
-    store.expect_send_request().never();
-    let chat = service(store, silent_bus());
+    store
+        .expect_send_request()
+        .times(1)
+        .returning(|_, _| Err(Error::UserNotFound));
+    let mut bus = MockEventBus::new();
+    bus.expect_publish().never();
+    let chat = service(store, bus);
     assert_eq!(
         chat.send_request(&a(), "+14155550101").await,
-        Err(Error::StoreUnavailable)
+        Err(Error::UserNotFound)
     );
 }
 
@@ -331,7 +328,6 @@ async fn connect_that_was_counted_is_not_reported_failed() {
 #[tokio::test]
 async fn a_bus_down_does_not_fail_a_stored_change() {
     let mut store = MockStore::new();
-    store.expect_presence().returning(|_| Ok(Some(online())));
     store
         .expect_send_request()
         .returning(|_, _| Ok(SendOutcome::Sent));

@@ -394,9 +394,13 @@ return orphans
 const SEND_REQUEST: &str = r#"
 local from, to, created, expires = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rid, rc, rx = ARGV[6], ARGV[7], ARGV[8]
--- Checked here, not only by the caller: a session that ended since must not leave a request
--- for the next session of that phone.
-if redis.call('EXISTS', k_sess(to)) == 0 then return {'no_user'} end
+-- A session that ended (or went offline) must not be left a request, nor leave one for the
+-- next session of that phone: online means a socket, or `created` inside the HTTP window.
+local h = redis.call('HGET', k_sess(to), 'h')
+if not h then return {'no_user'} end
+if tonumber(created) >= tonumber(h) and redis.call('SCARD', k_uconns(to)) == 0 then
+  return {'no_user'}
+end
 local id = pair_room(from, to)
 if id then return {'exists', id} end
 if request_live(to, from, created) then
