@@ -130,6 +130,35 @@ impl Delivery {
         }
     }
 
+    /// `chat_request` to the target of a request sent by `from` at `created_at`.
+    pub fn chat_request(from: &Phone, to: &Phone, created_at: Millis) -> Delivery {
+        Delivery::to_user(
+            to.clone(),
+            Event::ChatRequest {
+                from: from.clone(),
+                to: to.clone(),
+                created_at,
+            },
+        )
+    }
+
+    /// `request_accepted` to each member of the room `chat_id` made by an accept, naming the
+    /// other member.
+    pub fn request_accepted(chat_id: RoomId, members: &[Phone; 2]) -> [Delivery; 2] {
+        let [a, b] = members;
+        let tell = |to_user: &Phone, from_user: &Phone| {
+            Delivery::to_user(
+                to_user.clone(),
+                Event::RequestAccepted {
+                    chat_id,
+                    from_user: from_user.clone(),
+                    to_user: to_user.clone(),
+                },
+            )
+        };
+        [tell(a, b), tell(b, a)]
+    }
+
     /// An event for every socket joined to `room`.
     pub fn to_room(room: RoomId, event: Event) -> Delivery {
         Delivery {

@@ -272,6 +272,13 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    /// Tells both members of a room just made by an accept (called under the state lock).
+    fn announce_room(&self, room: &Room) {
+        for delivery in Delivery::request_accepted(room.id, &room.members) {
+            self.shared.sink.deliver(&delivery);
+        }
+    }
+
     fn state(&self) -> Result<MutexGuard<'_, State>> {
         // A poisoned lock means a bug panicked mid-operation; refuse rather than serve torn state.
         self.shared
@@ -467,7 +474,9 @@ impl Store for MemoryStore {
         }
         if s.request_live(to, from, now) {
             let (from, to) = (to.clone(), from.clone());
-            return Ok(SendOutcome::Accepted(s.make_room(&from, &to, room)));
+            let room = s.make_room(&from, &to, room);
+            self.announce_room(&room);
+            return Ok(SendOutcome::Accepted(room));
         }
         if s.request_live(from, to, now) {
             return Ok(SendOutcome::AlreadyPending);
@@ -487,6 +496,10 @@ impl Store for MemoryStore {
             },
             request.expires_at,
         );
+        // Delivered under the lock, like every change's event here.
+        self.shared
+            .sink
+            .deliver(&Delivery::chat_request(from, to, now));
         s.requests.insert((from.clone(), to.clone()), request);
         Ok(SendOutcome::Sent)
     }
@@ -502,7 +515,9 @@ impl Store for MemoryStore {
         if !s.request_live(from, to, now) || s.pair_room.contains_key(&pair(from, to)) {
             return Ok(None);
         }
-        Ok(Some(s.make_room(from, to, room)))
+        let room = s.make_room(from, to, room);
+        self.announce_room(&room);
+        Ok(Some(room))
     }
 
     async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {

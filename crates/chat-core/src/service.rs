@@ -389,27 +389,14 @@ impl ChatService {
             created_at: now,
             expires_at: now.saturating_add(secs(self.inner.config.request_ttl_secs)),
         };
+        // The store publishes what it did (chat_request, or request_accepted) with it.
         match self
             .store()
             .send_request(request, self.new_room(now))
             .await?
         {
-            SendOutcome::Sent => {
-                self.publish(Delivery::to_user(
-                    to.clone(),
-                    Event::ChatRequest {
-                        from: me.clone(),
-                        to,
-                        created_at: now,
-                    },
-                ))
-                .await;
-                Ok(SendResult::Sent)
-            }
-            SendOutcome::Accepted(room) => {
-                self.announce_accept(&room).await;
-                Ok(SendResult::Accepted(room.id))
-            }
+            SendOutcome::Sent => Ok(SendResult::Sent),
+            SendOutcome::Accepted(room) => Ok(SendResult::Accepted(room.id)),
             SendOutcome::AlreadyPending => Err(Error::AlreadyPending),
             SendOutcome::RoomExists(chat_id) => Err(Error::RoomExists { chat_id }),
         }
@@ -421,22 +408,6 @@ impl ChatService {
             created_at: now,
             expires_at: now.saturating_add(secs(self.inner.config.room_ttl_secs)),
         }
-    }
-
-    /// Tells both members, the two publishes at once.
-    async fn announce_accept(&self, room: &Room) {
-        let [a, b] = &room.members;
-        let tell = |to_user: &Phone, from_user: &Phone| {
-            self.publish(Delivery::to_user(
-                to_user.clone(),
-                Event::RequestAccepted {
-                    chat_id: room.id,
-                    from_user: from_user.clone(),
-                    to_user: to_user.clone(),
-                },
-            ))
-        };
-        tokio::join!(tell(a, b), tell(b, a));
     }
 
     /// The user's pending requests.
@@ -463,12 +434,12 @@ impl ChatService {
         };
         let now = self.now();
         if accept {
+            // The store tells both members (request_accepted) with the accept.
             let room = self
                 .store()
                 .accept_request(&requester, me, self.new_room(now), now)
                 .await?
                 .ok_or(Error::RequestNotFound)?;
-            self.announce_accept(&room).await;
             Ok(Some(room.id))
         } else {
             if !self.store().remove_request(&requester, me, now).await? {

@@ -248,6 +248,11 @@ pub trait Store: Send + Sync + 'static {
     /// `Timer::RequestExpiry` or `Timer::RoomExpiry` accordingly. Requests past their
     /// `expires_at` count as absent.
     ///
+    /// What it did is published through this backend's bus in the same atomic step, so no
+    /// node can see the change without its event: a sent request as
+    /// [`Delivery::chat_request`](crate::Delivery::chat_request) to `request.to`, a room made
+    /// as [`Delivery::request_accepted`](crate::Delivery::request_accepted) to both members.
+    ///
     /// Fails with `UserNotFound`, storing nothing, when `request.to` has no session or is not
     /// online at `request.created_at` (no socket, HTTP presence window over), checked in the
     /// same atomic step: a request to a session that ended, or went offline, a moment before must
@@ -258,6 +263,9 @@ pub trait Store: Send + Sync + 'static {
     /// Accepts the pending request `from → to`: removes it (and any `to → from`) and creates
     /// `room` with members `[from, to]`, scheduling `Timer::RoomExpiry`. `None` when no such
     /// request is pending at `now`. Exactly one of any number of concurrent accepts succeeds.
+    /// The room made is published as
+    /// [`Delivery::request_accepted`](crate::Delivery::request_accepted) to both members
+    /// through this backend's bus, in the same atomic step.
     async fn accept_request(
         &self,
         from: &Phone,

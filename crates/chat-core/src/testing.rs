@@ -239,6 +239,7 @@ macro_rules! store_conformance {
             send_request_to_room_partner_is_room_exists,
             send_request_to_phone_without_session_is_user_not_found,
             send_request_to_offline_user_is_user_not_found,
+            requests_and_accepts_are_published,
             expired_request_counts_as_absent,
             accept_request_makes_room_once,
             remove_request_reports_pending,
@@ -1186,6 +1187,90 @@ pub async fn send_request_to_phone_without_session_is_user_not_found(fx: Fixture
             .expect("send_request"),
         SendOutcome::Sent
     );
+}
+
+/// A sent request is published to its target as `ChatRequest`, and a room made (by an accept,
+/// or by a crossed request) to both members as `RequestAccepted` naming the other; refused and
+/// repeated ones publish nothing.
+pub async fn requests_and_accepts_are_published(fx: Fixture) {
+    let [a, b, c] = [fx.phone(1), fx.phone(2), fx.phone(3)];
+    for p in [&a, &b, &c] {
+        register(&fx, p).await;
+    }
+    for p in [&a, &b, &c] {
+        fx.bus
+            .subscribe(Audience::User(p.clone()))
+            .await
+            .expect("subscribe");
+    }
+    let ab = request(&fx, &a, &b);
+    let created_at = ab.created_at;
+    assert_eq!(
+        fx.store.send_request(ab, new_room(&fx)).await,
+        Ok(SendOutcome::Sent)
+    );
+    assert_eq!(
+        fx.store
+            .send_request(request(&fx, &a, &b), new_room(&fx))
+            .await,
+        Ok(SendOutcome::AlreadyPending)
+    );
+    let first = fx.wait_for_events(&Audience::User(b.clone()), 1).await;
+    assert_eq!(
+        first,
+        vec![Event::ChatRequest {
+            from: a.clone(),
+            to: b.clone(),
+            created_at,
+        }]
+    );
+    let made = new_room(&fx);
+    let room_ab = fx
+        .store
+        .accept_request(&a, &b, made, fx.now())
+        .await
+        .expect("accept")
+        .expect("pending");
+    let accepted = |chat_id, from_user: &Phone, to_user: &Phone| Event::RequestAccepted {
+        chat_id,
+        from_user: from_user.clone(),
+        to_user: to_user.clone(),
+    };
+    assert_eq!(
+        fx.wait_for_events(&Audience::User(a.clone()), 1).await,
+        vec![accepted(room_ab.id, &b, &a)]
+    );
+    assert_eq!(
+        fx.wait_for_events(&Audience::User(b.clone()), 2).await[1],
+        accepted(room_ab.id, &a, &b)
+    );
+    // Crossed: C asks A, then A asks C, which makes the room at once.
+    fx.store
+        .send_request(request(&fx, &c, &a), new_room(&fx))
+        .await
+        .expect("send_request");
+    let crossed = new_room(&fx);
+    let crossed_id = crossed.id;
+    assert!(matches!(
+        fx.store.send_request(request(&fx, &a, &c), crossed).await,
+        Ok(SendOutcome::Accepted(r)) if r.id == crossed_id
+    ));
+    let to_a = fx.wait_for_events(&Audience::User(a.clone()), 3).await;
+    assert!(
+        matches!(&to_a[1], Event::ChatRequest { from, .. } if from == &c),
+        "{to_a:?}"
+    );
+    assert_eq!(to_a[2], accepted(crossed_id, &c, &a));
+    assert_eq!(
+        fx.wait_for_events(&Audience::User(c.clone()), 1).await,
+        vec![accepted(crossed_id, &a, &c)]
+    );
+    for p in [&a, &b, &c] {
+        fx.bus
+            .unsubscribe(Audience::User(p.clone()))
+            .await
+            .expect("unsubscribe");
+    }
 }
 
 /// A request to a user with a session but offline (no socket, HTTP window over) is

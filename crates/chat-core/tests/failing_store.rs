@@ -328,15 +328,37 @@ async fn connect_that_was_counted_is_not_reported_failed() {
 #[tokio::test]
 async fn a_bus_down_does_not_fail_a_stored_change() {
     let mut store = MockStore::new();
-    store
-        .expect_send_request()
-        .returning(|_, _| Ok(SendOutcome::Sent));
+    store.expect_remove_request().returning(|_, _, _| Ok(true));
     let mut bus = MockEventBus::new();
     bus.expect_publish().times(1).returning(|_| down());
+    let chat = service(store, bus);
+    assert_eq!(chat.cancel_request(&a(), "+14155550101").await, Ok(()));
+}
+
+#[tokio::test]
+async fn requests_and_accepts_are_published_by_the_store_not_again() {
+    // The store publishes chat_request / request_accepted in the same step as the change.
+    let mut store = MockStore::new();
+    store
+        .expect_send_request()
+        .times(1)
+        .returning(|_, _| Ok(SendOutcome::Sent));
+    let r = room();
+    let id = r.id;
+    store
+        .expect_accept_request()
+        .times(1)
+        .returning(move |_, _, _, _| Ok(Some(r.clone())));
+    let mut bus = MockEventBus::new();
+    bus.expect_publish().never();
     let chat = service(store, bus);
     assert_eq!(
         chat.send_request(&a(), "+14155550101").await,
         Ok(SendResult::Sent)
+    );
+    assert_eq!(
+        chat.respond_request(&b(), a().as_str(), "accept").await,
+        Ok(Some(id))
     );
 }
 

@@ -388,7 +388,9 @@ forget_node(ARGV[2], ARGV[3], orphans)
 return orphans
 "#;
 
-/// ARGV: prefix, from, to, created_at, expires_at, room id, room created_at, room expires_at.
+/// ARGV: prefix, from, to, created_at, expires_at, room id, room created_at, room expires_at,
+/// then (channel, payload) of the `chat_request` to `to`, and of the `request_accepted` to `to`
+/// and to `from` (published when the request crosses one from `to` and makes the room).
 /// → {'no_user'} | {'exists', id} | {'accepted', id, a, b, created, expires} | {'pending'}
 /// | {'sent'}
 const SEND_REQUEST: &str = r#"
@@ -405,6 +407,8 @@ local id = pair_room(from, to)
 if id then return {'exists', id} end
 if request_live(to, from, created) then
   local r = make_room(to, from, rid, rc, rx)
+  redis.call('PUBLISH', ARGV[11], ARGV[12])
+  redis.call('PUBLISH', ARGV[13], ARGV[14])
   return {'accepted', r[1], r[2], r[3], r[4], r[5]}
 end
 if request_live(from, to, created) then return {'pending'} end
@@ -418,16 +422,21 @@ expire_index(k_in(to), at)
 redis.call('SADD', k_out(from), to)
 expire_index(k_out(from), at)
 redis.call('ZADD', K_TIMERS, expires, 'q|' .. from .. '|' .. to)
+redis.call('PUBLISH', ARGV[9], ARGV[10])
 return {'sent'}
 "#;
 
-/// ARGV: prefix, from, to, now, room id, room created_at, room expires_at.
+/// ARGV: prefix, from, to, now, room id, room created_at, room expires_at, then (channel,
+/// payload) of the `request_accepted` to `from` and to `to`, published with the room.
 /// → nil | {id, a, b, created, expires}
 const ACCEPT: &str = r#"
 local from, to, now = ARGV[2], ARGV[3], ARGV[4]
 if not request_live(from, to, now) then return nil end
 if pair_room(from, to) then return nil end
-return make_room(from, to, ARGV[5], ARGV[6], ARGV[7])
+local r = make_room(from, to, ARGV[5], ARGV[6], ARGV[7])
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+redis.call('PUBLISH', ARGV[10], ARGV[11])
+return r
 "#;
 
 /// ARGV: prefix, from, to, now. → 0/1 (was pending at now)

@@ -318,6 +318,13 @@ impl RedisStore {
         cmd
     }
 
+    /// A delivery as published: its audience's channel and its JSON.
+    fn event(&self, delivery: &Delivery) -> Result<(String, String)> {
+        let json =
+            serde_json::to_string(delivery).map_err(|_| bad_reply("delivery not serialisable"))?;
+        Ok((self.inner.bus.channel(&delivery.audience), json))
+    }
+
     async fn command(&self, cmd: &redis::Cmd) -> Result<Value> {
         let mut conn = self.inner.conn.clone();
         bounded(cmd.query_async::<Value>(&mut conn)).await
@@ -564,17 +571,28 @@ impl Store for RedisStore {
     }
 
     async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<SendOutcome> {
+        let (from, to) = (&request.from, &request.to);
+        let asked = self.event(&Delivery::chat_request(from, to, request.created_at))?;
+        // A crossed request makes the room [to, from].
+        let [to_to, to_from] = Delivery::request_accepted(room_.id, &[to.clone(), from.clone()]);
+        let (to_to, to_from) = (self.event(&to_to)?, self.event(&to_from)?);
         let v = items(
             self.run(
                 &self.inner.library.send_request,
                 &[
-                    request.from.as_str(),
-                    request.to.as_str(),
+                    from.as_str(),
+                    to.as_str(),
                     &request.created_at.to_string(),
                     &request.expires_at.to_string(),
                     &room_.id.to_string(),
                     &room_.created_at.to_string(),
                     &room_.expires_at.to_string(),
+                    &asked.0,
+                    &asked.1,
+                    &to_to.0,
+                    &to_to.1,
+                    &to_from.0,
+                    &to_from.1,
                 ],
             )
             .await?,
@@ -600,6 +618,8 @@ impl Store for RedisStore {
         room_: NewRoom,
         now: Millis,
     ) -> Result<Option<Room>> {
+        let [to_from, to_to] = Delivery::request_accepted(room_.id, &[from.clone(), to.clone()]);
+        let (to_from, to_to) = (self.event(&to_from)?, self.event(&to_to)?);
         match self
             .run(
                 &self.inner.library.accept,
@@ -610,6 +630,10 @@ impl Store for RedisStore {
                     &room_.id.to_string(),
                     &room_.created_at.to_string(),
                     &room_.expires_at.to_string(),
+                    &to_from.0,
+                    &to_from.1,
+                    &to_to.0,
+                    &to_to.1,
                 ],
             )
             .await?
@@ -895,9 +919,7 @@ impl Store for RedisStore {
 #[async_trait::async_trait]
 impl EventBus for RedisStore {
     async fn publish(&self, delivery: Delivery) -> Result<()> {
-        let channel = self.inner.bus.channel(&delivery.audience);
-        let json =
-            serde_json::to_vec(&delivery).map_err(|_| bad_reply("delivery not serialisable"))?;
+        let (channel, json) = self.event(&delivery)?;
         self.command(redis::cmd("PUBLISH").arg(channel).arg(json))
             .await?;
         Ok(())
