@@ -76,10 +76,12 @@
 //! | `create_session`, `session`, `touch`, `add_conn`, `remove_conn`, `presence`, `go_offline`, `online_page` | one function each |
 //! | `heartbeat` | `ZADD` |
 //! | `reap_dead_nodes`, `remove_node` | one function (O(sockets of the dead node)) |
-//! | `send_request`, `accept_request`, `remove_request`, `requests` | one function each |
+//! | `send_request`, `accept_request` | one function each, which also checks the target is online (`send_request`) and `PUBLISH`es the `chat_request` / `request_accepted` deliveries the caller encoded |
+//! | `remove_request`, `requests` | one function each |
 //! | `room` | `HMGET` |
 //! | `rooms_of`, `delete_room`, `end_session` | one function each |
 //! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
+//! | `append_messages` | a pipeline of `append_message` functions: one write, one round trip, run in order |
 //! | `history` | `MULTI`, `EXISTS` (room check), `XRANGE (after` / `XREVRANGE`, `EXEC`: one round trip, atomic, no Lua |
 //! | `schedule` | `ZADD` |
 //! | `due_timers`, `finish_timer` | one function each |
@@ -94,7 +96,8 @@
 //! `append_message` publishes the `receive_message` delivery inside its function, right after the
 //! `XADD`, so every node sees a room's messages in history order. It publishes
 //! `<id>|<entry>` (the stored entry behind its id, no JSON) on the room's channel, which names
-//! the room; every other delivery crosses as the JSON of chat-core's `Delivery`.
+//! the room; every other delivery crosses as the JSON of chat-core's `Delivery` (those of
+//! `send_request` and `accept_request` from inside their functions too, encoded by the caller).
 //!
 //! chat-core's `EventBus` contract as this crate keeps it, including on failure:
 //!
