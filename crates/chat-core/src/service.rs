@@ -85,7 +85,6 @@ pub enum SendResult {
     Accepted(RoomId),
 }
 
-/// What one [`ChatService::tick`] did, for logs and tests.
 /// One message of a burst given to [`ChatService::send_messages`], as the client sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
@@ -97,6 +96,7 @@ pub struct Outgoing {
     pub client_id: Option<String>,
 }
 
+/// What one [`ChatService::tick`] did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickReport {
     /// Timers handled.
@@ -618,77 +618,35 @@ impl ChatService {
         text: String,
         client_id: Option<String>,
     ) -> Result<Message> {
-        if let Err(invalid) = self.check_message(&text, client_id.as_deref()) {
-            // Off the hot path: a non-member hears 403 before any 400, as the contract orders.
-            self.room_if_member(me, room).await?;
-            return Err(invalid);
-        }
-        let id = RoomId::parse(room)?;
-        let message = NewMessage {
-            sender: me.clone(),
-            message: text,
-            timestamp: self.now(),
-            client_id,
-        };
+        let (id, message) = self
+            .new_message(me, room, text, client_id, self.now())
+            .await?;
         let appended = self
             .store()
             .append_message(&id, message, self.inner.config.history_max)
             .await?;
-        Ok(match appended {
-            Appended::New(m) => {
-                self.inner
-                    .metrics
-                    .messages_total
-                    .fetch_add(1, Ordering::Relaxed);
-                m
-            }
-            Appended::Duplicate(m) => m,
-        })
+        Ok(self.count(appended))
     }
 
     /// Sends a socket's burst of messages: each checked and answered exactly as
     /// [`ChatService::send_message`] would, in the order given, but the valid ones stored with
     /// one store call ([`Store::append_messages`]), so they cost one round trip. The results
     /// are in the order of `batch`.
-    pub async fn send_messages(
-        &self,
-        me: &Phone,
-        mut batch: Vec<Outgoing>,
-    ) -> Vec<Result<Message>> {
-        if batch.len() == 1 {
-            if let Some(one) = batch.pop() {
-                return vec![
-                    self.send_message(me, &one.room, one.text, one.client_id)
-                        .await,
-                ];
-            }
-        }
+    pub async fn send_messages(&self, me: &Phone, batch: Vec<Outgoing>) -> Vec<Result<Message>> {
         let now = self.now();
-        let mut results: Vec<Option<Result<Message>>> = Vec::with_capacity(batch.len());
+        // `None`: stored, its answer is the store's next one.
+        let mut answers: Vec<Option<Error>> = Vec::with_capacity(batch.len());
         let mut valid = Vec::with_capacity(batch.len());
         for one in batch {
-            if let Err(invalid) = self.check_message(&one.text, one.client_id.as_deref()) {
-                // As in `send_message`: a non-member hears 403 before any 400.
-                results.push(Some(match self.room_if_member(me, &one.room).await {
-                    Err(e) => Err(e),
-                    Ok(_) => Err(invalid),
-                }));
-                continue;
-            }
-            match RoomId::parse(&one.room) {
-                Err(e) => results.push(Some(Err(e))),
-                Ok(id) => {
-                    results.push(None);
-                    valid.push((
-                        id,
-                        NewMessage {
-                            sender: me.clone(),
-                            message: one.text,
-                            timestamp: now,
-                            client_id: one.client_id,
-                        },
-                    ));
+            match self
+                .new_message(me, &one.room, one.text, one.client_id, now)
+                .await
+            {
+                Ok(stored) => {
+                    answers.push(None);
+                    valid.push(stored);
                 }
+                Err(e) => answers.push(Some(e)),
             }
         }
         let mut appended = if valid.is_empty() {
@@ -699,26 +657,52 @@ impl ChatService {
                 .await
         }
         .into_iter();
-        let mut new = 0;
-        let results = results
+        answers
             .into_iter()
-            .map(|slot| match slot {
-                Some(answered) => answered,
+            .map(|refused| match refused {
+                Some(e) => Err(e),
                 // A store that answered fewer than it was given failed the rest.
-                None => match appended.next().unwrap_or(Err(Error::StoreUnavailable))? {
-                    Appended::New(m) => {
-                        new += 1;
-                        Ok(m)
-                    }
-                    Appended::Duplicate(m) => Ok(m),
-                },
+                None => Ok(self.count(appended.next().unwrap_or(Err(Error::StoreUnavailable))?)),
             })
-            .collect();
-        self.inner
-            .metrics
-            .messages_total
-            .fetch_add(new, Ordering::Relaxed);
-        results
+            .collect()
+    }
+
+    /// A message checked in the contract's order, with the room it goes to.
+    async fn new_message(
+        &self,
+        me: &Phone,
+        room: &str,
+        text: String,
+        client_id: Option<String>,
+        now: Millis,
+    ) -> Result<(RoomId, NewMessage)> {
+        if let Err(invalid) = self.check_message(&text, client_id.as_deref()) {
+            // Off the hot path: a non-member hears 403 before any 400, as the contract orders.
+            self.room_if_member(me, room).await?;
+            return Err(invalid);
+        }
+        let id = RoomId::parse(room)?;
+        let message = NewMessage {
+            sender: me.clone(),
+            message: text,
+            timestamp: now,
+            client_id,
+        };
+        Ok((id, message))
+    }
+
+    /// The message a store append answered, counted when new.
+    fn count(&self, appended: Appended) -> Message {
+        match appended {
+            Appended::New(m) => {
+                self.inner
+                    .metrics
+                    .messages_total
+                    .fetch_add(1, Ordering::Relaxed);
+                m
+            }
+            Appended::Duplicate(m) => m,
+        }
     }
 
     fn check_message(&self, text: &str, client_id: Option<&str>) -> Result<()> {

@@ -285,6 +285,11 @@ impl Answers {
         }
         self.count += 1;
     }
+
+    /// Whether each answer was bad, in frame order.
+    fn each(self) -> impl Iterator<Item = bool> {
+        (0..self.count).map(move |i| i < 64 && self.bad & (1 << i) != 0)
+    }
 }
 
 /// What a client text frame asks for, decided before anything is done about it.
@@ -388,11 +393,11 @@ impl Driver<'_> {
             let mut progress = false;
 
             if let Some(handling) = self.handling.as_mut()
-                && let Poll::Ready(bad) = handling.as_mut().poll(cx)
+                && let Poll::Ready(answers) = handling.as_mut().poll(cx)
             {
                 self.handling = None;
-                for i in 0..bad.count {
-                    self.answered(i < 64 && bad.bad & (1 << i) != 0);
+                for bad in answers.each() {
+                    self.answered(bad);
                 }
                 progress = true;
             }
@@ -707,24 +712,19 @@ fn counts_as_bad(error: &Error) -> bool {
 
 /// Handles a frame that needs the service; answers it, and says whether the answer was bad.
 async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -> Answers {
-    // Read frames reach here through `Driver::act`, which gathers `send_message` into bursts.
-    let command = match command {
-        Command::SendMessage(d) => return handle_burst(hub, conn, vec![(ack, d)]).await,
-        other => other,
-    };
-    let ack = ack.as_deref();
     let done = match command {
-        Command::JoinRoom(d) => join_room(&hub, &conn, ack, d).await,
-        Command::LeaveRoom(d) => leave_room(&hub, &conn, ack, d).await,
-        Command::Typing(d) => typing(&hub, &conn, ack, d).await,
-        Command::SendMessage(_) => Ok(()), // handled above
+        // `Driver::act` gathers these into bursts; a lone one is a burst of one.
+        Command::SendMessage(d) => return handle_burst(hub, conn, vec![(ack, d)]).await,
+        Command::JoinRoom(d) => join_room(&hub, &conn, ack.as_deref(), d).await,
+        Command::LeaveRoom(d) => leave_room(&hub, &conn, ack.as_deref(), d).await,
+        Command::Typing(d) => typing(&hub, &conn, ack.as_deref(), d).await,
         // Answered without the service, in `Driver::on_text`.
         Command::Ping | Command::RegisterUserSocket(_) => Ok(()),
     };
     Answers::one(match done {
         Ok(()) => false,
         Err(e) => {
-            hub.reply(&conn, wire::error_frame(ack, &e));
+            hub.reply(&conn, wire::error_frame(ack.as_deref(), &e));
             counts_as_bad(&e)
         }
     })
