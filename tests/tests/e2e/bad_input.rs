@@ -15,6 +15,7 @@ backends!(
     room_fields,
     order_of_checks,
     extra_fields_and_content_type_are_ignored,
+    queries_are_form_encoded,
 );
 
 /// A POST route, a body that passes every check (or fails only on state), and its required fields.
@@ -446,4 +447,75 @@ async fn keep_alive_connections_serve_several_requests() {
         }
     })
     .await
+}
+
+/// Query strings as HTTP libraries and browsers write them (`URLSearchParams`, httpx, requests,
+/// Go's `url.Values`): `+` is a space, `%2B` a `+`; bad escapes and non-UTF-8 are 400; an empty
+/// `limit=` is 400 and an empty `cursor=`/`after=` is none. A JSON `null` optional field is
+/// absent.
+async fn queries_are_form_encoded(b: Backend) {
+    let app = App::start(b, &[]).await;
+    // Registered as a person types it; `"name": null` is the same as no name.
+    let me = app
+        .post(
+            "/register_user",
+            None,
+            &json!({"phone": "+1 (555) 721-0199", "name": null}),
+        )
+        .await
+        .ok();
+    assert_eq!(me["phone"], "+15557210199", "{me}");
+    let token = me["token"].as_str().expect("token").to_owned();
+    let other = app.register(B).await;
+    let room = app
+        .make_room(
+            &chat_tests::User {
+                phone: "+15557210199".into(),
+                token: token.clone(),
+            },
+            &other,
+        )
+        .await;
+    for path in ["/incoming_request", "/active_chatrooms", "/online_users"] {
+        // What `URLSearchParams({phone: "+1 (555) 721-0199"})` writes.
+        app.get(
+            &format!("{path}?phone=%2B1+%28555%29+721-0199"),
+            Some(&token),
+        )
+        .await
+        .ok();
+        app.get(&format!("{path}?phone=%2B15557210199&x=a+b"), Some(&token))
+            .await
+            .ok();
+        // A `+` written unencoded is a space: " 15557210199" is another phone.
+        app.get(&format!("{path}?phone=+15557210199"), Some(&token))
+            .await
+            .err(403, "forbidden");
+        for bad in ["phone=%2", "phone=%zz", "x=%ff", "x=%C3", "%ff=1"] {
+            app.get(&format!("{path}?{bad}"), Some(&token))
+                .await
+                .err(400, "bad_request");
+        }
+    }
+    // Empty values: `limit=` is not a positive integer; `cursor=` and `after=` are none.
+    app.get("/online_users?limit=", Some(&token))
+        .await
+        .err(400, "bad_request");
+    let v = app.get("/online_users?cursor=", Some(&token)).await.ok();
+    assert!(
+        v["online_users"].as_array().is_some_and(|l| !l.is_empty()),
+        "{v}"
+    );
+    let msgs = format!("/chatrooms/{room}/messages");
+    app.get(&format!("{msgs}?limit="), Some(&token))
+        .await
+        .err(400, "bad_request");
+    app.get(&format!("{msgs}?after=&limit=5"), Some(&token))
+        .await
+        .ok();
+    // The page route reads its query the same way.
+    let page = app
+        .get(&format!("/chatroom?room_id={room}&x=a+b"), None)
+        .await;
+    assert_eq!(page.status, 200, "chatroom page: {}", page.text());
 }

@@ -54,7 +54,7 @@ pub(crate) async fn upgrade(app: &App, mut req: Request<Incoming>) -> Result<Res
     // Token step: the header, else `?token=` (browsers cannot set headers on a WebSocket).
     let token = match bearer(headers) {
         Some(t) => Some(t.to_owned()),
-        None => query::param(req.uri().query(), "token").ok().flatten(),
+        None => query::lenient_param(req.uri().query(), "token"),
     }
     .ok_or(Error::Unauthorized)?;
     let service = app.service().clone();

@@ -436,10 +436,13 @@ async fn online_cursor_must_be_one_the_store_gave() {
     for bad in [
         "",
         "xyz",
-        "o1.",
-        "o1.notaphone",
-        "o1.+1 666 000 0040",
-        "m1.+16660000040",
+        "o2.",
+        "o2.notaphone",
+        "o2.p1 666 000 0040",
+        "o2.+16660000040",
+        // The listing cursors of earlier versions.
+        "o1.+16660000040",
+        "m2.p16660000040",
     ] {
         assert!(
             matches!(

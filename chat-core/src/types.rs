@@ -44,6 +44,35 @@ impl Phone {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The phone as it is written inside a listing cursor: its `+` as `p`, so the cursor is
+    /// made of letters, digits and `.` only and reads the same whether or not a client escapes
+    /// it in a query string (where a bare `+` is a space).
+    ///
+    /// ```
+    /// use chat_core::Phone;
+    /// let p = Phone::parse("+14155550100").unwrap();
+    /// assert_eq!(p.cursor_form(), "p14155550100");
+    /// assert_eq!(Phone::from_cursor_form("p14155550100"), Some(p));
+    /// assert_eq!(Phone::from_cursor_form("+14155550100"), None);
+    /// ```
+    pub fn cursor_form(&self) -> String {
+        match self.0.strip_prefix('+') {
+            Some(digits) => format!("p{digits}"),
+            None => self.0.clone(),
+        }
+    }
+
+    /// Reads [`Phone::cursor_form`] back; `None` for anything it does not write.
+    pub fn from_cursor_form(raw: &str) -> Option<Phone> {
+        let text = match raw.strip_prefix('p') {
+            Some(digits) => format!("+{digits}"),
+            None => raw.to_owned(),
+        };
+        Phone::parse(&text)
+            .ok()
+            .filter(|p| p.as_str() == text && p.cursor_form() == raw)
+    }
 }
 
 impl fmt::Display for Phone {

@@ -264,7 +264,7 @@ where
     }
 }
 
-const ONLINE_CURSOR_PREFIX: &str = "m1.";
+const ONLINE_CURSOR_PREFIX: &str = "m2.";
 
 impl MemoryStore {
     /// An empty store.
@@ -414,7 +414,7 @@ impl Store for MemoryStore {
             None => None,
             Some(c) => Some(
                 c.strip_prefix(ONLINE_CURSOR_PREFIX)
-                    .and_then(|p| Phone::parse(p).ok())
+                    .and_then(Phone::from_cursor_form)
                     .ok_or_else(|| Error::bad_request("not a cursor of this server"))?,
             ),
         };
@@ -424,7 +424,7 @@ impl Store for MemoryStore {
         // A page of nothing would end the walk with `next_cursor: None`: serve at least one.
         let page: Vec<&Phone> = range.by_ref().take(limit.max(1)).collect();
         let next_cursor = match (range.next(), page.last()) {
-            (Some(_), Some(last)) => Some(format!("{ONLINE_CURSOR_PREFIX}{last}")),
+            (Some(_), Some(last)) => Some(format!("{ONLINE_CURSOR_PREFIX}{}", last.cursor_form())),
             _ => None,
         };
         let phones = page
@@ -608,10 +608,10 @@ impl Store for MemoryStore {
         }
         r.messages.push_back(stored.clone());
         while r.messages.len() > history_max.max(1) {
-            if let Some(old) = r.messages.pop_front() {
-                if let Some(c) = old.client_id {
-                    r.client_ids.remove(&(old.sender, c));
-                }
+            if let Some(old) = r.messages.pop_front()
+                && let Some(c) = old.client_id
+            {
+                r.client_ids.remove(&(old.sender, c));
             }
         }
         // Delivered under the lock: the order sockets see is the order of history. The

@@ -458,8 +458,13 @@ async fn rooms_and_messages() {
     assert_eq!(r.json["messages"].as_array().unwrap().len(), 1);
     assert_eq!(r.json["more"], false);
 
+    // An empty `limit=` is not a positive integer; an empty `after=` is none.
     let r = s
         .call("GET", &format!("{path}?after=&limit="), Some(&b), None)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = s
+        .call("GET", &format!("{path}?after="), Some(&b), None)
         .await;
     assert_eq!(
         r.json["messages"].as_array().unwrap().len(),
@@ -544,12 +549,17 @@ async fn online_users_pages() {
         .call("GET", "/online_users?limit=5000", Some(&a), None)
         .await;
     assert_eq!(r.status, 200);
-    // Empty values are parameters left out, as the contract writes the route.
-    let r = s
-        .call("GET", "/online_users?cursor=&limit=&phone=", Some(&a), None)
-        .await;
+    // An empty cursor is none; an empty limit is not a positive integer; an empty phone is a
+    // phone that is not the caller's.
+    let r = s.call("GET", "/online_users?cursor=", Some(&a), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["online_users"].as_array().unwrap().len(), 3);
+    for (q, status) in [("cursor=&limit=", 400), ("phone=", 403)] {
+        let r = s
+            .call("GET", &format!("/online_users?{q}"), Some(&a), None)
+            .await;
+        assert_eq!(r.status, status, "{q}: {}", r.text);
+    }
 }
 
 #[tokio::test]

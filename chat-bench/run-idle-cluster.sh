@@ -2,7 +2,7 @@
 # Idle sockets past one process's open-file limit: a cluster of chat-server nodes on one Redis.
 #
 #   cargo build --release -p chat-server -p chat-bench
-#   crates/chat-bench/run-idle-cluster.sh [SOCKETS=50000] [NODES=3] [OUT_DIR]
+#   chat-bench/run-idle-cluster.sh [SOCKETS=50000] [NODES=3] [OUT_DIR]
 #
 # A server holds one descriptor per socket and the load generator one per socket too, so where
 # the open-file hard limit is below SOCKETS (20,000 on the machine the README's figures come
@@ -15,7 +15,7 @@
 # OUT_DIR/cluster.json. Every process it started is stopped at the end, and only those.
 # BENCH and SERVER name other binaries (the smoke test runs it on debug builds, 40 sockets).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 
 SOCKETS=${1:-50000}
 NODES=${2:-3}

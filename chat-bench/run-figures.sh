@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduces the figures of crates/chat-bench/README.md on this machine.
+# Reproduces the figures of chat-bench/README.md on this machine.
 #
 #   cargo build --release -p chat-server -p chat-bench
-#   crates/chat-bench/run-figures.sh [memory|redis|both] [OUT_DIR]
+#   chat-bench/run-figures.sh [memory|redis|both] [OUT_DIR]
 #
 # For each store it starts its own chat-server (and, for Redis, its own redis-server on a free
 # port with persistence off), with every rate limit raised out of the way, runs:
@@ -13,7 +13,7 @@
 # CLUSTER_NODES (3) nodes, past the open-file limit of one process (OUT_DIR/cluster.json).
 # Every server it started is stopped at the end, and only those.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 
 STORES=${1:-both}
 OUT=${2:-target/bench-figures}
@@ -99,6 +99,6 @@ if [[ $STORES == redis || $STORES == both ]]; then
     # Past one process's open-file limit: CLUSTER_SOCKETS idle sockets over CLUSTER_NODES nodes
     # on a Redis of their own.
     echo "-- redis-idle-cluster: ${CLUSTER_SOCKETS:-50000} sockets over ${CLUSTER_NODES:-3} nodes" >&2
-    crates/chat-bench/run-idle-cluster.sh "${CLUSTER_SOCKETS:-50000}" "${CLUSTER_NODES:-3}" "$OUT"
+    chat-bench/run-idle-cluster.sh "${CLUSTER_SOCKETS:-50000}" "${CLUSTER_NODES:-3}" "$OUT"
 fi
 echo "results in $OUT" >&2

@@ -219,12 +219,12 @@ impl ChatService {
         token: Option<&str>,
     ) -> Result<Registration> {
         let phone = Phone::parse(phone)?;
-        if let Some(name) = &name {
-            if name.chars().count() > MAX_NAME_CHARS {
-                return Err(Error::bad_request(format!(
-                    "name must be at most {MAX_NAME_CHARS} characters"
-                )));
-            }
+        if let Some(name) = &name
+            && name.chars().count() > MAX_NAME_CHARS
+        {
+            return Err(Error::bad_request(format!(
+                "name must be at most {MAX_NAME_CHARS} characters"
+            )));
         }
         let refresh = token.and_then(Token::from_client);
         let now = self.now();
@@ -817,14 +817,14 @@ impl ChatService {
                 }
             }
             Timer::RoomIdle(room) => {
-                if let Some(room) = self.store().room(room).await? {
-                    if let Some(idle_since) = self.both_offline_since(&room).await? {
-                        let at = idle_since.saturating_add(secs(self.inner.config.room_idle_secs));
-                        if at <= now {
-                            self.expire_room(&room).await?;
-                        } else {
-                            self.store().schedule(Timer::RoomIdle(room.id), at).await?;
-                        }
+                if let Some(room) = self.store().room(room).await?
+                    && let Some(idle_since) = self.both_offline_since(&room).await?
+                {
+                    let at = idle_since.saturating_add(secs(self.inner.config.room_idle_secs));
+                    if at <= now {
+                        self.expire_room(&room).await?;
+                    } else {
+                        self.store().schedule(Timer::RoomIdle(room.id), at).await?;
                     }
                 }
             }

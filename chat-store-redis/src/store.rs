@@ -13,8 +13,9 @@ use redis::Value;
 
 use crate::{RedisStore, bounded, entry};
 
-/// Online-listing cursors start with this, then the last phone of the page.
-const CURSOR_PREFIX: &str = "o1.";
+/// Online-listing cursors start with this, then the last phone of the page (in
+/// `Phone::cursor_form`).
+const CURSOR_PREFIX: &str = "o2.";
 
 // ------------------------------------------------------------------ reply decoding
 
@@ -511,7 +512,7 @@ impl Store for RedisStore {
             Some(c) => {
                 let after = c
                     .strip_prefix(CURSOR_PREFIX)
-                    .and_then(|raw| Phone::parse(raw).ok().filter(|p| p.as_str() == raw))
+                    .and_then(Phone::from_cursor_form)
                     .ok_or_else(|| Error::bad_request("not a cursor of this server"))?;
                 format!("({after}")
             }
@@ -532,9 +533,14 @@ impl Store for RedisStore {
             .iter()
             .map(|p| phone(&text(p)?))
             .collect::<Result<Vec<_>>>()?;
+        let next_cursor = if more && !last.is_empty() {
+            Some(format!("{CURSOR_PREFIX}{}", phone(&last)?.cursor_form()))
+        } else {
+            None
+        };
         Ok(OnlinePage {
             phones,
-            next_cursor: (more && !last.is_empty()).then(|| format!("{CURSOR_PREFIX}{last}")),
+            next_cursor,
         })
     }
 

@@ -3,7 +3,7 @@
 # deterministic, so a change can be judged on a machine whose cores other work shares (CPU
 # time there moves by tens of percent between runs; instruction counts by well under 1 %).
 #
-#   crates/chat-store-redis/perf/callgrind.sh [CALLS]        (default 20000 per function)
+#   chat-store-redis/perf/callgrind.sh [CALLS]        (default 20000 per function)
 #
 # Starts its own redis-server on a free loopback port under callgrind (never 6379, and only
 # that process is stopped at the end), loads the function library as the store builds it,
@@ -14,7 +14,7 @@
 # binary is stripped, so a per-function breakdown (callgrind_annotate on the .out files it
 # names) shows Lua's internals as addresses.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../.."
 CALLS=${1:-20000}
 WORK=$(mktemp -d /tmp/chat-store-redis-perf.XXXXXX)
 LIB=$WORK/library.lua

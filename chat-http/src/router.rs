@@ -172,7 +172,7 @@ fn find(path: &str, raw_query: Option<&str>) -> Option<(Route, Allow)> {
         "/ws" => Some((Route::Ws, Allow::Get)),
         "/chatroom" | "/chatroom/" => {
             // A query that does not decode names no room: the 404 page.
-            let id = query::param(raw_query, "room_id").ok().flatten();
+            let id = query::lenient_param(raw_query, "room_id");
             Some((
                 Route::Chatroom(id.filter(|s| !s.is_empty())),
                 Allow::GetHead,
@@ -190,7 +190,9 @@ fn find(path: &str, raw_query: Option<&str>) -> Option<(Route, Allow)> {
         // The page's script also accepts a trailing slash.
         let id = rest.strip_suffix('/').unwrap_or(rest);
         if !id.contains('/') {
-            let id = query::decode(id).ok().filter(|s| !s.is_empty());
+            let id = query::decode_segment(id)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.into_owned());
             return Some((Route::Chatroom(id), Allow::GetHead));
         }
         return None;
@@ -199,7 +201,7 @@ fn find(path: &str, raw_query: Option<&str>) -> Option<(Route, Allow)> {
         let (id, tail) = rest.split_once('/')?;
         if tail == "messages" && !id.is_empty() {
             // An id that does not decode cannot be a room: the service answers room_not_found.
-            let id = query::decode(id).unwrap_or_default();
+            let id = query::decode_segment(id).unwrap_or_default().into_owned();
             return Some((Route::Messages(id), Allow::Get));
         }
     }

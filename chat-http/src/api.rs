@@ -162,16 +162,18 @@ pub(crate) async fn handle(
     let me = &session.phone;
     let raw_query = parts.uri.query();
     query::validate(raw_query)?;
-    // An empty value is a parameter left out: the contract writes `?cursor=&limit=`.
-    let q = |name: &str| query::param(raw_query, name).map(|v| v.filter(|v| !v.is_empty()));
+    let q = |name: &str| query::param(raw_query, name);
+    // An empty `cursor=` or `after=` is the parameter left out (the contract writes
+    // `?cursor=&limit=`); an empty `limit=` is not a positive integer.
+    let q_or_none = |name: &str| query::param_or_none(raw_query, name);
     // `?phone=` names the caller on any route.
-    let named = q("phone")?;
+    let named = q("phone");
 
     match route {
         Route::OnlineUsers => {
             service.check_caller(&session, named.as_deref())?;
             let page = service
-                .online_users(q("cursor")?, q("limit")?.as_deref())
+                .online_users(q_or_none("cursor"), q("limit").as_deref())
                 .await?;
             let phones: Vec<&str> = page.phones.iter().map(|p| p.as_str()).collect();
             Ok(reply::ok(json!({
@@ -236,7 +238,12 @@ pub(crate) async fn handle(
         Route::Messages(room) => {
             service.check_caller(&session, named.as_deref())?;
             let page = service
-                .history(me, &room, q("after")?.as_deref(), q("limit")?.as_deref())
+                .history(
+                    me,
+                    &room,
+                    q_or_none("after").as_deref(),
+                    q("limit").as_deref(),
+                )
                 .await?;
             let messages = page
                 .messages
