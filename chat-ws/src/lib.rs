@@ -44,7 +44,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::task::TaskTracker;
 
-use crate::registry::{Conn, Offer, Registry};
+use crate::registry::{Conn, Offer, Registry, Subscribe};
 
 /// tungstenite's read buffer per socket. It is allocated when the socket opens and lives as
 /// long as it, so it is small: chat frames are a few hundred bytes, and a larger frame is read
@@ -148,6 +148,12 @@ impl EventSink for WeakHub {
         }
     }
 }
+
+/// How long a socket waits for the subscription another socket of this node is making for
+/// the same user or room (see `registry::Subscription`). The subscribing side is bounded by
+/// the bus (the Redis bus gives up after its operation timeout); this bounds the wait whatever
+/// the bus.
+pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 /// The largest frame the server ever sends: a `room_history` of the most messages a join
 /// returns, each at the longest text, every character escaped (`\u001f` is 6 bytes), plus
@@ -323,6 +329,26 @@ impl Hub {
     async fn subscribe(&self, audience: Audience) {
         if let Err(e) = self.service().bus().subscribe(audience.clone()).await {
             tracing::warn!(error = %e, ?audience, "bus subscribe failed");
+        }
+    }
+
+    /// Makes sure the node's subscription to `audience` is in place before the socket that
+    /// `sub` came with goes on: the first socket subscribes, later ones wait for it (at most
+    /// [`SUBSCRIBE_WAIT`]; a subscribe that failed leaves the channel to the bus's own retry).
+    async fn subscribed(&self, audience: Audience, sub: Subscribe) {
+        match sub {
+            Subscribe::First(sub) => {
+                let _ready = sub.ready_on_drop();
+                self.subscribe(audience).await;
+            }
+            Subscribe::Wait(sub) => {
+                if tokio::time::timeout(SUBSCRIBE_WAIT, sub.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(?audience, "gave up waiting for another socket's subscribe");
+                }
+            }
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chat_core::{MessageId, Phone, RoomId, Session};
 use futures_util::task::AtomicWaker;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -73,6 +74,8 @@ impl CloseReason {
 pub(crate) enum Offer {
     /// Queued (or held until the socket's join completes).
     Queued,
+    /// A message the socket's `room_history` already held: not sent again.
+    Seen,
     /// The socket is closing; the frame was dropped.
     Dropped,
     /// The queue was full (in frames or in bytes): the socket is now closing as a slow
@@ -92,6 +95,12 @@ struct JoinedRoom {
     id: RoomId,
     /// `Some` while the join is in progress: room events wait here, behind the history.
     held: Option<Vec<Held>>,
+    /// The newest message the join's `room_history` held (or its `since`). A delivery of a
+    /// message at or before it is skipped, also after the join completed: a message stored
+    /// before the history was read may still be on its way through the bus (Redis, the
+    /// node's receive queue) when the join completes, and the history already sent it.
+    /// Messages of a room arrive in history order, so this only ever skips a short tail.
+    floor: Option<MessageId>,
     /// The room was closed or expired while this socket was joining it. The entry stays (in
     /// the registry's room list too) until the join itself ends, because that join may still
     /// be subscribing the node to the room: the unsubscribe that pairs with it must come after
@@ -222,8 +231,16 @@ impl Conn {
         if st.closing.is_some() {
             return Offer::Dropped;
         }
-        let held_here =
-            room.is_some_and(|(room, _)| st.rooms.iter().any(|r| r.id == room && r.held.is_some()));
+        let joined = room.and_then(|(room, message)| {
+            let r = st.rooms.iter().find(|r| r.id == room)?;
+            Some((r.held.is_some(), message.zip(r.floor)))
+        });
+        if let Some((_, Some((message, floor)))) = joined
+            && message <= floor
+        {
+            return Offer::Seen;
+        }
+        let held_here = joined.is_some_and(|(held, _)| held);
         let (held_frames, held_bytes) = st.held();
         // A frame that goes to an empty queue (not held) becomes its head: not counted.
         let adds = if st.queue.is_empty() && !held_here {
@@ -323,13 +340,124 @@ impl Conn {
     }
 }
 
+/// This node's bus subscription to one audience (a user or a room), as the sockets that need
+/// it see it.
+///
+/// The socket that takes the node from no local socket of the audience to one subscribes,
+/// then marks the subscription ready; every later socket waits until it is before it reads
+/// state or tells anyone it is there. Without the wait, a second socket could read a room's
+/// history and announce its `user_joined` while the first one's `SUBSCRIBE` was still on its
+/// way to Redis: the node would not receive that announcement, and neither socket would see
+/// it. A new subscription is made each time the node goes from none to one again.
+#[derive(Clone)]
+pub(crate) struct Subscription(Arc<watch::Sender<bool>>);
+
+impl Subscription {
+    fn new() -> Subscription {
+        Subscription(Arc::new(watch::Sender::new(false)))
+    }
+
+    /// A guard that marks the subscription ready when dropped: held by the subscribing socket
+    /// across its `subscribe`, so waiters are released however that ends (done, failed, or the
+    /// socket's future dropped).
+    pub(crate) fn ready_on_drop(&self) -> ReadyOnDrop {
+        ReadyOnDrop(self.clone())
+    }
+
+    /// Waits until the subscribing socket is done (its `subscribe` is bounded in time).
+    pub(crate) async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`: `wait_for` cannot fail.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Whether the subscribing socket is done.
+    #[cfg(test)]
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Subscription")
+            .field(&*self.0.borrow())
+            .finish()
+    }
+}
+
+impl PartialEq for Subscription {
+    fn eq(&self, other: &Subscription) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Marks a [`Subscription`] ready when dropped.
+pub(crate) struct ReadyOnDrop(Subscription);
+
+impl Drop for ReadyOnDrop {
+    fn drop(&mut self) {
+        self.0.0.send_replace(true);
+    }
+}
+
+/// What a socket must do about the node's subscription to an audience it now belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Subscribe {
+    /// It is the node's first socket of the audience: subscribe, then mark it ready.
+    First(Subscription),
+    /// Another socket subscribed (or is subscribing): wait until it is ready.
+    Wait(Subscription),
+}
+
+impl Subscribe {
+    /// Whether this socket is the one that subscribes.
+    #[cfg(test)]
+    pub(crate) fn is_first(&self) -> bool {
+        matches!(self, Subscribe::First(_))
+    }
+}
+
+/// The subscriptions of one kind of audience, kept for exactly as long as the registry has
+/// local sockets of the audience.
+struct Subscriptions<K>(HashMap<K, Subscription>);
+
+impl<K> Default for Subscriptions<K> {
+    fn default() -> Self {
+        Subscriptions(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Subscriptions<K> {
+    /// A socket of `key` arrived; `first`: the node had none.
+    fn arrive(&mut self, key: K, first: bool) -> Subscribe {
+        if first {
+            let sub = Subscription::new();
+            self.0.insert(key, sub.clone());
+            return Subscribe::First(sub);
+        }
+        let sub = self.0.entry(key).or_insert_with(|| {
+            // Unreachable while the registry keeps both maps in step; ready, so nobody waits.
+            let sub = Subscription::new();
+            sub.0.send_replace(true);
+            sub
+        });
+        Subscribe::Wait(sub.clone())
+    }
+
+    /// The node's last socket of `key` is gone.
+    fn forget(&mut self, key: &K) {
+        self.0.remove(key);
+    }
+}
+
 /// The outcome of starting a join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum BeginJoin {
     /// The socket is already in the room; nothing is held.
     AlreadyJoined,
-    /// The socket is now joining; `first`: no other socket of this node is in the room.
-    Joining { first: bool },
+    /// The socket is now joining; what it must do about the node's subscription to the room.
+    Joining(Subscribe),
     /// The socket is closing.
     Closing,
 }
@@ -364,19 +492,24 @@ pub(crate) struct Registry {
     pub(crate) users: HashMap<Phone, Vec<Arc<Conn>>>,
     /// Sockets joined (or joining) a room, by room.
     pub(crate) rooms: HashMap<RoomId, Vec<Arc<Conn>>>,
+    /// The node's subscription to each user of `users`.
+    user_subs: Subscriptions<Phone>,
+    /// The node's subscription to each room of `rooms`.
+    room_subs: Subscriptions<RoomId>,
 }
 
 impl Registry {
-    /// Adds an open socket: `Some(first)` where `first` says it is its user's first on this
-    /// node, `None` when the node is shutting down.
-    pub(crate) fn add(&mut self, conn: &Arc<Conn>) -> Option<bool> {
+    /// Adds an open socket: what it must do about the node's subscription to its user, `None`
+    /// when the node is shutting down.
+    pub(crate) fn add(&mut self, conn: &Arc<Conn>) -> Option<Subscribe> {
         if self.shutting_down {
             return None;
         }
         self.open += 1;
         let conns = self.users.entry(conn.phone().clone()).or_default();
         conns.push(Arc::clone(conn));
-        Some(conns.len() == 1)
+        let first = conns.len() == 1;
+        Some(self.user_subs.arrive(conn.phone().clone(), first))
     }
 
     /// Removes a socket and every room it joined. `None` when it was not registered.
@@ -391,6 +524,7 @@ impl Registry {
         let user_last = conns.is_empty();
         if user_last {
             self.users.remove(conn.phone());
+            self.user_subs.forget(conn.phone());
         }
         let rooms = std::mem::take(&mut conn.lock().rooms);
         let rooms = rooms
@@ -409,6 +543,7 @@ impl Registry {
         let last = conns.is_empty();
         if last {
             self.rooms.remove(&room);
+            self.room_subs.forget(&room);
         }
         last
     }
@@ -427,14 +562,14 @@ impl Registry {
             st.rooms.push(JoinedRoom {
                 id: room,
                 held: Some(Vec::new()),
+                floor: None,
                 ended: false,
             });
         }
         let conns = self.rooms.entry(room).or_default();
         conns.push(Arc::clone(conn));
-        BeginJoin::Joining {
-            first: conns.len() == 1,
-        }
+        let first = conns.len() == 1;
+        BeginJoin::Joining(self.room_subs.arrive(room, first))
     }
 
     /// A join that failed: forgets it; whether the socket was the node's last in the room.
@@ -490,13 +625,14 @@ impl Registry {
         let last = conns.is_empty();
         if last {
             self.rooms.remove(&room);
+            self.room_subs.forget(&room);
         }
         last
     }
 
     /// Ends a join: queues `history`, then what was held for the room meanwhile, skipping
-    /// messages the history already holds (ids up to `seen`), and from then on room events flow
-    /// directly. Unless the room ended during the join: then the socket leaves it instead.
+    /// messages the history already holds (ids up to `seen`, also when they arrive later), and
+    /// from then on room events flow directly. Unless the room ended during the join: then the socket leaves it instead.
     pub(crate) fn complete_join(
         &mut self,
         conn: &Arc<Conn>,
@@ -520,6 +656,7 @@ impl Registry {
             return Completed::Joined(Offer::Dropped);
         }
         let held = st.rooms[pos].held.take().unwrap_or_default();
+        st.rooms[pos].floor = seen;
         let fresh = held
             .into_iter()
             .filter(|h| match (h.message, seen) {

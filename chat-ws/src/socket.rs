@@ -176,7 +176,7 @@ impl Opened {
     async fn start(&mut self) {
         let hub = &self.hub;
         let conn = &self.conn;
-        let Some(first) = hub.write().add(conn) else {
+        let Some(sub) = hub.write().add(conn) else {
             conn.clear();
             conn.request_close(CloseReason::Shutdown);
             return;
@@ -186,9 +186,10 @@ impl Opened {
         metrics
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if first {
-            hub.subscribe(Audience::User(conn.phone().clone())).await;
-        }
+        // Before `connect` (and so before `connection_status` goes out): an event for the
+        // user published after that reaches this node.
+        hub.subscribed(Audience::User(conn.phone().clone()), sub)
+            .await;
         let key = hub.conn_key(conn);
         match Box::pin(hub.service().connect(conn.phone(), &key)).await {
             Ok(()) => self.connected = true,
@@ -803,11 +804,11 @@ async fn join_room(
         match begun {
             BeginJoin::Closing => return Ok(()),
             BeginJoin::AlreadyJoined => {}
-            BeginJoin::Joining { first } => {
+            BeginJoin::Joining(sub) => {
                 joining = Some(room);
-                if first {
-                    hub.subscribe(Audience::Room(room)).await;
-                }
+                // Before the history is read and the join announced, whichever socket of this
+                // node subscribes: what is published from then on reaches this node.
+                hub.subscribed(Audience::Room(room), sub).await;
             }
         }
     }

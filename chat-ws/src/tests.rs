@@ -794,14 +794,14 @@ fn a_room_that_ends_during_a_join_is_left_when_the_join_ends() {
     let f = |s: &'static str| Utf8Bytes::from_static(s);
 
     // `joining` made the node subscribe (maybe still in flight); `joined` is fully in.
-    assert_eq!(
+    assert!(matches!(
         registry.begin_join(&joining, room),
-        BeginJoin::Joining { first: true }
-    );
-    assert_eq!(
+        BeginJoin::Joining(s) if s.is_first()
+    ));
+    assert!(matches!(
         registry.begin_join(&joined, room),
-        BeginJoin::Joining { first: false }
-    );
+        BeginJoin::Joining(s) if !s.is_first()
+    ));
     assert_eq!(
         registry.complete_join(&joined, room, f("history"), None),
         Completed::Joined(Offer::Queued)
@@ -823,19 +823,19 @@ fn a_room_that_ends_during_a_join_is_left_when_the_join_ends() {
     assert!(registry.rooms.is_empty());
 
     // A join that fails because the room is gone does the same through `abort_join`.
-    assert_eq!(
+    assert!(matches!(
         registry.begin_join(&joining, room),
-        BeginJoin::Joining { first: true }
-    );
+        BeginJoin::Joining(s) if s.is_first()
+    ));
     assert!(!registry.end_room(room));
     assert!(registry.abort_join(&joining, room));
     assert!(registry.rooms.is_empty());
 
     // A joined socket re-reading the history while the room ends: out already, nothing owed.
-    assert_eq!(
+    assert!(matches!(
         registry.begin_join(&joined, room),
-        BeginJoin::Joining { first: true }
-    );
+        BeginJoin::Joining(s) if s.is_first()
+    ));
     registry.complete_join(&joined, room, f("history"), None);
     assert_eq!(registry.begin_join(&joined, room), BeginJoin::AlreadyJoined);
     assert!(registry.end_room(room));
@@ -1015,12 +1015,12 @@ fn room_events_during_a_join_wait_behind_the_history() {
     };
     let conn = Arc::new(Conn::new(1, a, 16, SEND_QUEUE_BYTES));
     let mut registry = Registry::default();
-    assert_eq!(registry.add(&conn), Some(true));
+    assert!(registry.add(&conn).is_some_and(|s| s.is_first()));
     let room = RoomId::generate();
-    assert_eq!(
+    assert!(matches!(
         registry.begin_join(&conn, room),
-        BeginJoin::Joining { first: true }
-    );
+        BeginJoin::Joining(s) if s.is_first()
+    ));
     let id = |ms| Some(chat_core::MessageId { ms, seq: 0 });
     let f = |s: &'static str| Utf8Bytes::from_static(s);
     // Arrive while the history is being read: one message it holds, one it does not.
@@ -1040,8 +1040,12 @@ fn room_events_during_a_join_wait_behind_the_history() {
         .map(|f| f.to_string())
         .collect();
     assert_eq!(queued, ["history", "joined", "new"]);
+    // A message the history held that was still on its way through the bus when the join
+    // completed is not sent again; newer ones flow.
+    assert_eq!(conn.offer(&f("late old"), Some((room, id(1)))), Offer::Seen);
     conn.offer(&f("later"), Some((room, id(3))));
     assert_eq!(conn.pop().as_deref(), Some("later"));
+    assert_eq!(conn.pop(), None);
     assert_eq!(registry.begin_join(&conn, room), BeginJoin::AlreadyJoined);
     let removed = registry.remove(&conn).unwrap();
     assert!(removed.user_last);
@@ -1079,10 +1083,10 @@ fn the_queue_is_bounded_in_bytes_behind_its_head() {
     let mut registry = Registry::default();
     registry.add(&conn);
     let room = RoomId::generate();
-    assert_eq!(
+    assert!(matches!(
         registry.begin_join(&conn, room),
-        BeginJoin::Joining { first: true }
-    );
+        BeginJoin::Joining(s) if s.is_first()
+    ));
     for _ in 0..9 {
         assert_eq!(conn.offer(&frame(100), Some((room, None))), Offer::Queued);
     }
@@ -1466,4 +1470,51 @@ async fn the_socket_task_keeps_no_dead_copies() {
         task < 2 * ws + 512,
         "socket future of {task} bytes (WebSocket {ws})"
     );
+}
+
+/// A second socket of a user or a room waits for the node's subscription that the first one
+/// is making, and both are released however the first one's subscribe ends.
+#[tokio::test]
+async fn later_sockets_wait_for_the_first_ones_subscription() {
+    use crate::registry::Subscribe;
+    let session = |phone: &str| Session {
+        phone: Phone::parse(phone).unwrap(),
+        name: None,
+        token: Token::generate().unwrap(),
+        created_at: 0,
+    };
+    let first = Arc::new(Conn::new(1, session(A), 16, SEND_QUEUE_BYTES));
+    let second = Arc::new(Conn::new(2, session(A), 16, SEND_QUEUE_BYTES));
+    let mut registry = Registry::default();
+    let Some(Subscribe::First(mine)) = registry.add(&first) else {
+        panic!("the first socket subscribes");
+    };
+    let Some(Subscribe::Wait(theirs)) = registry.add(&second) else {
+        panic!("the second socket waits");
+    };
+    assert_eq!(mine, theirs);
+    let guard = mine.ready_on_drop();
+    let waiting = tokio::spawn(async move { theirs.wait().await });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished() && !mine.is_ready());
+    // The subscribe ended (here: its future was dropped mid-way): waiters go on.
+    drop(guard);
+    waiting.await.unwrap();
+    assert!(mine.is_ready());
+
+    // Rooms: a new subscription each time the node goes from none to one socket in the room.
+    let room = RoomId::generate();
+    let BeginJoin::Joining(Subscribe::First(one)) = registry.begin_join(&first, room) else {
+        panic!("first in the room");
+    };
+    let BeginJoin::Joining(Subscribe::Wait(same)) = registry.begin_join(&second, room) else {
+        panic!("second in the room");
+    };
+    assert_eq!(one, same);
+    assert!(!registry.abort_join(&first, room));
+    assert!(registry.abort_join(&second, room));
+    let BeginJoin::Joining(Subscribe::First(fresh)) = registry.begin_join(&second, room) else {
+        panic!("first again");
+    };
+    assert_ne!(one, fresh);
 }
