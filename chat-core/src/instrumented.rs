@@ -80,6 +80,21 @@ impl Store for InstrumentedStore {
         self.timed(self.inner.session(token)).await
     }
 
+    async fn create_ticket(
+        &self,
+        ticket: &Token,
+        token: &Token,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<()> {
+        self.timed(self.inner.create_ticket(ticket, token, now, expires_at))
+            .await
+    }
+
+    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+        self.timed(self.inner.take_ticket(ticket, now)).await
+    }
+
     async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
         self.timed(self.inner.touch(token, http_until)).await
     }

@@ -75,6 +75,11 @@ struct State {
     sessions: HashMap<Phone, Session>,
     /// Token → phone, for authentication.
     tokens: HashMap<Token, Phone>,
+    /// WebSocket ticket → (the session token it stands for, expires at).
+    tickets: HashMap<Token, (Token, Millis)>,
+    /// Tickets in the order they expire (one TTL for all: the order they were made), so
+    /// expired ones are freed from the front.
+    ticket_expiry: VecDeque<(Millis, Token)>,
     /// Presence of every user with a session.
     presence: HashMap<Phone, Presence>,
     /// Users not marked offline, ordered for the cursor of the online listing.
@@ -345,6 +350,41 @@ impl Store for MemoryStore {
     async fn session(&self, token: &Token) -> Result<Option<Session>> {
         let s = self.state()?;
         Ok(s.tokens.get(token).and_then(|p| s.sessions.get(p)).cloned())
+    }
+
+    async fn create_ticket(
+        &self,
+        ticket: &Token,
+        token: &Token,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<()> {
+        let mut s = self.state()?;
+        while let Some((at, _)) = s.ticket_expiry.front()
+            && *at <= now
+        {
+            if let Some((_, old)) = s.ticket_expiry.pop_front() {
+                s.tickets.remove(&old);
+            }
+        }
+        s.tickets
+            .insert(ticket.clone(), (token.clone(), expires_at));
+        s.ticket_expiry.push_back((expires_at, ticket.clone()));
+        Ok(())
+    }
+
+    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+        let mut s = self.state()?;
+        let Some((token, expires_at)) = s.tickets.remove(ticket) else {
+            return Ok(None);
+        };
+        if expires_at <= now {
+            return Ok(None);
+        }
+        Ok(s.tokens
+            .get(&token)
+            .and_then(|p| s.sessions.get(p))
+            .cloned())
     }
 
     async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {

@@ -62,6 +62,8 @@ pub const ONLINE_LIMIT: (usize, usize) = (100, 1000);
 pub const HISTORY_LIMIT: (usize, usize) = (50, 500);
 /// `join_room` sends the last this many, or up to `HISTORY_LIMIT.1` after `since`.
 pub const JOIN_HISTORY: usize = 50;
+/// How long a WebSocket ticket ([`ChatService::ws_ticket`]) stays valid, in seconds.
+pub const TICKET_SECS: u64 = 30;
 /// Timers handled per batch of [`ChatService::tick`].
 const TIMER_BATCH: usize = 256;
 /// How long a node owns a timer it took before another node may take it.
@@ -279,6 +281,34 @@ impl ChatService {
         let token = Token::from_client(token).ok_or(Error::Unauthorized)?;
         self.store()
             .session(&token)
+            .await?
+            .ok_or(Error::Unauthorized)
+    }
+
+    /// A single-use ticket for opening a WebSocket as `session`'s user, valid for
+    /// [`TICKET_SECS`] on every node: browsers cannot set headers on a WebSocket, and a ticket
+    /// in the URL keeps the long-lived token out of URLs, proxy logs and consoles.
+    pub async fn ws_ticket(&self, session: &Session) -> Result<Token> {
+        let ticket = Token::generate()?;
+        let now = self.now();
+        self.store()
+            .create_ticket(
+                &ticket,
+                &session.token,
+                now,
+                now.saturating_add(secs(TICKET_SECS)),
+            )
+            .await?;
+        Ok(ticket)
+    }
+
+    /// Authenticates a WebSocket upgrade by ticket (not counted as presence): takes the
+    /// ticket, so it works once. `Unauthorized` for a ticket that is unknown, used, expired, or
+    /// whose session ended.
+    pub async fn ticket_session(&self, ticket: &str) -> Result<Session> {
+        let ticket = Token::from_client(ticket).ok_or(Error::Unauthorized)?;
+        self.store()
+            .take_ticket(&ticket, self.now())
             .await?
             .ok_or(Error::Unauthorized)
     }

@@ -200,6 +200,21 @@ pub trait Store: Send + Sync + 'static {
     /// The session a token names, if any.
     async fn session(&self, token: &Token) -> Result<Option<Session>>;
 
+    /// Stores `ticket`, a single-use stand-in for the session `token` names, valid until
+    /// `expires_at`. Expired tickets are freed (by `now`, or by the backend's own expiry).
+    async fn create_ticket(
+        &self,
+        ticket: &Token,
+        token: &Token,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<()>;
+
+    /// Takes `ticket`: the session it stands for, if the ticket exists, has not expired at
+    /// `now` and its session still lives. A ticket is taken at most once, whatever the
+    /// answer, by any number of concurrent callers on any node.
+    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>>;
+
     /// Authenticates an API request and extends the HTTP presence window to `http_until`
     /// (never shortens it); marks the user online and (re)schedules `Timer::Presence`.
     async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>>;

@@ -222,6 +222,9 @@ macro_rules! store_conformance {
             create_session_then_phone_in_use,
             create_session_refresh_needs_the_token,
             session_and_touch_find_only_live_tokens,
+            tickets_work_once_until_they_expire,
+            tickets_end_with_their_session,
+            concurrent_takes_of_a_ticket_one_wins,
             touch_never_shortens_the_window,
             touch_reschedules_presence_timer,
             connections_hold_presence,
@@ -555,6 +558,110 @@ pub async fn session_and_touch_find_only_live_tokens(fx: Fixture) {
         fx.store.presence(&fx.phone(9)).await.expect("presence"),
         None
     );
+}
+
+/// A ticket stands for its session once, until it expires; unknown tickets are nothing.
+pub async fn tickets_work_once_until_they_expire(fx: Fixture) {
+    let a = register(&fx, &fx.phone(1)).await;
+    let ttl = 30_000;
+    let t = Token::generate().expect("ticket");
+    let now = fx.now();
+    fx.store
+        .create_ticket(&t, &a.token, now, now + ttl)
+        .await
+        .expect("create_ticket");
+    let unknown = Token::generate().expect("ticket");
+    assert_eq!(
+        fx.store.take_ticket(&unknown, now).await.expect("take"),
+        None
+    );
+    // A session token is not a ticket.
+    assert_eq!(
+        fx.store.take_ticket(&a.token, now).await.expect("take"),
+        None
+    );
+    fx.advance(ttl - 1);
+    assert_eq!(
+        fx.store.take_ticket(&t, fx.now()).await.expect("take"),
+        Some(a.clone())
+    );
+    assert_eq!(
+        fx.store.take_ticket(&t, fx.now()).await.expect("take"),
+        None,
+        "a ticket works once"
+    );
+    // Expired: refused at its deadline, and taken (gone) by the refusal too.
+    let late = Token::generate().expect("ticket");
+    let now = fx.now();
+    fx.store
+        .create_ticket(&late, &a.token, now, now + ttl)
+        .await
+        .expect("create_ticket");
+    fx.advance(ttl);
+    assert_eq!(
+        fx.store.take_ticket(&late, fx.now()).await.expect("take"),
+        None
+    );
+    // Creating more frees the expired ones and keeps the live ones.
+    let fresh = Token::generate().expect("ticket");
+    let now = fx.now();
+    fx.store
+        .create_ticket(&fresh, &a.token, now, now + ttl)
+        .await
+        .expect("create_ticket");
+    assert_eq!(
+        fx.store.take_ticket(&fresh, now).await.expect("take"),
+        Some(a)
+    );
+}
+
+/// A ticket of a session that ended opens nothing, also for the phone's next session.
+pub async fn tickets_end_with_their_session(fx: Fixture) {
+    let a = fx.phone(1);
+    let first = register(&fx, &a).await;
+    let t = Token::generate().expect("ticket");
+    let now = fx.now();
+    fx.store
+        .create_ticket(&t, &first.token, now, now + 30_000)
+        .await
+        .expect("create_ticket");
+    fx.advance(fx.lifetimes.presence_ms);
+    let now = fx.now();
+    assert!(fx.store.go_offline(&a, now, now).await.expect("go_offline"));
+    fx.store
+        .end_session(&a, now)
+        .await
+        .expect("end_session")
+        .expect("due");
+    let second = register(&fx, &a).await;
+    assert_ne!(second.token, first.token);
+    assert_eq!(
+        fx.store.take_ticket(&t, fx.now()).await.expect("take"),
+        None
+    );
+}
+
+/// Of many concurrent takes of one ticket (as from several nodes), exactly one gets the session.
+pub async fn concurrent_takes_of_a_ticket_one_wins(fx: Fixture) {
+    let a = register(&fx, &fx.phone(1)).await;
+    let t = Token::generate().expect("ticket");
+    let now = fx.now();
+    fx.store
+        .create_ticket(&t, &a.token, now, now + 30_000)
+        .await
+        .expect("create_ticket");
+    let mut takes = JoinSet::new();
+    for _ in 0..8 {
+        let (store, t) = (Arc::clone(&fx.store), t.clone());
+        takes.spawn(async move { store.take_ticket(&t, now).await.expect("take") });
+    }
+    let mut won = 0;
+    while let Some(taken) = takes.join_next().await {
+        if taken.expect("take task").is_some() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one take gets the session");
 }
 
 /// `touch` extends the HTTP window and never shortens it; it brings an offline user back.

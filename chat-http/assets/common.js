@@ -273,7 +273,7 @@
   const STABLE_AFTER_MS = 10000; // a connection open this long resets the backoff
 
   /**
-   * A WebSocket connection to `/ws?token=...` that reconnects with jittered exponential
+   * A WebSocket connection to `/ws?ticket=...` that reconnects with jittered exponential
    * backoff until `stop()` is called.
    *
    * - `request(event, data)` sends `{"event","data","ack"}` with a fresh numeric ack and
@@ -308,6 +308,7 @@
       this.reconnectTimer = null;
       this.heartbeatTimer = null;
       this.status = 'idle';
+      this.connectSeq = 0; // numbers connection attempts; only the latest goes on
       this.phone = null; // from connection_status
 
       // Come back quickly when the network or the tab comes back.
@@ -420,15 +421,40 @@
       });
     }
 
-    connect() {
+    async connect() {
       if (this.stopped) return;
       const token = this.getToken();
       if (!token) {
         this.stop('unauthorized');
         return;
       }
+      // Each attempt first asks for a single-use ticket, so the long-lived token never
+      // appears in a URL (proxy logs, the browser console when a connection fails). A later
+      // attempt (reconnectNow) supersedes one still waiting for its ticket.
+      const attempt = ++this.connectSeq;
+      this.setStatus('connecting');
+      let ticket = '';
+      try {
+        const res = await Chat.api('POST', '/ws_ticket', {}, { token });
+        if (typeof res.ticket === 'string') ticket = res.ticket;
+      } catch (err) {
+        if (this.stopped || attempt !== this.connectSeq) return;
+        if (err instanceof ApiError && err.status === 401) {
+          this.stop('unauthorized');
+          this.dispatch('unauthorized', {}, null);
+          return;
+        }
+        this.setStatus('disconnected');
+        this.scheduleReconnect(false);
+        return;
+      }
+      if (this.stopped || attempt !== this.connectSeq || this.ws) return;
+      if (!ticket) {
+        this.scheduleReconnect(false);
+        return;
+      }
       const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
-      const url = scheme + '//' + window.location.host + '/ws?token=' + encodeURIComponent(token);
+      const url = scheme + '//' + window.location.host + '/ws?ticket=' + encodeURIComponent(ticket);
       let ws;
       try {
         ws = new WebSocket(url);

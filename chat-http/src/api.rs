@@ -262,6 +262,15 @@ pub(crate) async fn handle(
             service.close_room(me, &b.chat_id).await?;
             Ok(reply::ok_empty())
         }
+        Route::WsTicket => {
+            // Any body, as `/reconnect`.
+            service.check_caller(&session, named.as_deref())?;
+            let ticket = service.ws_ticket(&session).await?;
+            Ok(reply::ok(json!({
+                "ticket": ticket.as_str(),
+                "expires_in": chat_core::TICKET_SECS,
+            })))
+        }
         // Not API routes: the caller never sends them here.
         Route::RegisterUser
         | Route::Index

@@ -37,6 +37,8 @@ pub(crate) enum Route {
     Messages(String),
     /// `POST /close_room`.
     CloseRoom,
+    /// `POST /ws_ticket`.
+    WsTicket,
     /// `GET /healthz`.
     Healthz,
     /// `GET /readyz`.
@@ -64,6 +66,7 @@ impl Route {
             Route::ActiveChatrooms => "/active_chatrooms",
             Route::Messages(_) => "/chatrooms/{room_id}/messages",
             Route::CloseRoom => "/close_room",
+            Route::WsTicket => "/ws_ticket",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -86,6 +89,7 @@ impl Route {
                 | Route::ActiveChatrooms
                 | Route::Messages(_)
                 | Route::CloseRoom
+                | Route::WsTicket
         )
     }
 }
@@ -166,6 +170,7 @@ fn find(path: &str, raw_query: Option<&str>) -> Option<(Route, Allow)> {
         "/cancel_request" => Some((Route::CancelRequest, Allow::Post)),
         "/active_chatrooms" => Some((Route::ActiveChatrooms, Allow::Get)),
         "/close_room" => Some((Route::CloseRoom, Allow::Post)),
+        "/ws_ticket" => Some((Route::WsTicket, Allow::Post)),
         "/healthz" => Some((Route::Healthz, Allow::GetHead)),
         "/readyz" => Some((Route::Readyz, Allow::GetHead)),
         "/metrics" => Some((Route::Metrics, Allow::GetHead)),

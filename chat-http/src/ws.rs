@@ -44,6 +44,12 @@ pub fn normalize_origin(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
+/// What an upgrade authenticates with.
+enum Credential {
+    Token(String),
+    Ticket(String),
+}
+
 /// Answers an upgrade request: 101 and a spawned socket, or the first failed check's error.
 pub(crate) async fn upgrade(app: &App, mut req: Request<Incoming>) -> Result<Resp> {
     let headers = req.headers();
@@ -51,14 +57,25 @@ pub(crate) async fn upgrade(app: &App, mut req: Request<Incoming>) -> Result<Res
     if !(has_token(headers, UPGRADE, "websocket") && has_token(headers, CONNECTION, "upgrade")) {
         return Err(Error::bad_request("GET /ws needs a WebSocket upgrade"));
     }
-    // Token step: the header, else `?token=` (browsers cannot set headers on a WebSocket).
-    let token = match bearer(headers) {
-        Some(t) => Some(t.to_owned()),
-        None => query::lenient_param(req.uri().query(), "token"),
+    // Token step: the header, else `?token=`, else a single-use `?ticket=` from
+    // `POST /ws_ticket` (browsers cannot set headers on a WebSocket; a ticket keeps the token
+    // out of the URL).
+    let query = req.uri().query();
+    let credential = match bearer(headers) {
+        Some(t) => Some(Credential::Token(t.to_owned())),
+        None => query::lenient_param(query, "token")
+            .map(Credential::Token)
+            .or_else(|| query::lenient_param(query, "ticket").map(Credential::Ticket)),
     }
     .ok_or(Error::Unauthorized)?;
     let service = app.service().clone();
-    let session = crate::guarded(async move { service.session(&token).await }).await?;
+    let session = crate::guarded(async move {
+        match credential {
+            Credential::Token(token) => service.session(&token).await,
+            Credential::Ticket(ticket) => service.ticket_session(&ticket).await,
+        }
+    })
+    .await?;
 
     let headers = req.headers();
     let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("\u{0}"));

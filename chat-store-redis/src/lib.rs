@@ -32,6 +32,7 @@
 //! |---|---|---|---|
 //! | `P s:<phone>` | hash | session and presence: `token`, `n` (name), `c` (created_at), `h` (http_until), `off` (offline_since, absent while online) | no expiry while the user has a socket; else `h` + 7 days (`USER_GRACE`), or session end + `MARGIN` once offline; deleted when the session ends |
 //! | `P t:<token>` | string | phone | as `s:` |
+//! | `P k:<ticket>` | string | a WebSocket ticket: `<token>\|<expires_at>` | deadline + 1 minute; deleted when taken (`GETDEL`) |
 //! | `P uc:<phone>` | set | the user's sockets, `<conn id>\|<node>` (its size is the socket count) | as `s:` |
 //! | `P online` | sorted set | users not marked offline, all score 0, walked by member (`ZRANGE BYLEX`) | permanent (one key); entries leave on go-offline/session end |
 //! | `P nodes` | sorted set | node → alive_until | permanent (one key) |
@@ -68,13 +69,15 @@
 //!
 //! ## Round trips per operation
 //!
-//! Every operation is one round trip (one command or one `FCALL`; a call that finds the library
+//! Every operation but `take_ticket` is one round trip (one command or one `FCALL`; a call that finds the library
 //! missing, after Redis lost it, costs two more: `FUNCTION LOAD` and the call again):
 //!
 //! | operation | command |
 //! |---|---|
 //! | `create_session`, `session`, `touch`, `add_conn`, `remove_conn`, `presence`, `go_offline`, `online_page` | one function each |
 //! | `heartbeat` | `ZADD` |
+//! | `create_ticket` | `SET … PX` |
+//! | `take_ticket` | `GETDEL`, then `session`'s function (two round trips; once per socket opened by ticket) |
 //! | `reap_dead_nodes`, `remove_node` | one function (O(sockets of the dead node)) |
 //! | `send_request`, `accept_request` | one function each, which also checks the target is online (`send_request`) and `PUBLISH`es the `chat_request` / `request_accepted` deliveries the caller encoded |
 //! | `remove_request`, `requests` | one function each |

@@ -13,6 +13,9 @@ use redis::Value;
 
 use crate::{RedisStore, bounded, entry};
 
+/// How long after its deadline Redis frees a WebSocket ticket nobody took.
+const TICKET_MARGIN_MS: u64 = 60_000;
+
 /// Online-listing cursors start with this, then the last phone of the page (in
 /// `Phone::cursor_form`).
 const CURSOR_PREFIX: &str = "o2.";
@@ -422,6 +425,49 @@ impl Store for RedisStore {
         {
             Value::Nil => Ok(None),
             v => Ok(Some(session_at(&items(v)?, 0, token.clone())?)),
+        }
+    }
+
+    async fn create_ticket(
+        &self,
+        ticket: &Token,
+        token: &Token,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<()> {
+        // Freed by Redis a margin after its deadline; the deadline itself is checked on take.
+        let ttl = expires_at
+            .saturating_sub(now)
+            .saturating_add(TICKET_MARGIN_MS);
+        let mut conn = self.inner.conn.clone();
+        let value = format!("{}|{expires_at}", token.as_str());
+        bounded(
+            redis::cmd("SET")
+                .arg(self.key(&format!("k:{}", ticket.as_str())))
+                .arg(value)
+                .arg("PX")
+                .arg(ttl)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+        let mut conn = self.inner.conn.clone();
+        // GETDEL: whoever takes it first has it, on any node.
+        let value: Option<String> = bounded(
+            redis::cmd("GETDEL")
+                .arg(self.key(&format!("k:{}", ticket.as_str())))
+                .query_async(&mut conn),
+        )
+        .await?;
+        let Some((token, expires_at)) = value.as_deref().and_then(|v| v.split_once('|')) else {
+            return Ok(None);
+        };
+        let live = expires_at.parse::<Millis>().is_ok_and(|at| now < at);
+        match Token::from_client(token) {
+            Some(token) if live => self.session(&token).await,
+            _ => Ok(None),
         }
     }
 

@@ -1377,6 +1377,8 @@ macro_rules! flaky_store {
 flaky_store! {
     fn create_session(&self, session: Session, refresh: Option<Token>, http_until: Millis) -> Registered;
     fn session(&self, token: &Token) -> Option<Session>;
+    fn create_ticket(&self, ticket: &Token, token: &Token, now: Millis, expires_at: Millis) -> ();
+    fn take_ticket(&self, ticket: &Token, now: Millis) -> Option<Session>;
     fn touch(&self, token: &Token, http_until: Millis) -> Option<Touched>;
     fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> bool;
     fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> ();

@@ -27,6 +27,8 @@ pub enum Auth {
     Header,
     /// `/ws?token=<token>`.
     Query,
+    /// `/ws?ticket=<ticket>` (the `token` argument is the ticket).
+    Ticket,
 }
 
 /// What happened next on a socket.
@@ -78,6 +80,7 @@ impl Ws {
         let uri: Uri = match auth {
             Auth::Header => format!("ws://{addr}/ws"),
             Auth::Query => format!("ws://{addr}/ws?token={token}"),
+            Auth::Ticket => format!("ws://{addr}/ws?ticket={token}"),
         }
         .parse()
         .expect("ws uri");

@@ -77,6 +77,22 @@ impl Store for FlakyStore {
         self.gate().await?;
         self.inner.session(token).await
     }
+    async fn create_ticket(
+        &self,
+        ticket: &Token,
+        token: &Token,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<()> {
+        self.gate().await?;
+        self.inner
+            .create_ticket(ticket, token, now, expires_at)
+            .await
+    }
+    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+        self.gate().await?;
+        self.inner.take_ticket(ticket, now).await
+    }
     async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
         self.gate().await?;
         self.inner.touch(token, http_until).await

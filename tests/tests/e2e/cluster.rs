@@ -36,8 +36,23 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
                 );
             }
         }
-        // Tokens work on either node.
+        // Tokens work on either node, and so does a ticket (once, on whichever node).
         n2.get("/active_chatrooms", Some(&a.token)).await.ok();
+        let ticket = n1.post("/ws_ticket", Some(&a.token), &json!({})).await.ok()["ticket"]
+            .as_str()
+            .expect("ticket")
+            .to_owned();
+        let mut by_ticket =
+            chat_tests::Ws::open(node2.addr, &ticket, chat_tests::Auth::Ticket, &[])
+                .await
+                .unwrap_or_else(|r| panic!("ticket refused on the other node: {}", r.status));
+        by_ticket.phone = A.into();
+        by_ticket.recv_event("connection_status").await;
+        let again = chat_tests::Ws::open(app.server.addr, &ticket, chat_tests::Auth::Ticket, &[])
+            .await
+            .expect_err("a ticket works once across nodes");
+        assert_eq!(again.status, 401);
+        by_ticket.close().await;
 
         // Request through node 1, accept through node 2.
         n1.post("/send_request", Some(&a.token), &json!({ "phone2": B }))

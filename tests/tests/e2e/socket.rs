@@ -13,6 +13,7 @@ const C: &str = "+14155550123";
 
 backends!(
     upgrade_authenticates,
+    tickets_open_one_socket_each,
     register_user_socket_replies,
     join_room_history_and_user_joined,
     join_room_errors,
@@ -85,6 +86,54 @@ async fn upgrade_authenticates(b: Backend) {
     o.phone = A.into();
     o.recv_event("connection_status").await;
     ws.close().await;
+}
+
+/// `POST /ws_ticket` gives a single-use ticket for `GET /ws?ticket=`, bound to the session.
+async fn tickets_open_one_socket_each(b: Backend) {
+    let app = App::start(b, &[]).await;
+    let a = app.register(A).await;
+    app.post("/ws_ticket", None, &json!({}))
+        .await
+        .err(401, "unauthorized");
+    let v = app.post_raw("/ws_ticket", Some(&a.token), b"").await.ok();
+    assert_eq!(v["expires_in"], 30, "{v}");
+    let ticket = v["ticket"].as_str().expect("ticket").to_owned();
+    assert!(ticket.len() >= 22 && ticket != a.token, "{v}");
+    let mut ws = Ws::open(app.addr, &ticket, Auth::Ticket, &[])
+        .await
+        .unwrap_or_else(|r| panic!("?ticket= refused: {} {}", r.status, r.body));
+    ws.phone = A.into();
+    let st = ws.recv_event("connection_status").await;
+    assert_eq!(st["data"]["phone"], A);
+    // The socket works like any other.
+    ws.call_ok("ping", json!({})).await;
+    // Used once: refused the second time, as is a ticket that was never given, or a token
+    // passed as a ticket.
+    for bad in [
+        ticket.as_str(),
+        "0".repeat(64).as_str(),
+        a.token.as_str(),
+        "x",
+    ] {
+        let r = Ws::open(app.addr, bad, Auth::Ticket, &[])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("ticket {bad:?} was accepted"));
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    // A ticket of a session that was refreshed is still the same session's.
+    let t2 = app
+        .post("/ws_ticket", Some(&a.token), &json!({"x": 1}))
+        .await
+        .ok()["ticket"]
+        .as_str()
+        .expect("ticket")
+        .to_owned();
+    let mut ws2 = Ws::open(app.addr, &t2, Auth::Ticket, &[])
+        .await
+        .unwrap_or_else(|r| panic!("second ticket refused: {} {}", r.status, r.body));
+    ws2.phone = A.into();
+    ws2.recv_event("connection_status").await;
 }
 
 async fn register_user_socket_replies(b: Backend) {
