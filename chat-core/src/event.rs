@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::types::{ConnKey, Message, Millis, Phone, RoomId};
+use crate::types::{ConnKey, Message, Millis, Names, Phone, RoomId};
 
 /// Something a user's sockets are told. Names follow the wire contract; the wire encoding
 /// itself belongs to the socket adapter.
@@ -21,6 +21,9 @@ pub enum Event {
         to: Phone,
         /// When it was sent.
         created_at: Millis,
+        /// Display names of the users it names (who have one).
+        #[serde(default)]
+        names: Names,
     },
     /// A request between the two was accepted; `to_user` is the receiver of the event.
     RequestAccepted {
@@ -30,6 +33,9 @@ pub enum Event {
         from_user: Phone,
         /// The receiver.
         to_user: Phone,
+        /// Display names of the users it names (who have one).
+        #[serde(default)]
+        names: Names,
     },
     /// The recipient declined the requester's request.
     RequestDeclined {
@@ -37,6 +43,9 @@ pub enum Event {
         from_user: Phone,
         /// The requester.
         to_user: Phone,
+        /// Display names of the users it names (who have one).
+        #[serde(default)]
+        names: Names,
     },
     /// The requester withdrew the request.
     RequestCancelled {
@@ -44,6 +53,9 @@ pub enum Event {
         from_user: Phone,
         /// The recipient.
         to_user: Phone,
+        /// Display names of the users it names (who have one).
+        #[serde(default)]
+        names: Names,
     },
     /// A user the audience shares a request or room with went online or offline.
     Presence {
@@ -51,6 +63,9 @@ pub enum Event {
         phone: Phone,
         /// Now online?
         online: bool,
+        /// Display names of the users it names (who have one).
+        #[serde(default)]
+        names: Names,
     },
     /// A member closed the room (or their session ended).
     RoomClosed {
@@ -72,6 +87,9 @@ pub enum Event {
         room: RoomId,
         /// Who joined.
         user: Phone,
+        /// Display names of the users it names (who have one).
+        #[serde(default)]
+        names: Names,
     },
     /// A socket left the room.
     UserLeft {
@@ -130,22 +148,25 @@ impl Delivery {
         }
     }
 
-    /// `chat_request` to the target of a request sent by `from` at `created_at`.
-    pub fn chat_request(from: &Phone, to: &Phone, created_at: Millis) -> Delivery {
+    /// `chat_request` to the target of a request sent by `from` at `created_at`, with the
+    /// names (of `names`) of the two.
+    pub fn chat_request(from: &Phone, to: &Phone, created_at: Millis, names: &Names) -> Delivery {
         Delivery::to_user(
             to.clone(),
             Event::ChatRequest {
                 from: from.clone(),
                 to: to.clone(),
                 created_at,
+                names: names_of(names, [from, to]),
             },
         )
     }
 
     /// `request_accepted` to each member of the room `chat_id` made by an accept, naming the
-    /// other member.
-    pub fn request_accepted(chat_id: RoomId, members: &[Phone; 2]) -> [Delivery; 2] {
+    /// other member, with the names (of `names`) of the two.
+    pub fn request_accepted(chat_id: RoomId, members: &[Phone; 2], names: &Names) -> [Delivery; 2] {
         let [a, b] = members;
+        let names = names_of(names, [a, b]);
         let tell = |to_user: &Phone, from_user: &Phone| {
             Delivery::to_user(
                 to_user.clone(),
@@ -153,6 +174,7 @@ impl Delivery {
                     chat_id,
                     from_user: from_user.clone(),
                     to_user: to_user.clone(),
+                    names: names.clone(),
                 },
             )
         };
@@ -173,6 +195,14 @@ impl Delivery {
         self.except = Some(except);
         self
     }
+}
+
+/// The entries of `names` for `phones`: what an event naming those users carries.
+pub fn names_of<'a>(names: &Names, phones: impl IntoIterator<Item = &'a Phone>) -> Names {
+    phones
+        .into_iter()
+        .filter_map(|p| Some((p.clone(), names.get(p)?.clone())))
+        .collect()
 }
 
 /// Receives every delivery that reaches this node, in publish order per audience.

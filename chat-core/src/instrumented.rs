@@ -15,8 +15,8 @@ use crate::store::{
     Timer, Touched,
 };
 use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, MessageId, Millis, NewMessage, NodeId, OnlinePage, Phone,
-    Requests, Room, RoomId, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, MessageId, Millis, Names, NewMessage, NodeId, OnlinePage,
+    Phone, Requests, Room, RoomId, Session, Token,
 };
 
 /// Wraps a store, measuring it. Clones share the inner store and the counters.
@@ -80,6 +80,10 @@ impl Store for InstrumentedStore {
         self.timed(self.inner.session(token)).await
     }
 
+    async fn names(&self, phones: &[Phone]) -> Result<Names> {
+        self.timed(self.inner.names(phones)).await
+    }
+
     async fn create_ticket(
         &self,
         ticket: &Token,
@@ -103,8 +107,15 @@ impl Store for InstrumentedStore {
         self.timed(self.inner.add_conn(phone, conn)).await
     }
 
-    async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()> {
-        self.timed(self.inner.remove_conn(phone, conn, now)).await
+    async fn remove_conn(
+        &self,
+        phone: &Phone,
+        conn: &ConnKey,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<()> {
+        self.timed(self.inner.remove_conn(phone, conn, now, grace_until))
+            .await
     }
 
     async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
@@ -129,12 +140,19 @@ impl Store for InstrumentedStore {
         self.timed(self.inner.heartbeat(node, alive_until)).await
     }
 
-    async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>> {
-        self.timed(self.inner.reap_dead_nodes(now)).await
+    async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>> {
+        self.timed(self.inner.reap_dead_nodes(now, grace_until))
+            .await
     }
 
-    async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>> {
-        self.timed(self.inner.remove_node(node, now)).await
+    async fn remove_node(
+        &self,
+        node: &NodeId,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<Vec<Phone>> {
+        self.timed(self.inner.remove_node(node, now, grace_until))
+            .await
     }
 
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {

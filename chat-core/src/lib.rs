@@ -47,6 +47,6 @@ pub use store::{
 };
 pub use time::{Clock, ManualClock, SystemClock, rfc3339};
 pub use types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
-    Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
+    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
 };

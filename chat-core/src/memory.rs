@@ -13,8 +13,8 @@ use crate::store::{
     Timer, Touched,
 };
 use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
-    Phone, Requests, Room, RoomId, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
+    OnlinePage, Phone, Requests, Room, RoomId, Session, Token,
 };
 
 /// The in-memory [`Store`] and [`EventBus`]. Clones share state.
@@ -231,24 +231,34 @@ impl State {
         came_online
     }
 
-    fn forget_conn(&mut self, phone: &Phone, conn: &ConnKey, now: Millis) -> bool {
+    fn forget_conn(
+        &mut self,
+        phone: &Phone,
+        conn: &ConnKey,
+        now: Millis,
+        grace_until: Millis,
+    ) -> bool {
         let Some(p) = self.presence.get_mut(phone) else {
             return false;
         };
         if !p.conns.remove(conn) || !p.conns.is_empty() {
             return false;
         }
+        p.http_until = p.http_until.min(grace_until);
         let at = p.http_until.max(now);
         self.schedule(Timer::Presence(phone.clone()), at);
         true
     }
 
-    fn forget_node(&mut self, node: &NodeId, now: Millis) -> Vec<Phone> {
+    fn forget_node(&mut self, node: &NodeId, now: Millis, grace_until: Millis) -> Vec<Phone> {
         self.nodes.remove(node);
         let conns = self.node_conns.remove(node).unwrap_or_default();
         let mut orphans: Vec<Phone> = conns
             .into_iter()
-            .filter_map(|(phone, conn)| self.forget_conn(&phone, &conn, now).then_some(phone))
+            .filter_map(|(phone, conn)| {
+                self.forget_conn(&phone, &conn, now, grace_until)
+                    .then_some(phone)
+            })
             .collect();
         orphans.sort();
         orphans.dedup();
@@ -278,8 +288,8 @@ impl MemoryStore {
     }
 
     /// Tells both members of a room just made by an accept (called under the state lock).
-    fn announce_room(&self, room: &Room) {
-        for delivery in Delivery::request_accepted(room.id, &room.members) {
+    fn announce_room(&self, room: &Room, names: &Names) {
+        for delivery in Delivery::request_accepted(room.id, &room.members, names) {
             self.shared.sink.deliver(&delivery);
         }
     }
@@ -352,6 +362,14 @@ impl Store for MemoryStore {
         Ok(s.tokens.get(token).and_then(|p| s.sessions.get(p)).cloned())
     }
 
+    async fn names(&self, phones: &[Phone]) -> Result<Names> {
+        let s = self.state()?;
+        Ok(phones
+            .iter()
+            .filter_map(|p| Some((p.clone(), s.sessions.get(p)?.name.clone()?)))
+            .collect())
+    }
+
     async fn create_ticket(
         &self,
         ticket: &Token,
@@ -414,7 +432,13 @@ impl Store for MemoryStore {
         Ok(came_online)
     }
 
-    async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()> {
+    async fn remove_conn(
+        &self,
+        phone: &Phone,
+        conn: &ConnKey,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<()> {
         let mut s = self.state()?;
         if let Some(set) = s.node_conns.get_mut(&conn.node) {
             set.remove(&(phone.clone(), conn.clone()));
@@ -422,7 +446,7 @@ impl Store for MemoryStore {
                 s.node_conns.remove(&conn.node);
             }
         }
-        s.forget_conn(phone, conn, now);
+        s.forget_conn(phone, conn, now, grace_until);
         Ok(())
     }
 
@@ -483,7 +507,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>> {
+    async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>> {
         let mut s = self.state()?;
         let dead: Vec<NodeId> = s
             .nodes
@@ -493,13 +517,18 @@ impl Store for MemoryStore {
             .collect();
         let mut orphans = Vec::new();
         for node in dead {
-            orphans.extend(s.forget_node(&node, now));
+            orphans.extend(s.forget_node(&node, now, grace_until));
         }
         Ok(orphans)
     }
 
-    async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>> {
-        Ok(self.state()?.forget_node(node, now))
+    async fn remove_node(
+        &self,
+        node: &NodeId,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<Vec<Phone>> {
+        Ok(self.state()?.forget_node(node, now, grace_until))
     }
 
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
@@ -514,8 +543,9 @@ impl Store for MemoryStore {
         }
         if s.request_live(to, from, now) {
             let (from, to) = (to.clone(), from.clone());
+            let names = room.names.clone();
             let room = s.make_room(&from, &to, room);
-            self.announce_room(&room);
+            self.announce_room(&room, &names);
             return Ok(SendOutcome::Accepted(room));
         }
         if s.request_live(from, to, now) {
@@ -539,7 +569,7 @@ impl Store for MemoryStore {
         // Delivered under the lock, like every change's event here.
         self.shared
             .sink
-            .deliver(&Delivery::chat_request(from, to, now));
+            .deliver(&Delivery::chat_request(from, to, now, &room.names));
         s.requests.insert((from.clone(), to.clone()), request);
         Ok(SendOutcome::Sent)
     }
@@ -555,8 +585,9 @@ impl Store for MemoryStore {
         if !s.request_live(from, to, now) || s.pair_room.contains_key(&pair(from, to)) {
             return Ok(None);
         }
+        let names = room.names.clone();
         let room = s.make_room(from, to, room);
-        self.announce_room(&room);
+        self.announce_room(&room, &names);
         Ok(Some(room))
     }
 

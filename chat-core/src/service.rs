@@ -12,8 +12,8 @@ use crate::metrics::Metrics;
 use crate::store::{Appended, DueTimer, NewRoom, SendOutcome, Store, Timer};
 use crate::time::Clock;
 use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
-    Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
+    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
 };
 
 /// The lifetimes and sizes of the domain. Defaults are the contract's.
@@ -23,6 +23,9 @@ pub struct Config {
     pub session_idle_secs: u64,
     /// How long an HTTP API request keeps its user online.
     pub presence_secs: u64,
+    /// How long after a user's last socket closes (or its node is found dead) they may stay
+    /// online: their HTTP window is cut to end this long after that moment at the latest.
+    pub presence_grace_secs: u64,
     /// How long a request stays pending.
     pub request_ttl_secs: u64,
     /// A room's maximum life.
@@ -42,6 +45,7 @@ impl Default for Config {
         Config {
             session_idle_secs: 21_600,
             presence_secs: 600,
+            presence_grace_secs: 5,
             request_ttl_secs: 6_000,
             room_ttl_secs: 21_600,
             room_idle_secs: 300,
@@ -207,6 +211,11 @@ impl ChatService {
         &*self.inner.store
     }
 
+    /// The latest end of the HTTP presence window of a user whose last socket closes at `now`.
+    fn grace_until(&self, now: Millis) -> Millis {
+        now.saturating_add(secs(self.inner.config.presence_grace_secs))
+    }
+
     fn http_until(&self, now: Millis) -> Millis {
         now.saturating_add(secs(self.inner.config.presence_secs))
     }
@@ -221,6 +230,8 @@ impl ChatService {
         token: Option<&str>,
     ) -> Result<Registration> {
         let phone = Phone::parse(phone)?;
+        // A name of nothing but white space is no name: there is nothing to show.
+        let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
         if let Some(name) = &name
             && name.chars().count() > MAX_NAME_CHARS
         {
@@ -356,7 +367,10 @@ impl ChatService {
 
     /// A socket of `phone` closed. Going offline (if this was the last) happens in `tick`.
     pub async fn disconnect(&self, phone: &Phone, conn: &ConnKey) -> Result<()> {
-        self.store().remove_conn(phone, conn, self.now()).await
+        let now = self.now();
+        self.store()
+            .remove_conn(phone, conn, now, self.grace_until(now))
+            .await
     }
 
     /// Users who share a pending request or a live room with `phone`.
@@ -383,12 +397,23 @@ impl ChatService {
                 return;
             }
         };
+        if peers.is_empty() {
+            return;
+        }
+        let names = match self.names(std::slice::from_ref(phone)).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, %phone, "presence announced without a name");
+                Names::new()
+            }
+        };
         for peer in peers {
             self.publish(Delivery::to_user(
                 peer,
                 Event::Presence {
                     phone: phone.clone(),
                     online,
+                    names: names.clone(),
                 },
             ))
             .await;
@@ -401,6 +426,15 @@ impl ChatService {
         if let Err(e) = self.inner.bus.publish(delivery).await {
             tracing::warn!(error = %e, "event not published");
         }
+    }
+
+    /// The display names of those of `phones` who have a live session with a name: what REST
+    /// answers listing users carry beside the phones.
+    pub async fn names(&self, phones: &[Phone]) -> Result<Names> {
+        if phones.is_empty() {
+            return Ok(Names::new());
+        }
+        self.store().names(phones).await
     }
 
     // ---------------------------------------------------------------- requests
@@ -419,10 +453,12 @@ impl ChatService {
             created_at: now,
             expires_at: now.saturating_add(secs(self.inner.config.request_ttl_secs)),
         };
-        // The store publishes what it did (chat_request, or request_accepted) with it.
+        // The store publishes what it did (chat_request, or request_accepted) with it, naming
+        // the two.
+        let names = self.names(&[me.clone(), to.clone()]).await?;
         match self
             .store()
-            .send_request(request, self.new_room(now))
+            .send_request(request, self.new_room(now, names))
             .await?
         {
             SendOutcome::Sent => Ok(SendResult::Sent),
@@ -432,11 +468,12 @@ impl ChatService {
         }
     }
 
-    fn new_room(&self, now: Millis) -> NewRoom {
+    fn new_room(&self, now: Millis, names: Names) -> NewRoom {
         NewRoom {
             id: RoomId::generate(),
             created_at: now,
             expires_at: now.saturating_add(secs(self.inner.config.room_ttl_secs)),
+            names,
         }
     }
 
@@ -465,9 +502,10 @@ impl ChatService {
         let now = self.now();
         if accept {
             // The store tells both members (request_accepted) with the accept.
+            let names = self.names(&[requester.clone(), me.clone()]).await?;
             let room = self
                 .store()
-                .accept_request(&requester, me, self.new_room(now), now)
+                .accept_request(&requester, me, self.new_room(now, names), now)
                 .await?
                 .ok_or(Error::RequestNotFound)?;
             Ok(Some(room.id))
@@ -475,11 +513,13 @@ impl ChatService {
             if !self.store().remove_request(&requester, me, now).await? {
                 return Err(Error::RequestNotFound);
             }
+            let names = self.names_or_none(&[me.clone(), requester.clone()]).await;
             self.publish(Delivery::to_user(
                 requester.clone(),
                 Event::RequestDeclined {
                     from_user: me.clone(),
                     to_user: requester,
+                    names,
                 },
             ))
             .await;
@@ -493,15 +533,26 @@ impl ChatService {
         if !self.store().remove_request(me, &to, self.now()).await? {
             return Err(Error::RequestNotFound);
         }
+        let names = self.names_or_none(&[me.clone(), to.clone()]).await;
         self.publish(Delivery::to_user(
             to.clone(),
             Event::RequestCancelled {
                 from_user: me.clone(),
                 to_user: to,
+                names,
             },
         ))
         .await;
         Ok(())
+    }
+
+    /// Names for an event published after its change was stored: best effort, as the publish
+    /// itself (failing the caller would report as failed a change that was made).
+    async fn names_or_none(&self, phones: &[Phone]) -> Names {
+        self.names(phones).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "event published without names");
+            Names::new()
+        })
     }
 
     // ---------------------------------------------------------------- rooms
@@ -593,12 +644,18 @@ impl ChatService {
     }
 
     /// Tells the room's sockets (the joiner's included) that `me` joined.
-    pub async fn announce_join(&self, me: &Phone, room: RoomId) {
+    pub async fn announce_join(&self, me: &Session, room: RoomId) {
+        let names = me
+            .name
+            .iter()
+            .map(|n| (me.phone.clone(), n.clone()))
+            .collect();
         self.publish(Delivery::to_room(
             room,
             Event::UserJoined {
                 room,
-                user: me.clone(),
+                user: me.phone.clone(),
+                names,
             },
         ))
         .await;
@@ -785,7 +842,7 @@ impl ChatService {
                 now.saturating_add(secs(self.inner.config.node_ttl_secs)),
             )
             .await?;
-        let orphaned = store.reap_dead_nodes(now).await?;
+        let orphaned = store.reap_dead_nodes(now, self.grace_until(now)).await?;
         let mut report = TickReport {
             orphaned_users: orphaned.len(),
             ..TickReport::default()
@@ -807,8 +864,9 @@ impl ChatService {
 
     /// A node shutting down cleanly: forget its sockets now rather than after `node_ttl`.
     pub async fn leave_cluster(&self) -> Result<()> {
+        let now = self.now();
         self.store()
-            .remove_node(&self.inner.node, self.now())
+            .remove_node(&self.inner.node, now, self.grace_until(now))
             .await
             .map(|_| ())
     }

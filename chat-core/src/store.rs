@@ -7,8 +7,8 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, NewMessage, NodeId, OnlinePage,
-    Phone, Requests, Room, RoomId, Session, Token,
+    ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
+    OnlinePage, Phone, Requests, Room, RoomId, Session, Token,
 };
 
 /// A deadline the service acts on when it passes. Stores keep them in a due-ordered index
@@ -120,7 +120,7 @@ pub struct Touched {
 }
 
 /// The fixed facts of a room an accept may create.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRoom {
     /// Its id, drawn by the service.
     pub id: RoomId,
@@ -128,6 +128,9 @@ pub struct NewRoom {
     pub created_at: Millis,
     /// `created_at + room_ttl`.
     pub expires_at: Millis,
+    /// The display names of the two users of the call, for the events the store publishes with
+    /// it (`chat_request`, `request_accepted`).
+    pub names: Names,
 }
 
 /// What [`Store::send_request`] did.
@@ -200,6 +203,9 @@ pub trait Store: Send + Sync + 'static {
     /// The session a token names, if any.
     async fn session(&self, token: &Token) -> Result<Option<Session>>;
 
+    /// The display names of those of `phones` who have a live session with a name.
+    async fn names(&self, phones: &[Phone]) -> Result<Names>;
+
     /// Stores `ticket`, a single-use stand-in for the session `token` names, valid until
     /// `expires_at`. Expired tickets are freed (by `now`, or by the backend's own expiry).
     async fn create_ticket(
@@ -222,9 +228,16 @@ pub trait Store: Send + Sync + 'static {
     /// Counts an open socket; returns whether the user came online by it.
     async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool>;
 
-    /// Forgets a socket. When the user has none left, schedules `Timer::Presence` at
-    /// `max(http_until, now)`. Unknown sockets are ignored.
-    async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()>;
+    /// Forgets a socket. When the user has none left, cuts the HTTP presence window to end
+    /// at `grace_until` at the latest (`now + presence_grace`) and schedules `Timer::Presence`
+    /// at `max(http_until, now)`. Unknown sockets are ignored.
+    async fn remove_conn(
+        &self,
+        phone: &Phone,
+        conn: &ConnKey,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<()>;
 
     /// The user's presence, if they have a session.
     async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>>;
@@ -248,12 +261,17 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> Result<()>;
 
     /// Claims every node whose heartbeat ran out before `now` (each dead node is claimed by one
-    /// caller once), forgets its sockets, and returns the users left with no socket (for whom
-    /// `Timer::Presence` is scheduled at `max(http_until, now)`).
-    async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>>;
+    /// caller once), forgets its sockets as [`Store::remove_conn`] does (with `grace_until`),
+    /// and returns the users left with no socket.
+    async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>>;
 
     /// Forgets `node` and its sockets, as on a clean shutdown; same result as a reap.
-    async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>>;
+    async fn remove_node(
+        &self,
+        node: &NodeId,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<Vec<Phone>>;
 
     // ---- requests ----
 

@@ -45,8 +45,8 @@ use crate::event::{Audience, Delivery, Event, EventBus, EventSink, Except, Recor
 use crate::store::{Appended, DueTimer, NewRoom, SendOutcome, Store, Timer};
 use crate::time::{Clock, ManualClock, SystemClock};
 use crate::types::{
-    ChatRequest, ConnKey, Message, MessageId, Millis, NewMessage, NodeId, Phone, Room, RoomId,
-    Session, Token,
+    ChatRequest, ConnKey, Message, MessageId, Millis, Names, NewMessage, NodeId, Phone, Room,
+    RoomId, Session, Token,
 };
 
 /// The lifetimes (in milliseconds) the suite gives the store. The defaults are long enough that
@@ -229,6 +229,9 @@ macro_rules! store_conformance {
             touch_reschedules_presence_timer,
             connections_hold_presence,
             remove_conn_schedules_presence_timer,
+            last_socket_cuts_the_http_window_to_the_grace,
+            a_dead_node_cuts_its_users_windows_to_the_grace,
+            names_of_live_sessions,
             go_offline_only_when_nothing_holds_the_user,
             go_offline_schedules_session_end,
             online_page_walks_everyone,
@@ -336,8 +339,12 @@ fn new_room(fx: &Fixture) -> NewRoom {
         id: RoomId::generate(),
         created_at: fx.now(),
         expires_at: fx.now() + fx.lifetimes.room_ttl_ms,
+        names: Names::new(),
     }
 }
+
+/// Passed as `grace_until` where the presence grace is not what a test is about.
+const NO_CUT: Millis = Millis::MAX / 2;
 
 fn request(fx: &Fixture, from: &Phone, to: &Phone) -> ChatRequest {
     ChatRequest {
@@ -774,7 +781,7 @@ pub async fn connections_hold_presence(fx: Fixture) {
     assert!(presence.online_at(now));
 
     fx.store
-        .remove_conn(&a, &conn(&node, 1), now)
+        .remove_conn(&a, &conn(&node, 1), now, NO_CUT)
         .await
         .expect("remove_conn");
     assert_eq!(conns(&fx, &a).await, 1);
@@ -787,16 +794,16 @@ pub async fn connections_hold_presence(fx: Fixture) {
     );
     // Unknown sockets are ignored.
     fx.store
-        .remove_conn(&a, &conn(&node, 99), now)
+        .remove_conn(&a, &conn(&node, 99), now, NO_CUT)
         .await
         .expect("remove_conn of an unknown socket");
     fx.store
-        .remove_conn(&a, &conn(&NodeId::random(), 1), now)
+        .remove_conn(&a, &conn(&NodeId::random(), 1), now, NO_CUT)
         .await
         .expect("remove_conn of an unknown node");
     assert_eq!(conns(&fx, &a).await, 1);
     fx.store
-        .remove_conn(&a, &conn(&node, 2), now)
+        .remove_conn(&a, &conn(&node, 2), now, NO_CUT)
         .await
         .expect("remove_conn");
     assert_eq!(conns(&fx, &a).await, 0);
@@ -821,7 +828,7 @@ pub async fn remove_conn_schedules_presence_timer(fx: Fixture) {
         .expect("add_conn");
     fx.advance(10);
     fx.store
-        .remove_conn(&a, &conn(&node, 1), fx.now())
+        .remove_conn(&a, &conn(&node, 1), fx.now(), NO_CUT)
         .await
         .expect("remove_conn");
     assert_due_at(&fx, a_until, &Timer::Presence(a.clone())).await;
@@ -840,10 +847,134 @@ pub async fn remove_conn_schedules_presence_timer(fx: Fixture) {
         fx.store.finish_timer(&due).await.expect("finish_timer");
     }
     fx.store
-        .remove_conn(&b, &conn(&node, 2), now)
+        .remove_conn(&b, &conn(&node, 2), now, NO_CUT)
         .await
         .expect("remove_conn");
     assert_due_at(&fx, now, &Timer::Presence(b)).await;
+}
+
+/// The last socket closing cuts the HTTP window to `grace_until` (never lengthens it) and moves
+/// the presence timer there; a socket that is not the last changes nothing.
+pub async fn last_socket_cuts_the_http_window_to_the_grace(fx: Fixture) {
+    let node = NodeId::random();
+    let a = fx.phone(1);
+    register(&fx, &a).await;
+    let window_end = fx.now() + fx.lifetimes.presence_ms;
+    for id in [1, 2] {
+        fx.store
+            .add_conn(&a, &conn(&node, id))
+            .await
+            .expect("add_conn");
+    }
+    fx.advance(10);
+    let now = fx.now();
+    let grace = now + 5_000;
+    fx.store
+        .remove_conn(&a, &conn(&node, 1), now, grace)
+        .await
+        .expect("remove_conn");
+    let p = fx
+        .store
+        .presence(&a)
+        .await
+        .expect("presence")
+        .expect("some");
+    assert_eq!(p.http_until, window_end, "not the last socket: no cut");
+    fx.store
+        .remove_conn(&a, &conn(&node, 2), now, grace)
+        .await
+        .expect("remove_conn");
+    let p = fx
+        .store
+        .presence(&a)
+        .await
+        .expect("presence")
+        .expect("some");
+    assert_eq!(p.http_until, grace, "the last socket: cut to the grace");
+    assert!(p.online_at(grace - 1) && !p.online_at(grace));
+    assert_due_at(&fx, grace, &Timer::Presence(a.clone())).await;
+
+    // A grace later than the window does not lengthen it.
+    let b = fx.phone(2);
+    register(&fx, &b).await;
+    let b_end = fx.now() + fx.lifetimes.presence_ms;
+    fx.store
+        .add_conn(&b, &conn(&node, 3))
+        .await
+        .expect("add_conn");
+    fx.store
+        .remove_conn(&b, &conn(&node, 3), fx.now(), b_end + 60_000)
+        .await
+        .expect("remove_conn");
+    let p = fx
+        .store
+        .presence(&b)
+        .await
+        .expect("presence")
+        .expect("some");
+    assert_eq!(p.http_until, b_end);
+}
+
+/// A dead node's users left without a socket get the same cut, from the reap.
+pub async fn a_dead_node_cuts_its_users_windows_to_the_grace(fx: Fixture) {
+    let dead = NodeId::random();
+    let a = fx.phone(1);
+    register(&fx, &a).await;
+    fx.store
+        .heartbeat(&dead, fx.now() + 1_000)
+        .await
+        .expect("heartbeat");
+    fx.store
+        .add_conn(&a, &conn(&dead, 1))
+        .await
+        .expect("add_conn");
+    fx.advance(2_000);
+    let now = fx.now();
+    let orphans = fx
+        .store
+        .reap_dead_nodes(now, now + 5_000)
+        .await
+        .expect("reap");
+    assert_eq!(orphans, vec![a.clone()]);
+    let p = fx
+        .store
+        .presence(&a)
+        .await
+        .expect("presence")
+        .expect("some");
+    assert_eq!((p.conns, p.http_until), (0, now + 5_000));
+}
+
+/// `names` answers the names of live sessions that have one, and nothing for the others.
+pub async fn names_of_live_sessions(fx: Fixture) {
+    let [a, b, c] = [fx.phone(1), fx.phone(2), fx.phone(3)];
+    let named = register(&fx, &a).await;
+    let unnamed = Session {
+        name: None,
+        ..new_session(&fx, &b)
+    };
+    fx.store
+        .create_session(unnamed, None, fx.now() + fx.lifetimes.presence_ms)
+        .await
+        .expect("create_session");
+    assert_eq!(
+        fx.store
+            .names(&[a.clone(), b.clone(), c.clone()])
+            .await
+            .expect("names"),
+        Names::from([(a.clone(), named.name.clone().expect("a name"))])
+    );
+    assert_eq!(fx.store.names(&[]).await.expect("names"), Names::new());
+    // An ended session's name goes with it.
+    fx.advance(fx.lifetimes.presence_ms);
+    let now = fx.now();
+    assert!(fx.store.go_offline(&a, now, now).await.expect("go_offline"));
+    fx.store
+        .end_session(&a, now)
+        .await
+        .expect("end_session")
+        .expect("due");
+    assert_eq!(fx.store.names(&[a]).await.expect("names"), Names::new());
 }
 
 /// `go_offline` acts only with no socket, the window over, and the user not offline already.
@@ -873,7 +1004,7 @@ pub async fn go_offline_only_when_nothing_holds_the_user(fx: Fixture) {
         "a socket holds the user online"
     );
     fx.store
-        .remove_conn(&a, &conn(&node, 1), until)
+        .remove_conn(&a, &conn(&node, 1), until, NO_CUT)
         .await
         .expect("remove_conn");
     assert!(
@@ -1020,7 +1151,10 @@ pub async fn reap_claims_each_dead_node_once(fx: Fixture) {
         fx.store.add_conn(p, &k).await.expect("add_conn");
     }
     assert_eq!(
-        fx.store.reap_dead_nodes(fx.now()).await.expect("reap"),
+        fx.store
+            .reap_dead_nodes(fx.now(), NO_CUT)
+            .await
+            .expect("reap"),
         Vec::<Phone>::new(),
         "nobody is dead yet"
     );
@@ -1029,13 +1163,16 @@ pub async fn reap_claims_each_dead_node_once(fx: Fixture) {
     fx.advance(ttl.max(fx.lifetimes.presence_ms) + 1);
     let now = fx.now();
     fx.store.heartbeat(&n2, now + ttl).await.expect("heartbeat");
-    let orphans = fx.store.reap_dead_nodes(now).await.expect("reap");
+    let orphans = fx.store.reap_dead_nodes(now, NO_CUT).await.expect("reap");
     assert_eq!(orphans, vec![a.clone()], "only A lost their last socket");
     assert_eq!(conns(&fx, &a).await, 0);
     assert_eq!(conns(&fx, &b).await, 1);
     assert_eq!(conns(&fx, &c).await, 1);
     assert_eq!(
-        fx.store.reap_dead_nodes(now + 1).await.expect("reap"),
+        fx.store
+            .reap_dead_nodes(now + 1, NO_CUT)
+            .await
+            .expect("reap"),
         Vec::<Phone>::new(),
         "a dead node is claimed once"
     );
@@ -1062,7 +1199,7 @@ pub async fn concurrent_reaps_claim_each_node_once(fx: Fixture) {
     let mut tasks = JoinSet::new();
     for _ in 0..8 {
         let store = fx.store.clone();
-        tasks.spawn(async move { store.reap_dead_nodes(now).await });
+        tasks.spawn(async move { store.reap_dead_nodes(now, NO_CUT).await });
     }
     let mut orphans = Vec::new();
     for got in tasks.join_all().await {
@@ -1104,7 +1241,7 @@ pub async fn remove_node_forgets_its_sockets(fx: Fixture) {
         .expect("add_conn");
     let removed = fx
         .store
-        .remove_node(&n1, fx.now())
+        .remove_node(&n1, fx.now(), NO_CUT)
         .await
         .expect("remove_node");
     assert_eq!(removed, vec![a.clone()]);
@@ -1112,14 +1249,17 @@ pub async fn remove_node_forgets_its_sockets(fx: Fixture) {
     assert_eq!(conns(&fx, &b).await, 1);
     assert_eq!(
         fx.store
-            .remove_node(&n1, fx.now())
+            .remove_node(&n1, fx.now(), NO_CUT)
             .await
             .expect("remove_node"),
         Vec::<Phone>::new()
     );
     fx.advance(ttl + 1);
     assert_eq!(
-        fx.store.reap_dead_nodes(fx.now()).await.expect("reap"),
+        fx.store
+            .reap_dead_nodes(fx.now(), NO_CUT)
+            .await
+            .expect("reap"),
         Vec::<Phone>::new(),
         "a removed node is not reaped again"
     );
@@ -1182,7 +1322,7 @@ pub async fn crossed_send_request_accepts(fx: Fixture) {
     let nr = new_room(&fx);
     let got = fx
         .store
-        .send_request(request(&fx, &b, &a), nr)
+        .send_request(request(&fx, &b, &a), nr.clone())
         .await
         .expect("send_request");
     let expected = Room {
@@ -1310,10 +1450,18 @@ pub async fn requests_and_accepts_are_published(fx: Fixture) {
             .await
             .expect("subscribe");
     }
+    // The names the caller gives go out with the events (only those of the two users).
+    let named = |fx: &Fixture| NewRoom {
+        names: Names::from([
+            (a.clone(), "Asha".to_owned()),
+            (c.clone(), "Cyd".to_owned()),
+        ]),
+        ..new_room(fx)
+    };
     let ab = request(&fx, &a, &b);
     let created_at = ab.created_at;
     assert_eq!(
-        fx.store.send_request(ab, new_room(&fx)).await,
+        fx.store.send_request(ab, named(&fx)).await,
         Ok(SendOutcome::Sent)
     );
     assert_eq!(
@@ -1329,9 +1477,10 @@ pub async fn requests_and_accepts_are_published(fx: Fixture) {
             from: a.clone(),
             to: b.clone(),
             created_at,
+            names: Names::from([(a.clone(), "Asha".to_owned())]),
         }]
     );
-    let made = new_room(&fx);
+    let made = named(&fx);
     let room_ab = fx
         .store
         .accept_request(&a, &b, made, fx.now())
@@ -1342,6 +1491,19 @@ pub async fn requests_and_accepts_are_published(fx: Fixture) {
         chat_id,
         from_user: from_user.clone(),
         to_user: to_user.clone(),
+        names: [from_user, to_user]
+            .into_iter()
+            .filter_map(|p| {
+                let name = if *p == a {
+                    "Asha"
+                } else if *p == c {
+                    "Cyd"
+                } else {
+                    return None;
+                };
+                Some((p.clone(), name.to_owned()))
+            })
+            .collect(),
     };
     assert_eq!(
         fx.wait_for_events(&Audience::User(a.clone()), 1).await,
@@ -1356,7 +1518,7 @@ pub async fn requests_and_accepts_are_published(fx: Fixture) {
         .send_request(request(&fx, &c, &a), new_room(&fx))
         .await
         .expect("send_request");
-    let crossed = new_room(&fx);
+    let crossed = named(&fx);
     let crossed_id = crossed.id;
     assert!(matches!(
         fx.store.send_request(request(&fx, &a, &c), crossed).await,
@@ -1406,7 +1568,7 @@ pub async fn send_request_to_offline_user_is_user_not_found(fx: Fixture) {
         "a socket makes the user reachable"
     );
     fx.store
-        .remove_conn(&b, &conn, fx.now())
+        .remove_conn(&b, &conn, fx.now(), NO_CUT)
         .await
         .expect("remove_conn");
     fx.store
@@ -1496,7 +1658,7 @@ pub async fn accept_request_makes_room_once(fx: Fixture) {
     let nr = new_room(&fx);
     let room = fx
         .store
-        .accept_request(&a, &b, nr, fx.now())
+        .accept_request(&a, &b, nr.clone(), fx.now())
         .await
         .expect("accept")
         .expect("pending");
@@ -1950,7 +2112,7 @@ pub async fn end_session_conditions(fx: Fixture) {
     fx.advance(10);
     let t2 = fx.now();
     fx.store
-        .remove_conn(&a, &conn(&node, 1), t2)
+        .remove_conn(&a, &conn(&node, 1), t2, NO_CUT)
         .await
         .expect("remove_conn");
     assert!(
@@ -2229,6 +2391,7 @@ pub async fn bus_delivers_published_events(fx: Fixture) {
     let presence = Event::Presence {
         phone: fx.phone(2),
         online: true,
+        names: Names::from([(fx.phone(2), "Ben".to_owned())]),
     };
     let typing = Delivery::to_room(
         room,

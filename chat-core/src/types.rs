@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 /// Unix time in milliseconds.
 pub type Millis = u64;
 
+/// Display names by phone, for the users who have one (a user without a name is absent). On
+/// the wire an object `{"<phone>": "<name>"}`, shown as text, never as markup.
+pub type Names = std::collections::BTreeMap<Phone, String>;
+
 /// A normalised phone number: an optional `+` then 7 to 15 ASCII digits.
 ///
 /// The normalised form is the identity everywhere: `+14155550100` and `14155550100` are two

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chat_core::{
-    ChatService, Config, DueTimer, Error, ManualClock, MockEventBus, MockStore, NodeId, Outgoing,
-    Phone, PresenceState, Registered, Room, RoomId, SendOutcome, SendResult, Session, Timer, Token,
-    Touched,
+    ChatService, Config, DueTimer, Error, ManualClock, MockEventBus, MockStore, Names, NodeId,
+    Outgoing, Phone, PresenceState, Registered, Room, RoomId, SendOutcome, SendResult, Session,
+    Timer, Token, Touched,
 };
 use mockall::predicate::eq;
 
@@ -155,6 +155,8 @@ async fn authenticate_that_touched_is_not_reported_failed() {
 #[tokio::test]
 async fn accept_with_store_down_publishes_no_request_accepted() {
     let mut store = MockStore::new();
+    // Names are looked up for the events; none here.
+    store.expect_names().returning(|_| Ok(Names::new()));
     store
         .expect_accept_request()
         .times(1)
@@ -187,6 +189,8 @@ async fn decline_and_cancel_with_store_down_publish_nothing() {
 #[tokio::test]
 async fn send_request_with_store_down_sends_no_chat_request() {
     let mut store = MockStore::new();
+    // Names are looked up for the events; none here.
+    store.expect_names().returning(|_| Ok(Names::new()));
     // The store checks the target's presence itself, in the same step.
     store.expect_presence().never();
     store
@@ -203,6 +207,8 @@ async fn send_request_with_store_down_sends_no_chat_request() {
 #[tokio::test]
 async fn send_request_to_an_offline_user_publishes_nothing() {
     let mut store = MockStore::new();
+    // Names are looked up for the events; none here.
+    store.expect_names().returning(|_| Ok(Names::new()));
     store
         .expect_send_request()
         .times(1)
@@ -328,6 +334,8 @@ async fn connect_that_was_counted_is_not_reported_failed() {
 #[tokio::test]
 async fn a_bus_down_does_not_fail_a_stored_change() {
     let mut store = MockStore::new();
+    // Names are looked up for the events; none here.
+    store.expect_names().returning(|_| Ok(Names::new()));
     store.expect_remove_request().returning(|_, _, _| Ok(true));
     let mut bus = MockEventBus::new();
     bus.expect_publish().times(1).returning(|_| down());
@@ -339,6 +347,8 @@ async fn a_bus_down_does_not_fail_a_stored_change() {
 async fn requests_and_accepts_are_published_by_the_store_not_again() {
     // The store publishes chat_request / request_accepted in the same step as the change.
     let mut store = MockStore::new();
+    // Names are looked up for the events; none here.
+    store.expect_names().returning(|_| Ok(Names::new()));
     store
         .expect_send_request()
         .times(1)
@@ -365,7 +375,7 @@ async fn requests_and_accepts_are_published_by_the_store_not_again() {
 fn ticking_store() -> MockStore {
     let mut store = MockStore::new();
     store.expect_heartbeat().returning(|_, _| Ok(()));
-    store.expect_reap_dead_nodes().returning(|_| Ok(vec![]));
+    store.expect_reap_dead_nodes().returning(|_, _| Ok(vec![]));
     store
 }
 

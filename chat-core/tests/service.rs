@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use chat_core::{
     Audience, ChatService, Config, ConnKey, Delivery, Error, Event, EventBus, Except,
-    HISTORY_LIMIT, JOIN_HISTORY, ManualClock, MemoryStore, Message, NodeId, Outgoing, Phone,
+    HISTORY_LIMIT, JOIN_HISTORY, ManualClock, MemoryStore, Message, Names, NodeId, Outgoing, Phone,
     RecordingSink, RoomId, SendResult, Session, page_limit,
 };
 use tokio::task::JoinSet;
@@ -118,6 +118,7 @@ impl Harness {
 
 fn presence(phone: &Phone, online: bool) -> Event {
     Event::Presence {
+        names: Names::new(),
         phone: phone.clone(),
         online,
     }
@@ -146,6 +147,7 @@ async fn phone_is_normalised_to_one_identity() {
     assert_eq!(
         h.events(&a.phone),
         vec![Event::ChatRequest {
+            names: Names::new(),
             from: b.phone.clone(),
             to: a.phone.clone(),
             created_at: START,
@@ -357,9 +359,10 @@ async fn session_lives_while_online() {
         h.chat.register("+14155550100", None, None).await,
         Err(Error::PhoneInUse)
     );
-    // Once the last socket closes, the clock starts.
+    // Once the last socket closes, the clock starts: offline after the presence grace (it
+    // cuts the HTTP window the request above opened), then the session's idle time.
     h.chat.disconnect(&a.phone, &conn).await.unwrap();
-    h.pass(600 + 21_599).await;
+    h.pass(h.config.presence_grace_secs + 21_599).await;
     assert!(h.chat.session(a.token.as_str()).await.is_ok());
     h.pass(2).await;
     assert_eq!(
@@ -639,6 +642,7 @@ async fn send_request_notifies_recipient_and_refuses_a_repeat() {
     assert_eq!(
         h.events(&b.phone),
         vec![Event::ChatRequest {
+            names: Names::new(),
             from: a.phone.clone(),
             to: b.phone.clone(),
             created_at: START + 1234,
@@ -686,6 +690,7 @@ async fn crossed_request_accepts_and_tells_both() {
     assert_eq!(
         h.events(&a.phone),
         vec![Event::RequestAccepted {
+            names: Names::new(),
             chat_id: room,
             from_user: b.phone.clone(),
             to_user: a.phone.clone(),
@@ -694,6 +699,7 @@ async fn crossed_request_accepts_and_tells_both() {
     assert_eq!(
         h.events(&b.phone),
         vec![Event::RequestAccepted {
+            names: Names::new(),
             chat_id: room,
             from_user: a.phone.clone(),
             to_user: b.phone.clone(),
@@ -756,6 +762,7 @@ async fn respond_accept_makes_a_room_and_tells_both() {
     assert_eq!(
         h.events(&a.phone),
         vec![Event::RequestAccepted {
+            names: Names::new(),
             chat_id: room,
             from_user: b.phone.clone(),
             to_user: a.phone.clone(),
@@ -764,6 +771,7 @@ async fn respond_accept_makes_a_room_and_tells_both() {
     assert_eq!(
         h.events(&b.phone),
         vec![Event::RequestAccepted {
+            names: Names::new(),
             chat_id: room,
             from_user: a.phone.clone(),
             to_user: b.phone.clone(),
@@ -804,6 +812,7 @@ async fn respond_decline_tells_the_requester() {
     assert_eq!(
         h.events(&a.phone),
         vec![Event::RequestDeclined {
+            names: Names::new(),
             from_user: b.phone.clone(),
             to_user: a.phone.clone(),
         }]
@@ -878,6 +887,7 @@ async fn cancel_request_tells_the_recipient() {
     assert_eq!(
         h.events(&b.phone),
         vec![Event::RequestCancelled {
+            names: Names::new(),
             from_user: a.phone.clone(),
             to_user: b.phone.clone(),
         }]
@@ -1444,7 +1454,7 @@ async fn join_and_leave_are_announced_to_the_room() {
     let room = h.room(&a, &b).await;
     h.clear();
     let conn = h.chat.new_conn();
-    h.chat.announce_join(&a.phone, room).await;
+    h.chat.announce_join(&a, room).await;
     h.chat.announce_leave(&a.phone, room, &conn).await;
     assert_eq!(
         h.sink.take(),
@@ -1452,6 +1462,7 @@ async fn join_and_leave_are_announced_to_the_room() {
             Delivery::to_room(
                 room,
                 Event::UserJoined {
+                    names: Names::new(),
                     room,
                     user: a.phone.clone()
                 }
@@ -1670,4 +1681,187 @@ async fn presence_of_unrelated_users_is_not_published() {
     h.chat.disconnect(&a.phone, &c).await.unwrap();
     h.pass(1).await;
     assert!(h.sink.take().is_empty());
+}
+
+// ------------------------------------------------------------------------------- v3
+
+#[tokio::test]
+async fn names_travel_with_phones() {
+    let h = Harness::new();
+    let named = |phone: &'static str, name: &'static str| {
+        let chat = h.chat.clone();
+        async move {
+            chat.register(phone, Some(name.into()), None)
+                .await
+                .unwrap()
+                .session
+        }
+    };
+    let a = named("+14155550100", "  Asha ").await;
+    let b = named("+14155550101", "Ben").await;
+    let c = named("+14155550102", "   ").await;
+    assert_eq!(a.name.as_deref(), Some("Asha"), "trimmed");
+    assert_eq!(c.name, None, "white space is no name");
+    let nobody = Phone::parse("+14155550199").unwrap();
+    let asha = || (a.phone.clone(), "Asha".to_owned());
+    let ben = || (b.phone.clone(), "Ben".to_owned());
+    let both = || Names::from([asha(), ben()]);
+    assert_eq!(
+        h.chat
+            .names(&[a.phone.clone(), b.phone.clone(), c.phone.clone(), nobody])
+            .await
+            .unwrap(),
+        both()
+    );
+    let b_conn = h.connect(&b.phone).await;
+    h.clear();
+
+    // Requests, declines, cancels and accepts name both users.
+    h.chat
+        .send_request(&a.phone, b.phone.as_str())
+        .await
+        .unwrap();
+    h.chat
+        .respond_request(&b.phone, a.phone.as_str(), "decline")
+        .await
+        .unwrap();
+    h.chat
+        .send_request(&a.phone, b.phone.as_str())
+        .await
+        .unwrap();
+    h.chat
+        .cancel_request(&a.phone, b.phone.as_str())
+        .await
+        .unwrap();
+    h.chat
+        .send_request(&a.phone, b.phone.as_str())
+        .await
+        .unwrap();
+    let room = h
+        .chat
+        .respond_request(&b.phone, a.phone.as_str(), "accept")
+        .await
+        .unwrap()
+        .unwrap();
+    let requested = Event::ChatRequest {
+        from: a.phone.clone(),
+        to: b.phone.clone(),
+        created_at: START,
+        names: both(),
+    };
+    assert_eq!(
+        h.events(&b.phone),
+        vec![
+            requested.clone(),
+            requested.clone(),
+            Event::RequestCancelled {
+                from_user: a.phone.clone(),
+                to_user: b.phone.clone(),
+                names: both(),
+            },
+            requested,
+            Event::RequestAccepted {
+                chat_id: room,
+                from_user: a.phone.clone(),
+                to_user: b.phone.clone(),
+                names: both(),
+            },
+        ]
+    );
+    assert_eq!(
+        h.events(&a.phone),
+        vec![
+            Event::RequestDeclined {
+                from_user: b.phone.clone(),
+                to_user: a.phone.clone(),
+                names: both(),
+            },
+            Event::RequestAccepted {
+                chat_id: room,
+                from_user: b.phone.clone(),
+                to_user: a.phone.clone(),
+                names: both(),
+            },
+        ]
+    );
+    // Presence and user_joined name the user they are about.
+    h.clear();
+    h.chat.announce_join(&a, room).await;
+    assert_eq!(
+        h.room_events(room),
+        vec![Event::UserJoined {
+            room,
+            user: a.phone.clone(),
+            names: Names::from([asha()]),
+        }]
+    );
+    h.chat.disconnect(&b.phone, &b_conn).await.unwrap();
+    h.pass(h.config.presence_grace_secs).await;
+    assert_eq!(
+        h.events(&a.phone),
+        vec![Event::Presence {
+            phone: b.phone.clone(),
+            online: false,
+            names: Names::from([ben()]),
+        }]
+    );
+}
+
+#[tokio::test]
+async fn the_last_socket_closing_ends_presence_within_the_grace() {
+    let h = Harness::new();
+    assert_eq!(h.config.presence_grace_secs, 5);
+    // A registered just now: an HTTP window of 600 s.
+    let a = h.register("+14155550100").await;
+    let b = h.register("+14155550101").await;
+    h.connect(&b.phone).await;
+    h.chat
+        .send_request(&a.phone, b.phone.as_str())
+        .await
+        .unwrap();
+    let c1 = h.connect(&a.phone).await;
+    h.clear();
+
+    // A closes the page: offline within the grace, not 600 s later.
+    h.chat.disconnect(&a.phone, &c1).await.unwrap();
+    h.pass(4).await;
+    assert!(
+        h.chat.is_online(&a.phone).await.unwrap(),
+        "within the grace"
+    );
+    h.pass(1).await;
+    assert!(!h.chat.is_online(&a.phone).await.unwrap());
+    assert_eq!(h.events(&b.phone), vec![presence(&a.phone, false)]);
+
+    // An API request after that opens a full window again.
+    h.clear();
+    h.chat.authenticate(a.token.as_str()).await.unwrap();
+    h.pass(500).await;
+    assert!(h.chat.is_online(&a.phone).await.unwrap());
+    assert_eq!(h.events(&b.phone), vec![presence(&a.phone, true)]);
+
+    // A reload: the socket closes and another opens within the grace. No flap.
+    h.clear();
+    let c2 = h.connect(&a.phone).await;
+    h.chat.disconnect(&a.phone, &c2).await.unwrap();
+    h.pass(3).await;
+    let c3 = h.connect(&a.phone).await;
+    h.pass(60).await;
+    assert!(h.chat.is_online(&a.phone).await.unwrap());
+    assert!(h.events(&b.phone).is_empty(), "{:?}", h.events(&b.phone));
+    // Its own close starts a new grace from that moment.
+    h.chat.disconnect(&a.phone, &c3).await.unwrap();
+    h.pass(5).await;
+    assert_eq!(h.events(&b.phone), vec![presence(&a.phone, false)]);
+
+    // A grace never lengthens a window: a user whose window already ended goes at once.
+    let zero = Harness::with_config(Config {
+        presence_grace_secs: 0,
+        ..Config::default()
+    });
+    let z = zero.register("+14155550102").await;
+    let cz = zero.connect(&z.phone).await;
+    zero.chat.disconnect(&z.phone, &cz).await.unwrap();
+    zero.pass(1).await;
+    assert!(!zero.chat.is_online(&z.phone).await.unwrap());
 }

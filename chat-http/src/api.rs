@@ -135,6 +135,15 @@ fn rooms_json(rooms: &[RoomSummary]) -> Value {
         .collect()
 }
 
+/// The names of the other members of `rooms`.
+async fn room_names(
+    service: &chat_core::ChatService,
+    rooms: &[RoomSummary],
+) -> Result<chat_core::Names> {
+    let others: Vec<chat_core::Phone> = rooms.iter().map(|r| r.other_user.clone()).collect();
+    service.names(&others).await
+}
+
 /// Answers an API route whose body has been read.
 pub(crate) async fn handle(
     app: App,
@@ -175,18 +184,22 @@ pub(crate) async fn handle(
             let page = service
                 .online_users(q_or_none("cursor"), q("limit").as_deref())
                 .await?;
+            let names = service.names(&page.phones).await?;
             let phones: Vec<&str> = page.phones.iter().map(|p| p.as_str()).collect();
             Ok(reply::ok(json!({
                 "online_users": phones,
                 "next_cursor": page.next_cursor,
+                "names": names,
             })))
         }
         Route::Reconnect => {
             // Any body: authenticating has already refreshed presence.
             service.check_caller(&session, named.as_deref())?;
             let rooms = service.active_rooms(me).await?;
+            let names = room_names(service, &rooms).await?;
             Ok(reply::ok(json!({
                 "data": {"status": "reconnected", "chatrooms": rooms_json(&rooms)},
+                "names": names,
             })))
         }
         Route::SendRequest => {
@@ -203,12 +216,15 @@ pub(crate) async fn handle(
         Route::IncomingRequest => {
             service.check_caller(&session, named.as_deref())?;
             let r = service.requests(me).await?;
+            let listed: Vec<chat_core::Phone> = r.incoming.iter().chain(&r.sent).cloned().collect();
+            let names = service.names(&listed).await?;
             let list = |v: &[chat_core::Phone]| -> Vec<String> {
                 v.iter().map(|p| p.as_str().to_owned()).collect()
             };
             Ok(reply::ok(json!({
                 "incoming_request": list(&r.incoming),
                 "sent_request": list(&r.sent),
+                "names": names,
             })))
         }
         Route::RespondRequest => {
@@ -233,7 +249,10 @@ pub(crate) async fn handle(
         Route::ActiveChatrooms => {
             service.check_caller(&session, named.as_deref())?;
             let rooms = service.active_rooms(me).await?;
-            Ok(reply::ok(json!({"chatrooms": rooms_json(&rooms)})))
+            let names = room_names(service, &rooms).await?;
+            Ok(reply::ok(
+                json!({"chatrooms": rooms_json(&rooms), "names": names}),
+            ))
         }
         Route::Messages(room) => {
             service.check_caller(&session, named.as_deref())?;

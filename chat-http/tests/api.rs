@@ -318,12 +318,12 @@ async fn request_lifecycle() {
     let r = s.call("GET", "/incoming_request", Some(&a), None).await;
     assert_eq!(
         r.json,
-        json!({"success": true, "incoming_request": [C], "sent_request": []})
+        json!({"success": true, "incoming_request": [C], "sent_request": [], "names": {}})
     );
     let r = s.call("GET", "/incoming_request", Some(&c), None).await;
     assert_eq!(
         r.json,
-        json!({"success": true, "incoming_request": [], "sent_request": [A]})
+        json!({"success": true, "incoming_request": [], "sent_request": [A], "names": {}})
     );
 
     // Bad action, then decline.
@@ -615,7 +615,7 @@ async fn store_down_is_503_and_recovers() {
 
     s.store.set(Mode::Up);
     let r = s.call("GET", "/active_chatrooms", Some(&a), None).await;
-    assert_eq!(r.json, json!({"success": true, "chatrooms": []}));
+    assert_eq!(r.json, json!({"success": true, "chatrooms": [], "names": {}}));
     let r = s.call("GET", "/readyz", None, None).await;
     assert_eq!(r.json, json!({"success": true, "store": "ok"}));
 }

@@ -34,6 +34,10 @@ pub struct Flags {
     #[arg(long, env = "CHAT_PRESENCE_SECS", default_value_t = 600, value_parser = positive)]
     pub presence_secs: u64,
 
+    /// How long after a user's last socket closes they may stay online (0: at once).
+    #[arg(long, env = "CHAT_PRESENCE_GRACE_SECS", default_value_t = 5)]
+    pub presence_grace_secs: u64,
+
     /// How long a chat request stays pending.
     #[arg(long, env = "CHAT_REQUEST_TTL_SECS", default_value_t = 6_000, value_parser = positive)]
     pub request_ttl_secs: u64,
@@ -162,6 +166,7 @@ impl Flags {
         chat_core::Config {
             session_idle_secs: self.session_idle_secs,
             presence_secs: self.presence_secs,
+            presence_grace_secs: self.presence_grace_secs,
             request_ttl_secs: self.request_ttl_secs,
             room_ttl_secs: self.room_ttl_secs,
             room_idle_secs: self.room_idle_secs,

@@ -76,6 +76,7 @@
 //! |---|---|
 //! | `create_session`, `session`, `touch`, `add_conn`, `remove_conn`, `presence`, `go_offline`, `online_page` | one function each |
 //! | `heartbeat` | `ZADD` |
+//! | `names` | a pipeline of `HGET s:<phone> n` |
 //! | `create_ticket` | `SET … PX` |
 //! | `take_ticket` | `GETDEL`, then `session`'s function (two round trips; once per socket opened by ticket) |
 //! | `reap_dead_nodes`, `remove_node` | one function (O(sockets of the dead node)) |

@@ -129,14 +129,20 @@ local function touch(phone, http_until, h, tok, off)
   return off and true or false
 end
 
--- Forgets one socket (`cm` = "<id>|<node>"). When it was the user's last: schedules the presence
--- timer at max(http_until, now) and returns true.
-local function forget_conn(phone, cm, now)
+-- Forgets one socket (`cm` = "<id>|<node>"). When it was the user's last: cuts the HTTP presence
+-- window to end at `grace_until` at the latest, schedules the presence timer at
+-- max(http_until, now) and returns true.
+local function forget_conn(phone, cm, now, grace_until)
   local uc = k_uconns(phone)
   if redis.call('SREM', uc, cm) == 0 then return false end
   if redis.call('SCARD', uc) > 0 then return false end
-  local h = redis.call('HGET', k_sess(phone), 'h')
+  local s = k_sess(phone)
+  local h = redis.call('HGET', s, 'h')
   if not h then return false end
+  if tonumber(h) > tonumber(grace_until) then
+    h = grace_until
+    redis.call('HSET', s, 'h', h)
+  end
   local at = later(h, now)
   redis.call('ZADD', K_TIMERS, at, 'p|' .. phone)
   user_expiry(phone, expire_at(at, USER_GRACE))
@@ -144,7 +150,7 @@ local function forget_conn(phone, cm, now)
 end
 
 -- Forgets a node and its sockets; appends users left with none to `orphans`.
-local function forget_node(node, now, orphans)
+local function forget_node(node, now, grace_until, orphans)
   redis.call('ZREM', K_NODES, node)
   local nk = k_nconns(node)
   local conns = redis.call('SMEMBERS', nk)
@@ -154,7 +160,9 @@ local function forget_node(node, now, orphans)
     if sep then
       local phone = string.sub(m, 1, sep - 1)
       local id = string.sub(m, sep + 1)
-      if forget_conn(phone, id .. '|' .. node, now) then orphans[#orphans + 1] = phone end
+      if forget_conn(phone, id .. '|' .. node, now, grace_until) then
+        orphans[#orphans + 1] = phone
+      end
     end
   end
 end
@@ -319,11 +327,11 @@ user_expiry(phone, nil)
 return came
 "#;
 
-/// ARGV: prefix, phone, "<conn id>|<node>", node, "<phone>|<conn id>", now. → 1
+/// ARGV: prefix, phone, "<conn id>|<node>", node, "<phone>|<conn id>", now, grace_until. → 1
 const REMOVE_CONN: &str = r#"
-local phone, cm, node, nm, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local phone, cm, node, nm, now, grace = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 redis.call('SREM', k_nconns(node), nm)
-forget_conn(phone, cm, now)
+forget_conn(phone, cm, now, grace)
 return 1
 "#;
 
@@ -372,19 +380,19 @@ end
 return {more, members[n] or '', out}
 "#;
 
-/// ARGV: prefix, now. → users left without a socket (may repeat)
+/// ARGV: prefix, now, grace_until. → users left without a socket (may repeat)
 const REAP: &str = r#"
-local now = ARGV[2]
+local now, grace = ARGV[2], ARGV[3]
 local dead = redis.call('ZRANGE', K_NODES, '-inf', '(' .. now, 'BYSCORE')
 local orphans = {}
-for _, node in ipairs(dead) do forget_node(node, now, orphans) end
+for _, node in ipairs(dead) do forget_node(node, now, grace, orphans) end
 return orphans
 "#;
 
-/// ARGV: prefix, node, now. → users left without a socket (may repeat)
+/// ARGV: prefix, node, now, grace_until. → users left without a socket (may repeat)
 const REMOVE_NODE: &str = r#"
 local orphans = {}
-forget_node(ARGV[2], ARGV[3], orphans)
+forget_node(ARGV[2], ARGV[3], ARGV[4], orphans)
 return orphans
 "#;
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use chat_core::{
     Appended, Audience, ChatRequest, ConnKey, Delivery, DueTimer, EndedSession, Error, EventBus,
-    EventSink, HistoryPage, Message, MessageId, Millis, NewMessage, NewRoom, NodeId, OnlinePage,
-    Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome, Session, Store,
-    Timer, Token, Touched,
+    EventSink, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NewRoom, NodeId,
+    OnlinePage, Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome,
+    Session, Store, Timer, Token, Touched,
 };
 use redis::Value;
 
@@ -428,6 +428,25 @@ impl Store for RedisStore {
         }
     }
 
+    async fn names(&self, phones: &[Phone]) -> Result<Names> {
+        // One pipeline of HGETs: one round trip. A name belongs to a live session only, and an
+        // ended session's hash is deleted with it.
+        if phones.is_empty() {
+            return Ok(Names::new());
+        }
+        let mut pipe = redis::pipe();
+        for p in phones {
+            pipe.cmd("HGET").arg(self.key(&format!("s:{p}"))).arg("n");
+        }
+        let mut conn = self.inner.conn.clone();
+        let found: Vec<Option<String>> = bounded(pipe.query_async(&mut conn)).await?;
+        Ok(phones
+            .iter()
+            .zip(found)
+            .filter_map(|(p, n)| Some((p.clone(), n.filter(|n| !n.is_empty())?)))
+            .collect())
+    }
+
     async fn create_ticket(
         &self,
         ticket: &Token,
@@ -501,11 +520,24 @@ impl Store for RedisStore {
         Ok(integer(&v)? == 1)
     }
 
-    async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()> {
+    async fn remove_conn(
+        &self,
+        phone: &Phone,
+        conn: &ConnKey,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<()> {
         let (cm, nm) = conn_members(phone, conn);
         self.run(
             &self.inner.library.remove_conn,
-            &[phone.as_str(), &cm, &conn.node.0, &nm, &now.to_string()],
+            &[
+                phone.as_str(),
+                &cm,
+                &conn.node.0,
+                &nm,
+                &now.to_string(),
+                &grace_until.to_string(),
+            ],
         )
         .await?;
         Ok(())
@@ -601,20 +633,28 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>> {
+    async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>> {
         let v = self
-            .run(&self.inner.library.reap, &[&now.to_string()])
+            .run(
+                &self.inner.library.reap,
+                &[&now.to_string(), &grace_until.to_string()],
+            )
             .await?;
         let mut orphans = phones(v)?;
         orphans.dedup();
         Ok(orphans)
     }
 
-    async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>> {
+    async fn remove_node(
+        &self,
+        node: &NodeId,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<Vec<Phone>> {
         let v = self
             .run(
                 &self.inner.library.remove_node,
-                &[&node.0, &now.to_string()],
+                &[&node.0, &now.to_string(), &grace_until.to_string()],
             )
             .await?;
         let mut orphans = phones(v)?;
@@ -624,9 +664,15 @@ impl Store for RedisStore {
 
     async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<SendOutcome> {
         let (from, to) = (&request.from, &request.to);
-        let asked = self.event(&Delivery::chat_request(from, to, request.created_at))?;
+        let asked = self.event(&Delivery::chat_request(
+            from,
+            to,
+            request.created_at,
+            &room_.names,
+        ))?;
         // A crossed request makes the room [to, from].
-        let [to_to, to_from] = Delivery::request_accepted(room_.id, &[to.clone(), from.clone()]);
+        let [to_to, to_from] =
+            Delivery::request_accepted(room_.id, &[to.clone(), from.clone()], &room_.names);
         let (to_to, to_from) = (self.event(&to_to)?, self.event(&to_from)?);
         let v = items(
             self.run(
@@ -670,7 +716,8 @@ impl Store for RedisStore {
         room_: NewRoom,
         now: Millis,
     ) -> Result<Option<Room>> {
-        let [to_from, to_to] = Delivery::request_accepted(room_.id, &[from.clone(), to.clone()]);
+        let [to_from, to_to] =
+            Delivery::request_accepted(room_.id, &[from.clone(), to.clone()], &room_.names);
         let (to_from, to_to) = (self.event(&to_from)?, self.event(&to_to)?);
         match self
             .run(

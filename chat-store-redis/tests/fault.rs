@@ -53,6 +53,7 @@ async fn redis_killed_mid_traffic_fails_fast_recovers_and_loses_no_acked_message
         id: RoomId::generate(),
         created_at: t,
         expires_at: t + 3_600_000,
+        names: Default::default(),
     };
     let req = ChatRequest {
         from: a.clone(),
@@ -60,7 +61,7 @@ async fn redis_killed_mid_traffic_fails_fast_recovers_and_loses_no_acked_message
         created_at: t,
         expires_at: t + 600_000,
     };
-    store.send_request(req, new_room).await.expect("send");
+    store.send_request(req, new_room.clone()).await.expect("send");
     let room = store
         .accept_request(&a, &b, new_room, t)
         .await
@@ -319,6 +320,7 @@ fn presence_to(to: &Phone, n: u32) -> Delivery {
     Delivery::to_user(
         to.clone(),
         Event::Presence {
+            names: Default::default(),
             phone: phone(900),
             online: n.is_multiple_of(2),
         },

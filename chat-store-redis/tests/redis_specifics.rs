@@ -44,6 +44,7 @@ async fn make_room(store: &RedisStore, a: &Phone, b: &Phone, t: u64, ttl: u64) -
         id: RoomId::generate(),
         created_at: t,
         expires_at: t + ttl,
+        names: Default::default(),
     };
     let req = ChatRequest {
         from: a.clone(),
@@ -52,7 +53,7 @@ async fn make_room(store: &RedisStore, a: &Phone, b: &Phone, t: u64, ttl: u64) -
         expires_at: t + 60_000,
     };
     assert_eq!(
-        store.send_request(req, new_room).await.expect("send"),
+        store.send_request(req, new_room.clone()).await.expect("send"),
         SendOutcome::Sent
     );
     store
@@ -130,7 +131,7 @@ async fn keys_expire_a_margin_after_the_callers_deadlines() {
     store.add_conn(&a, &conn).await.expect("add_conn");
     assert_eq!(pexpiretime(&mut con, &format!("{p}s:{a}")).await, -1);
     store
-        .remove_conn(&a, &conn, t + 1)
+        .remove_conn(&a, &conn, t + 1, u64::MAX / 2)
         .await
         .expect("remove_conn");
     assert_near(
@@ -183,6 +184,7 @@ async fn keys_expire_a_margin_after_the_callers_deadlines() {
         id: RoomId::generate(),
         created_at: t,
         expires_at: t + 300_000,
+        names: Default::default(),
     };
     store.send_request(req, unused).await.expect("send");
     assert_near(
@@ -238,6 +240,7 @@ async fn ended_sessions_and_rooms_leave_no_keys_and_nothing_scans_the_keyspace()
         id: RoomId::generate(),
         created_at: t,
         expires_at: t + 300_000,
+        names: Default::default(),
     };
     store.send_request(req, unused).await.expect("send");
     let conn = ConnKey {
@@ -250,11 +253,11 @@ async fn ended_sessions_and_rooms_leave_no_keys_and_nothing_scans_the_keyspace()
         .expect("heartbeat");
     store.add_conn(&c, &conn).await.expect("add_conn");
     store
-        .remove_conn(&c, &conn, t + 2)
+        .remove_conn(&c, &conn, t + 2, u64::MAX / 2)
         .await
         .expect("remove_conn");
     store
-        .remove_node(&conn.node, t + 2)
+        .remove_node(&conn.node, t + 2, u64::MAX / 2)
         .await
         .expect("remove_node");
     store.online_page(None, 10, t).await.expect("online");
@@ -514,6 +517,7 @@ async fn a_full_delivery_queue_drops_and_counts_without_blocking_redis() {
         Delivery::to_user(
             u.clone(),
             Event::Presence {
+                names: Default::default(),
                 phone: phone(n),
                 online: true,
             },
@@ -596,6 +600,7 @@ async fn undecodable_payloads_are_counted_and_skipped() {
     let good = Delivery::to_user(
         u.clone(),
         Event::Presence {
+            names: Default::default(),
             phone: phone(62),
             online: true,
         },
@@ -651,6 +656,7 @@ async fn killed_connections_come_back_with_their_subscriptions() {
         let probe = Delivery::to_user(
             u.clone(),
             Event::Presence {
+                names: Default::default(),
                 phone: phone(72),
                 online: n % 2 == 0,
             },
@@ -864,6 +870,7 @@ async fn a_new_session_inherits_nothing_redis_expired_under_its_phone() {
         id: RoomId::generate(),
         created_at: t,
         expires_at: t + 300_000,
+        names: Default::default(),
     };
     assert_eq!(
         store.send_request(request, spare).await.expect("send"),

@@ -23,6 +23,7 @@ fn presence_event(who: &Phone, to: &Phone, online: bool) -> Delivery {
     Delivery::to_user(
         to.clone(),
         Event::Presence {
+            names: Default::default(),
             phone: who.clone(),
             online,
         },
@@ -136,8 +137,9 @@ async fn both_nodes_see_a_rooms_messages_in_history_order() {
         id: chat_core::RoomId::generate(),
         created_at: t,
         expires_at: t + 600_000,
+        names: Default::default(),
     };
-    a.send_request(request, new_room).await.expect("send");
+    a.send_request(request, new_room.clone()).await.expect("send");
     let room = b
         .accept_request(&p1, &p2, new_room, t)
         .await
@@ -217,7 +219,9 @@ async fn presence_is_shared_between_nodes() {
     assert_eq!(p.conns, 1);
     let page = a.online_page(None, 100, t + 10).await.expect("online");
     assert_eq!(page.phones, vec![u.clone()], "online by the socket on B");
-    b.remove_conn(&u, &conn, t + 10).await.expect("remove_conn");
+    b.remove_conn(&u, &conn, t + 10, u64::MAX / 2)
+        .await
+        .expect("remove_conn");
     assert_eq!(
         a.presence(&u)
             .await
@@ -300,7 +304,7 @@ async fn a_dead_node_is_reaped_by_the_other_within_node_ttl() {
     );
     // A later reap finds nothing more.
     assert!(
-        b.reap_dead_nodes(clock_now(&clock))
+        b.reap_dead_nodes(clock_now(&clock), u64::MAX / 2)
             .await
             .expect("reap")
             .is_empty()

@@ -837,7 +837,7 @@ async fn join_room(
             match completed {
                 Completed::Joined(offer) => {
                     hub.count(offer);
-                    service.announce_join(me, room).await;
+                    service.announce_join(&conn.session, room).await;
                     Ok(())
                 }
                 // Closed or expired after the history was read: answered as a join that came

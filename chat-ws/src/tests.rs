@@ -515,6 +515,7 @@ async fn a_slow_reader_is_closed_alone() {
         w.hub.deliver(&Delivery::to_user(
             a.phone.clone(),
             Event::Presence {
+                names: Default::default(),
                 phone: Phone::parse(&format!("+1555000{i:04}")).unwrap(),
                 online: true,
             },
@@ -570,7 +571,7 @@ async fn room_events_reach_joined_sockets_only_with_their_exceptions() {
         );
         assert_eq!(
             c.json().await,
-            json!({"event": "user_joined", "data": {"room": room.to_string(), "user": who}})
+            json!({"event": "user_joined", "data": {"room": room.to_string(), "user": who, "names": {}}})
         );
     }
     // Earlier joiners saw the later ones join.
@@ -681,7 +682,7 @@ async fn a_room_that_ends_keeps_no_socket_and_no_subscription(ending: Ending) {
         assert_eq!(c.json().await["event"], "room_history");
         assert_eq!(
             c.json().await,
-            json!({"event": "user_joined", "data": {"room": r, "user": who}})
+            json!({"event": "user_joined", "data": {"room": r, "user": who, "names": {}}})
         );
     }
     a1.only_then_pong(&["user_joined"]).await;
@@ -1121,6 +1122,7 @@ async fn a_reader_too_slow_for_the_byte_bound_is_closed_with_1008() {
         Delivery::to_user(
             a.phone.clone(),
             Event::Presence {
+                names: Default::default(),
                 phone: Phone::parse(&format!("+1555000{i:04}")).unwrap(),
                 online: true,
             },
@@ -1377,17 +1379,18 @@ macro_rules! flaky_store {
 flaky_store! {
     fn create_session(&self, session: Session, refresh: Option<Token>, http_until: Millis) -> Registered;
     fn session(&self, token: &Token) -> Option<Session>;
+    fn names(&self, phones: &[Phone]) -> chat_core::Names;
     fn create_ticket(&self, ticket: &Token, token: &Token, now: Millis, expires_at: Millis) -> ();
     fn take_ticket(&self, ticket: &Token, now: Millis) -> Option<Session>;
     fn touch(&self, token: &Token, http_until: Millis) -> Option<Touched>;
     fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> bool;
-    fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> ();
+    fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis, grace_until: Millis) -> ();
     fn presence(&self, phone: &Phone) -> Option<PresenceState>;
     fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> bool;
     fn online_page(&self, cursor: Option<String>, limit: usize, now: Millis) -> OnlinePage;
     fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> ();
-    fn reap_dead_nodes(&self, now: Millis) -> Vec<Phone>;
-    fn remove_node(&self, node: &NodeId, now: Millis) -> Vec<Phone>;
+    fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Vec<Phone>;
+    fn remove_node(&self, node: &NodeId, now: Millis, grace_until: Millis) -> Vec<Phone>;
     fn send_request(&self, request: ChatRequest, room: NewRoom) -> SendOutcome;
     fn accept_request(&self, from: &Phone, to: &Phone, room: NewRoom, now: Millis) -> Option<Room>;
     fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> bool;

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::marker::PhantomData;
 
-use chat_core::{Error, Event, HistoryPage, Message, MessageId, RoomId, rfc3339};
+use chat_core::{Error, Event, HistoryPage, Message, MessageId, Names, RoomId, rfc3339};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -624,22 +624,32 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
         from: &'a str,
         to: &'a str,
         created_at: u64,
+        names: &'a Names,
     }
     #[derive(Serialize)]
     struct RequestAccepted<'a> {
         chat_id: &'a RoomId,
         from_user: &'a str,
         to_user: &'a str,
+        names: &'a Names,
     }
     #[derive(Serialize)]
     struct FromTo<'a> {
         from_user: &'a str,
         to_user: &'a str,
+        names: &'a Names,
     }
     #[derive(Serialize)]
     struct Presence<'a> {
         phone: &'a str,
         online: bool,
+        names: &'a Names,
+    }
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        room: &'a RoomId,
+        user: &'a str,
+        names: &'a Names,
     }
     #[derive(Serialize)]
     struct RoomClosed<'a> {
@@ -661,6 +671,7 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
             from,
             to,
             created_at,
+            names,
         } => frame(
             "chat_request",
             None,
@@ -668,12 +679,14 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
                 from: from.as_str(),
                 to: to.as_str(),
                 created_at: *created_at,
+                names,
             },
         ),
         Event::RequestAccepted {
             chat_id,
             from_user,
             to_user,
+            names,
         } => frame(
             "request_accepted",
             None,
@@ -681,30 +694,46 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
                 chat_id,
                 from_user: from_user.as_str(),
                 to_user: to_user.as_str(),
+                names,
             },
         ),
-        Event::RequestDeclined { from_user, to_user } => frame(
+        Event::RequestDeclined {
+            from_user,
+            to_user,
+            names,
+        } => frame(
             "request_declined",
             None,
             &FromTo {
                 from_user: from_user.as_str(),
                 to_user: to_user.as_str(),
+                names,
             },
         ),
-        Event::RequestCancelled { from_user, to_user } => frame(
+        Event::RequestCancelled {
+            from_user,
+            to_user,
+            names,
+        } => frame(
             "request_cancelled",
             None,
             &FromTo {
                 from_user: from_user.as_str(),
                 to_user: to_user.as_str(),
+                names,
             },
         ),
-        Event::Presence { phone, online } => frame(
+        Event::Presence {
+            phone,
+            online,
+            names,
+        } => frame(
             "presence",
             None,
             &Presence {
                 phone: phone.as_str(),
                 online: *online,
+                names,
             },
         ),
         Event::RoomClosed { room, by } => frame(
@@ -717,12 +746,13 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
         ),
         Event::RoomExpired { room } => frame("room_expired", None, &RoomOnly { room }),
         Event::ReceiveMessage(m) => received_frame(m),
-        Event::UserJoined { room, user } => frame(
+        Event::UserJoined { room, user, names } => frame(
             "user_joined",
             None,
-            &RoomUser {
+            &Joined {
                 room,
                 user: user.as_str(),
+                names,
             },
         ),
         Event::UserLeft { room, user } => frame(

@@ -174,7 +174,8 @@ async fn join_send_and_leave_over_real_sockets() {
         next_json(&mut ca).await,
         json!({"event": "room_history", "ack": 1, "data": {"room": r, "messages": [], "more": false}})
     );
-    let a_joined = json!({"event": "user_joined", "data": {"room": r, "user": a.phone.as_str()}});
+    let a_joined =
+        json!({"event": "user_joined", "data": {"room": r, "user": a.phone.as_str(), "names": {}}});
     assert_eq!(next_json(&mut ca).await, a_joined);
 
     send(
@@ -187,7 +188,8 @@ async fn join_send_and_leave_over_real_sockets() {
         (v["event"].as_str(), v["ack"].as_str()),
         (Some("room_history"), Some("j"))
     );
-    let b_joined = json!({"event": "user_joined", "data": {"room": r, "user": b.phone.as_str()}});
+    let b_joined =
+        json!({"event": "user_joined", "data": {"room": r, "user": b.phone.as_str(), "names": {}}});
     assert_eq!(next_json(&mut cb).await, b_joined);
     assert_eq!(next_json(&mut ca).await, b_joined);
 

@@ -432,9 +432,15 @@ impl Ws {
                     && v["data"]["user"] == phone.as_str()
             })
             .await;
+        // `names` holds the joiner's display name, if it has one.
+        let names = joined["data"]["names"].clone();
+        assert!(
+            names.as_object().is_some_and(|n| n.keys().all(|k| *k == phone)),
+            "own user_joined names: {joined}"
+        );
         assert_eq!(
             joined["data"],
-            json!({"room": room, "user": phone}),
+            json!({"room": room, "user": phone, "names": names}),
             "own user_joined"
         );
         f["data"].clone()

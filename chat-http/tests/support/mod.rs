@@ -77,6 +77,10 @@ impl Store for FlakyStore {
         self.gate().await?;
         self.inner.session(token).await
     }
+    async fn names(&self, phones: &[Phone]) -> Result<chat_core::Names> {
+        self.gate().await?;
+        self.inner.names(phones).await
+    }
     async fn create_ticket(
         &self,
         ticket: &Token,
@@ -101,9 +105,15 @@ impl Store for FlakyStore {
         self.gate().await?;
         self.inner.add_conn(phone, conn).await
     }
-    async fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis) -> Result<()> {
+    async fn remove_conn(
+        &self,
+        phone: &Phone,
+        conn: &ConnKey,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<()> {
         self.gate().await?;
-        self.inner.remove_conn(phone, conn, now).await
+        self.inner.remove_conn(phone, conn, now, grace_until).await
     }
     async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
         self.gate().await?;
@@ -126,13 +136,18 @@ impl Store for FlakyStore {
         self.gate().await?;
         self.inner.heartbeat(node, alive_until).await
     }
-    async fn reap_dead_nodes(&self, now: Millis) -> Result<Vec<Phone>> {
+    async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>> {
         self.gate().await?;
-        self.inner.reap_dead_nodes(now).await
+        self.inner.reap_dead_nodes(now, grace_until).await
     }
-    async fn remove_node(&self, node: &NodeId, now: Millis) -> Result<Vec<Phone>> {
+    async fn remove_node(
+        &self,
+        node: &NodeId,
+        now: Millis,
+        grace_until: Millis,
+    ) -> Result<Vec<Phone>> {
         self.gate().await?;
-        self.inner.remove_node(node, now).await
+        self.inner.remove_node(node, now, grace_until).await
     }
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
         self.gate().await?;

@@ -399,12 +399,12 @@ async fn crossed_request_accepts(b: Backend) {
     let ea = a_ws.recv_event("request_accepted").await;
     assert_eq!(
         ea["data"],
-        json!({"chat_id": chat_id, "from_user": B, "to_user": A})
+        json!({"chat_id": chat_id, "from_user": B, "to_user": A, "names": {}})
     );
     let eb = b_ws.recv_event("request_accepted").await;
     assert_eq!(
         eb["data"],
-        json!({"chat_id": chat_id, "from_user": A, "to_user": B})
+        json!({"chat_id": chat_id, "from_user": A, "to_user": B, "names": {}})
     );
     // Nothing is pending any more.
     for u in [&a, &bu] {
@@ -440,7 +440,7 @@ async fn incoming_request_lists_both_directions(b: Backend) {
     let v = app.get("/incoming_request", Some(&a.token)).await.ok();
     assert_eq!(
         v,
-        json!({"success": true, "incoming_request": [], "sent_request": [B]})
+        json!({"success": true, "incoming_request": [], "sent_request": [B], "names": {}})
     );
 }
 
@@ -513,7 +513,10 @@ async fn respond_request_accept_and_decline(b: Backend) {
         .ok();
     assert_eq!(v, json!({"success": true, "message": {"accepted": false}}));
     let ev = c_ws.recv_event("request_declined").await;
-    assert_eq!(ev["data"], json!({"from_user": B, "to_user": C}));
+    assert_eq!(
+        ev["data"],
+        json!({"from_user": B, "to_user": C, "names": {}})
+    );
 
     // Accept A.
     let v = app
@@ -534,12 +537,12 @@ async fn respond_request_accept_and_decline(b: Backend) {
     let ea = a_ws.recv_event("request_accepted").await;
     assert_eq!(
         ea["data"],
-        json!({"chat_id": chat_id, "from_user": B, "to_user": A})
+        json!({"chat_id": chat_id, "from_user": B, "to_user": A, "names": {}})
     );
     let eb = b_ws.recv_event("request_accepted").await;
     assert_eq!(
         eb["data"],
-        json!({"chat_id": chat_id, "from_user": A, "to_user": B})
+        json!({"chat_id": chat_id, "from_user": A, "to_user": B, "names": {}})
     );
     // Answered requests are gone.
     for who in [A, C] {
@@ -648,7 +651,10 @@ async fn cancel_request(b: Backend) {
         .ok();
     assert_eq!(v, json!({"success": true, "message": "Request cancelled"}));
     let ev = b_ws.recv_event("request_cancelled").await;
-    assert_eq!(ev["data"], json!({"from_user": A, "to_user": B}));
+    assert_eq!(
+        ev["data"],
+        json!({"from_user": A, "to_user": B, "names": {}})
+    );
     app.post("/cancel_request", Some(&a.token), &json!({ "phone2": B }))
         .await
         .err(404, "request_not_found");
@@ -671,7 +677,7 @@ async fn active_chatrooms_and_reconnect(b: Backend) {
     let a = app.register(A).await;
     let bu = app.register(B).await;
     let v = app.get("/active_chatrooms", Some(&a.token)).await.ok();
-    assert_eq!(v, json!({"success": true, "chatrooms": []}));
+    assert_eq!(v, json!({"success": true, "chatrooms": [], "names": {}}));
     let before = now_ms();
     let room = app.make_room(&a, &bu).await;
     let v = app.get("/active_chatrooms", Some(&a.token)).await.ok();

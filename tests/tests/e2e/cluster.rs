@@ -76,12 +76,12 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
         let ea = a_ws.recv_event("request_accepted").await;
         assert_eq!(
             ea["data"],
-            json!({"chat_id": room, "from_user": B, "to_user": A})
+            json!({"chat_id": room, "from_user": B, "to_user": A, "names": {}})
         );
         let eb = b_ws.recv_event("request_accepted").await;
         assert_eq!(
             eb["data"],
-            json!({"chat_id": room, "from_user": A, "to_user": B})
+            json!({"chat_id": room, "from_user": A, "to_user": B, "names": {}})
         );
 
         // Decline and cancel cross nodes too.
@@ -93,7 +93,10 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
             .await
             .ok();
         let ev = c_ws.recv_event("request_cancelled").await;
-        assert_eq!(ev["data"], json!({"from_user": A, "to_user": C}));
+        assert_eq!(
+            ev["data"],
+            json!({"from_user": A, "to_user": C, "names": {}})
+        );
         n2.post("/send_request", Some(&c.token), &json!({ "phone2": A }))
             .await
             .ok();
@@ -106,7 +109,10 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
         .await
         .ok();
         let ev = c_ws.recv_event("request_declined").await;
-        assert_eq!(ev["data"], json!({"from_user": A, "to_user": C}));
+        assert_eq!(
+            ev["data"],
+            json!({"from_user": A, "to_user": C, "names": {}})
+        );
 
         // Chat both ways: joins, messages in one order on both nodes, typing.
         a_ws.join(&room).await;
@@ -233,18 +239,24 @@ async fn presence_changes_cross_nodes() {
         let ev = a_ws
             .recv_event_within("presence", Duration::from_secs(10))
             .await;
-        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        assert_eq!(
+            ev["data"],
+            json!({"phone": B, "online": false, "names": {}})
+        );
         // B opens a socket on node 2: online on node 1.
         let b_ws = n2.ws(&bu).await;
         let ev = a_ws.recv_event("presence").await;
-        assert_eq!(ev["data"], json!({"phone": B, "online": true}));
+        assert_eq!(ev["data"], json!({"phone": B, "online": true, "names": {}}));
         assert!(n1.online(&a.token).await.contains(&B.to_owned()));
         // B closes it: offline on node 1.
         b_ws.close().await;
         let ev = a_ws
             .recv_event_within("presence", Duration::from_secs(10))
             .await;
-        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        assert_eq!(
+            ev["data"],
+            json!({"phone": B, "online": false, "names": {}})
+        );
         assert!(!n1.online(&a.token).await.contains(&B.to_owned()));
     })
     .await
@@ -280,7 +292,10 @@ async fn a_killed_node_stops_counting_its_users_within_node_ttl() {
                 v["event"] == "presence" && v["data"]["phone"] == B
             })
             .await;
-        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        assert_eq!(
+            ev["data"],
+            json!({"phone": B, "online": false, "names": {}})
+        );
         let offline = eventually(Duration::from_secs(5), || async {
             !n1.online(&a.token).await.contains(&B.to_owned())
         })
@@ -380,7 +395,10 @@ async fn a_node_shutting_down_takes_its_users_offline_at_once() {
                 v["event"] == "presence" && v["data"]["phone"] == B
             })
             .await;
-        assert_eq!(ev["data"], json!({"phone": B, "online": false}));
+        assert_eq!(
+            ev["data"],
+            json!({"phone": B, "online": false, "names": {}})
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "B went offline only after {:?}",
@@ -448,7 +466,7 @@ async fn lifetimes_are_announced_once_across_nodes() {
         let offline_events: Vec<_> = a_ws
             .drain_backlog("presence")
             .into_iter()
-            .filter(|e| e["data"] == json!({"phone": C, "online": false}))
+            .filter(|e| e["data"] == json!({"phone": C, "online": false, "names": {}}))
             .collect();
         assert!(
             offline_events.len() <= 1,
@@ -555,7 +573,7 @@ async fn races_through_two_nodes_have_one_winner() {
             if n_rooms == 1 {
                 assert_eq!(
                     vx,
-                    json!({"success": true, "incoming_request": [], "sent_request": []}),
+                    json!({"success": true, "incoming_request": [], "sent_request": [], "names": {}}),
                     "pair {i}: a room and a pending request"
                 );
             }

@@ -9,6 +9,7 @@ mod bad_input;
 mod cluster;
 mod lifecycle;
 mod pages;
+mod people;
 mod races;
 mod socket;
 mod timed;

@@ -178,7 +178,7 @@ async fn join_room_history_and_user_joined(b: Backend) {
         .await;
     assert_eq!(h["messages"], json!([]));
     let ev = a1.recv_event("user_joined").await;
-    assert_eq!(ev["data"], json!({"room": f.room, "user": A}));
+    assert_eq!(ev["data"], json!({"room": f.room, "user": A, "names": {}}));
     let m = a1.say(&f.room, "before b").await;
     b1.join(&f.room).await;
     for ws in [&mut a1, &mut a2] {
@@ -187,7 +187,7 @@ async fn join_room_history_and_user_joined(b: Backend) {
                 v["event"] == "user_joined" && v["data"]["user"] == B
             })
             .await;
-        assert_eq!(ev["data"], json!({"room": f.room, "user": B}));
+        assert_eq!(ev["data"], json!({"room": f.room, "user": B, "names": {}}));
     }
     // B's history has A's message.
     let mut b2 = f.app.ws(&f.b).await;

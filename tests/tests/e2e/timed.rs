@@ -36,10 +36,13 @@ async fn abrupt_disconnect_leaves_rooms_and_goes_offline(b: Backend) {
     b_ws.join(&room).await;
     // A's HTTP presence lapses first, so only the raw socket keeps A online.
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert_eq!(
+        ev["data"],
+        json!({"phone": A, "online": false, "names": {}})
+    );
     let mut raw = RawWs::connect(app.addr, &a.token, None).await;
     let ev = b_ws.recv_event("presence").await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": true}));
+    assert_eq!(ev["data"], json!({"phone": A, "online": true, "names": {}}));
     raw.send_frame(
         1,
         json!({"event": "join_room", "data": {"room": room}})
@@ -58,7 +61,10 @@ async fn abrupt_disconnect_leaves_rooms_and_goes_offline(b: Backend) {
     let ev = b_ws.recv_event_within("user_left", SWEEP_WAIT).await;
     assert_eq!(ev["data"], json!({"room": room, "user": A}));
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert_eq!(
+        ev["data"],
+        json!({"phone": A, "online": false, "names": {}})
+    );
     let gauge_back = eventually(SWEEP_WAIT, || async {
         chat_tests::metric_value(&app.metrics().await, "chat_connections") == Some(1.0)
     })
@@ -140,13 +146,16 @@ async fn presence_goes_offline_after_the_last_socket(b: Backend) {
     b_ws.recv_event("chat_request").await;
     // A's last HTTP request lapses: offline.
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert_eq!(
+        ev["data"],
+        json!({"phone": A, "online": false, "names": {}})
+    );
     assert!(!app.online(&bu.token).await.contains(&A.to_owned()));
     // A socket makes A online (the upgrade itself is not an HTTP request, the socket is).
     let a1 = app.ws(&a).await;
     let a2 = app.ws(&a).await;
     let ev = b_ws.recv_event("presence").await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": true}));
+    assert_eq!(ev["data"], json!({"phone": A, "online": true, "names": {}}));
     assert!(app.online(&bu.token).await.contains(&A.to_owned()));
     // One socket closes: still online. The last one closes: offline.
     a1.close().await;
@@ -155,14 +164,20 @@ async fn presence_goes_offline_after_the_last_socket(b: Backend) {
     assert!(app.online(&bu.token).await.contains(&A.to_owned()));
     a2.close().await;
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert_eq!(
+        ev["data"],
+        json!({"phone": A, "online": false, "names": {}})
+    );
     assert!(!app.online(&bu.token).await.contains(&A.to_owned()));
     // An HTTP API request brings A back online too, and B hears of it.
     app.get("/active_chatrooms", Some(&a.token)).await.ok();
     let ev = b_ws.recv_event("presence").await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": true}));
+    assert_eq!(ev["data"], json!({"phone": A, "online": true, "names": {}}));
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert_eq!(
+        ev["data"],
+        json!({"phone": A, "online": false, "names": {}})
+    );
     // Offline users are not found for requests.
     let c = app.register(C).await;
     app.post("/send_request", Some(&c.token), &json!({ "phone2": A }))
@@ -181,14 +196,20 @@ async fn the_upgrade_is_not_an_http_request_for_presence(b: Backend) {
         .await
         .ok();
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert_eq!(
+        ev["data"],
+        json!({"phone": A, "online": false, "names": {}})
+    );
     let a_ws = app.ws(&a).await;
     let ev = b_ws.recv_event("presence").await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": true}));
+    assert_eq!(ev["data"], json!({"phone": A, "online": true, "names": {}}));
     let closed_at = Instant::now();
     a_ws.close().await;
     let ev = b_ws.recv_event_within("presence", SWEEP_WAIT).await;
-    assert_eq!(ev["data"], json!({"phone": A, "online": false}));
+    assert_eq!(
+        ev["data"],
+        json!({"phone": A, "online": false, "names": {}})
+    );
     assert!(
         closed_at.elapsed() < Duration::from_millis(2500),
         "offline {:?} after the last socket closed: the upgrade counted as an HTTP request \
@@ -228,13 +249,13 @@ async fn session_end_closes_rooms_and_frees_the_phone(b: Backend) {
     let v = app.get("/incoming_request", Some(&a2.token)).await.ok();
     assert_eq!(
         v,
-        json!({"success": true, "incoming_request": [], "sent_request": []}),
+        json!({"success": true, "incoming_request": [], "sent_request": [], "names": {}}),
         "a new session inherits no requests"
     );
     let v = app.get("/incoming_request", Some(&c.token)).await.ok();
     assert_eq!(
         v,
-        json!({"success": true, "incoming_request": [], "sent_request": []}),
+        json!({"success": true, "incoming_request": [], "sent_request": [], "names": {}}),
         "the ended session's requests were dropped"
     );
     let v = app.get("/incoming_request", Some(&d.token)).await.ok();
