@@ -16,7 +16,7 @@ use crate::store::{
 };
 use crate::types::{
     ChatRequest, ConnKey, HistoryPage, MessageId, Millis, Names, NewMessage, NodeId, OnlinePage,
-    Phone, Requests, Room, RoomId, Session, Token,
+    Phone, Requests, Room, RoomId, Session, TokenDigest,
 };
 
 /// Wraps a store, measuring it. Clones share the inner store and the counters.
@@ -69,14 +69,14 @@ impl Store for InstrumentedStore {
     async fn create_session(
         &self,
         session: Session,
-        refresh: Option<Token>,
+        refresh: Option<TokenDigest>,
         http_until: Millis,
     ) -> Result<Registered> {
         self.timed(self.inner.create_session(session, refresh, http_until))
             .await
     }
 
-    async fn session(&self, token: &Token) -> Result<Option<Session>> {
+    async fn session(&self, token: &TokenDigest) -> Result<Option<Session>> {
         self.timed(self.inner.session(token)).await
     }
 
@@ -86,8 +86,8 @@ impl Store for InstrumentedStore {
 
     async fn create_ticket(
         &self,
-        ticket: &Token,
-        token: &Token,
+        ticket: &TokenDigest,
+        token: &TokenDigest,
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
@@ -95,11 +95,11 @@ impl Store for InstrumentedStore {
             .await
     }
 
-    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+    async fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Result<Option<Session>> {
         self.timed(self.inner.take_ticket(ticket, now)).await
     }
 
-    async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
+    async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>> {
         self.timed(self.inner.touch(token, http_until)).await
     }
 
@@ -292,7 +292,7 @@ mod tests {
         let session = Session {
             phone: phone(),
             name: None,
-            token: Token::generate().unwrap(),
+            token_digest: crate::Token::generate().unwrap().digest(),
             created_at: 0,
         };
         assert_eq!(

@@ -48,5 +48,5 @@ pub use store::{
 pub use time::{Clock, ManualClock, SystemClock, rfc3339};
 pub use types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token,
+    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token, TokenDigest,
 };

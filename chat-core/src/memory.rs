@@ -14,7 +14,7 @@ use crate::store::{
 };
 use crate::types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, Session, Token,
+    OnlinePage, Phone, Requests, Room, RoomId, Session, TokenDigest,
 };
 
 /// The in-memory [`Store`] and [`EventBus`]. Clones share state.
@@ -73,13 +73,13 @@ struct Shared {
 struct State {
     /// Live sessions by phone.
     sessions: HashMap<Phone, Session>,
-    /// Token → phone, for authentication.
-    tokens: HashMap<Token, Phone>,
+    /// Token digest → phone, for authentication.
+    tokens: HashMap<TokenDigest, Phone>,
     /// WebSocket ticket → (the session token it stands for, expires at).
-    tickets: HashMap<Token, (Token, Millis)>,
+    tickets: HashMap<TokenDigest, (TokenDigest, Millis)>,
     /// Tickets in the order they expire (one TTL for all: the order they were made), so
     /// expired ones are freed from the front.
-    ticket_expiry: VecDeque<(Millis, Token)>,
+    ticket_expiry: VecDeque<(Millis, TokenDigest)>,
     /// Presence of every user with a session.
     presence: HashMap<Phone, Presence>,
     /// Users not marked offline, ordered for the cursor of the online listing.
@@ -328,12 +328,12 @@ impl Store for MemoryStore {
     async fn create_session(
         &self,
         session: Session,
-        refresh: Option<Token>,
+        refresh: Option<TokenDigest>,
         http_until: Millis,
     ) -> Result<Registered> {
         let mut s = self.state()?;
         if let Some(existing) = s.sessions.get(&session.phone) {
-            if refresh.as_ref() != Some(&existing.token) {
+            if refresh.as_ref() != Some(&existing.token_digest) {
                 return Err(Error::PhoneInUse);
             }
             let existing = existing.clone();
@@ -344,8 +344,7 @@ impl Store for MemoryStore {
                 came_online,
             });
         }
-        s.tokens
-            .insert(session.token.clone(), session.phone.clone());
+        s.tokens.insert(session.token_digest, session.phone.clone());
         s.sessions.insert(session.phone.clone(), session.clone());
         s.presence
             .insert(session.phone.clone(), Presence::default());
@@ -357,7 +356,7 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn session(&self, token: &Token) -> Result<Option<Session>> {
+    async fn session(&self, token: &TokenDigest) -> Result<Option<Session>> {
         let s = self.state()?;
         Ok(s.tokens.get(token).and_then(|p| s.sessions.get(p)).cloned())
     }
@@ -372,8 +371,8 @@ impl Store for MemoryStore {
 
     async fn create_ticket(
         &self,
-        ticket: &Token,
-        token: &Token,
+        ticket: &TokenDigest,
+        token: &TokenDigest,
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
@@ -385,13 +384,12 @@ impl Store for MemoryStore {
                 s.tickets.remove(&old);
             }
         }
-        s.tickets
-            .insert(ticket.clone(), (token.clone(), expires_at));
-        s.ticket_expiry.push_back((expires_at, ticket.clone()));
+        s.tickets.insert(*ticket, (*token, expires_at));
+        s.ticket_expiry.push_back((expires_at, *ticket));
         Ok(())
     }
 
-    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+    async fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Result<Option<Session>> {
         let mut s = self.state()?;
         let Some((token, expires_at)) = s.tickets.remove(ticket) else {
             return Ok(None);
@@ -405,7 +403,7 @@ impl Store for MemoryStore {
             .cloned())
     }
 
-    async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
+    async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>> {
         let mut s = self.state()?;
         let Some(session) = s.tokens.get(token).and_then(|p| s.sessions.get(p)).cloned() else {
             return Ok(None);
@@ -736,7 +734,7 @@ impl Store for MemoryStore {
         let Some(session) = s.sessions.remove(phone) else {
             return Ok(None);
         };
-        s.tokens.remove(&session.token);
+        s.tokens.remove(&session.token_digest);
         s.presence.remove(phone);
         s.online.remove(phone);
         s.unschedule(&Timer::Presence(phone.clone()));

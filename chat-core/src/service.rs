@@ -76,8 +76,11 @@ const TIMER_LEASE_MS: u64 = 30_000;
 /// The answer to a registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// The session (same token on a refresh).
+    /// The session.
     pub session: Session,
+    /// The session's token, for the client (the same one on a refresh). Stores keep only its
+    /// digest: this is the one place it exists in clear on the server.
+    pub token: Token,
     /// Seconds the session outlives its user's last moment online.
     pub expires_in: u64,
 }
@@ -240,23 +243,26 @@ impl ChatService {
             )));
         }
         let refresh = token.and_then(Token::from_client);
+        let refresh_digest = refresh.as_ref().map(Token::digest);
         let now = self.now();
+        // The store keeps the new token's digest; the token itself goes to the client only.
+        let new_token = Token::generate()?;
         let session = Session {
             phone: phone.clone(),
             name,
-            token: Token::generate()?,
+            token_digest: new_token.digest(),
             created_at: now,
         };
         let attempt = self
             .store()
-            .create_session(session.clone(), refresh.clone(), self.http_until(now))
+            .create_session(session.clone(), refresh_digest, self.http_until(now))
             .await;
         let registered = match attempt {
             Err(Error::PhoneInUse) => {
                 // The old session may be over but not swept yet: end it by the rules, retry once.
                 self.end_session_if_due(&phone).await?;
                 self.store()
-                    .create_session(session, refresh, self.http_until(now))
+                    .create_session(session, refresh_digest, self.http_until(now))
                     .await?
             }
             other => other?,
@@ -266,8 +272,14 @@ impl ChatService {
         if registered.came_online && registered.refreshed {
             self.announce_presence(&phone, true).await;
         }
+        // A refresh keeps the session's token: the one the caller presented.
+        let token = match refresh {
+            Some(token) if registered.refreshed => token,
+            _ => new_token,
+        };
         Ok(Registration {
             session: registered.session,
+            token,
             expires_in: self.inner.config.session_idle_secs,
         })
     }
@@ -278,7 +290,7 @@ impl ChatService {
         let now = self.now();
         let touched = self
             .store()
-            .touch(&token, self.http_until(now))
+            .touch(&token.digest(), self.http_until(now))
             .await?
             .ok_or(Error::Unauthorized)?;
         if touched.came_online {
@@ -291,7 +303,7 @@ impl ChatService {
     pub async fn session(&self, token: &str) -> Result<Session> {
         let token = Token::from_client(token).ok_or(Error::Unauthorized)?;
         self.store()
-            .session(&token)
+            .session(&token.digest())
             .await?
             .ok_or(Error::Unauthorized)
     }
@@ -304,8 +316,8 @@ impl ChatService {
         let now = self.now();
         self.store()
             .create_ticket(
-                &ticket,
-                &session.token,
+                &ticket.digest(),
+                &session.token_digest,
                 now,
                 now.saturating_add(secs(TICKET_SECS)),
             )
@@ -319,7 +331,7 @@ impl ChatService {
     pub async fn ticket_session(&self, ticket: &str) -> Result<Session> {
         let ticket = Token::from_client(ticket).ok_or(Error::Unauthorized)?;
         self.store()
-            .take_ticket(&ticket, self.now())
+            .take_ticket(&ticket.digest(), self.now())
             .await?
             .ok_or(Error::Unauthorized)
     }

@@ -8,7 +8,7 @@ use std::fmt;
 use crate::error::{Error, Result};
 use crate::types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, Session, Token,
+    OnlinePage, Phone, Requests, Room, RoomId, Session, TokenDigest,
 };
 
 /// A deadline the service acts on when it passes. Stores keep them in a due-ordered index
@@ -196,12 +196,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create_session(
         &self,
         session: Session,
-        refresh: Option<Token>,
+        refresh: Option<TokenDigest>,
         http_until: Millis,
     ) -> Result<Registered>;
 
     /// The session a token names, if any.
-    async fn session(&self, token: &Token) -> Result<Option<Session>>;
+    async fn session(&self, token: &TokenDigest) -> Result<Option<Session>>;
 
     /// The display names of those of `phones` who have a live session with a name.
     async fn names(&self, phones: &[Phone]) -> Result<Names>;
@@ -210,8 +210,8 @@ pub trait Store: Send + Sync + 'static {
     /// `expires_at`. Expired tickets are freed (by `now`, or by the backend's own expiry).
     async fn create_ticket(
         &self,
-        ticket: &Token,
-        token: &Token,
+        ticket: &TokenDigest,
+        token: &TokenDigest,
         now: Millis,
         expires_at: Millis,
     ) -> Result<()>;
@@ -219,11 +219,11 @@ pub trait Store: Send + Sync + 'static {
     /// Takes `ticket`: the session it stands for, if the ticket exists, has not expired at
     /// `now` and its session still lives. A ticket is taken at most once, whatever the
     /// answer, by any number of concurrent callers on any node.
-    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>>;
+    async fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Result<Option<Session>>;
 
     /// Authenticates an API request and extends the HTTP presence window to `http_until`
     /// (never shortens it); marks the user online and (re)schedules `Timer::Presence`.
-    async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>>;
+    async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>>;
 
     /// Counts an open socket; returns whether the user came online by it.
     async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool>;

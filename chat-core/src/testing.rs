@@ -318,7 +318,7 @@ fn new_session(fx: &Fixture, phone: &Phone) -> Session {
     Session {
         phone: phone.clone(),
         name: Some("Test".into()),
-        token: Token::generate().expect("a token"),
+        token_digest: Token::generate().expect("a token").digest(),
         created_at: fx.now(),
     }
 }
@@ -446,7 +446,10 @@ pub async fn create_session_then_phone_in_use(fx: Fixture) {
     let a = fx.phone(1);
     let first = register(&fx, &a).await;
     assert_eq!(
-        fx.store.session(&first.token).await.expect("session"),
+        fx.store
+            .session(&first.token_digest)
+            .await
+            .expect("session"),
         Some(first.clone())
     );
     let presence = fx
@@ -467,7 +470,10 @@ pub async fn create_session_then_phone_in_use(fx: Fixture) {
         .await;
     assert_eq!(refused, Err(Error::PhoneInUse));
     assert_eq!(
-        fx.store.session(&second.token).await.expect("session"),
+        fx.store
+            .session(&second.token_digest)
+            .await
+            .expect("session"),
         None,
         "a refused registration leaves no session behind"
     );
@@ -480,7 +486,7 @@ pub async fn create_session_then_phone_in_use(fx: Fixture) {
 pub async fn create_session_refresh_needs_the_token(fx: Fixture) {
     let a = fx.phone(1);
     let first = register(&fx, &a).await;
-    let stranger = Token::generate().expect("token");
+    let stranger = Token::generate().expect("token").digest();
     let refused = fx
         .store
         .create_session(
@@ -495,7 +501,7 @@ pub async fn create_session_refresh_needs_the_token(fx: Fixture) {
     let later = fx.now() + fx.lifetimes.presence_ms;
     let refreshed = fx
         .store
-        .create_session(new_session(&fx, &a), Some(first.token.clone()), later)
+        .create_session(new_session(&fx, &a), Some(first.token_digest), later)
         .await
         .expect("refresh");
     assert!(refreshed.refreshed);
@@ -524,7 +530,7 @@ pub async fn create_session_refresh_needs_the_token(fx: Fixture) {
         .store
         .create_session(
             new_session(&fx, &a),
-            Some(first.token.clone()),
+            Some(first.token_digest),
             fx.now() + fx.lifetimes.presence_ms,
         )
         .await
@@ -544,7 +550,7 @@ pub async fn create_session_refresh_needs_the_token(fx: Fixture) {
 /// `session` and `touch` know only the tokens of live sessions.
 pub async fn session_and_touch_find_only_live_tokens(fx: Fixture) {
     let a = register(&fx, &fx.phone(1)).await;
-    let unknown = Token::generate().expect("token");
+    let unknown = Token::generate().expect("token").digest();
     assert_eq!(fx.store.session(&unknown).await.expect("session"), None);
     assert_eq!(
         fx.store
@@ -555,7 +561,7 @@ pub async fn session_and_touch_find_only_live_tokens(fx: Fixture) {
     );
     let touched = fx
         .store
-        .touch(&a.token, fx.now() + fx.lifetimes.presence_ms)
+        .touch(&a.token_digest, fx.now() + fx.lifetimes.presence_ms)
         .await
         .expect("touch")
         .expect("a live token");
@@ -571,20 +577,23 @@ pub async fn session_and_touch_find_only_live_tokens(fx: Fixture) {
 pub async fn tickets_work_once_until_they_expire(fx: Fixture) {
     let a = register(&fx, &fx.phone(1)).await;
     let ttl = 30_000;
-    let t = Token::generate().expect("ticket");
+    let t = Token::generate().expect("ticket").digest();
     let now = fx.now();
     fx.store
-        .create_ticket(&t, &a.token, now, now + ttl)
+        .create_ticket(&t, &a.token_digest, now, now + ttl)
         .await
         .expect("create_ticket");
-    let unknown = Token::generate().expect("ticket");
+    let unknown = Token::generate().expect("ticket").digest();
     assert_eq!(
         fx.store.take_ticket(&unknown, now).await.expect("take"),
         None
     );
     // A session token is not a ticket.
     assert_eq!(
-        fx.store.take_ticket(&a.token, now).await.expect("take"),
+        fx.store
+            .take_ticket(&a.token_digest, now)
+            .await
+            .expect("take"),
         None
     );
     fx.advance(ttl - 1);
@@ -598,10 +607,10 @@ pub async fn tickets_work_once_until_they_expire(fx: Fixture) {
         "a ticket works once"
     );
     // Expired: refused at its deadline, and taken (gone) by the refusal too.
-    let late = Token::generate().expect("ticket");
+    let late = Token::generate().expect("ticket").digest();
     let now = fx.now();
     fx.store
-        .create_ticket(&late, &a.token, now, now + ttl)
+        .create_ticket(&late, &a.token_digest, now, now + ttl)
         .await
         .expect("create_ticket");
     fx.advance(ttl);
@@ -610,10 +619,10 @@ pub async fn tickets_work_once_until_they_expire(fx: Fixture) {
         None
     );
     // Creating more frees the expired ones and keeps the live ones.
-    let fresh = Token::generate().expect("ticket");
+    let fresh = Token::generate().expect("ticket").digest();
     let now = fx.now();
     fx.store
-        .create_ticket(&fresh, &a.token, now, now + ttl)
+        .create_ticket(&fresh, &a.token_digest, now, now + ttl)
         .await
         .expect("create_ticket");
     assert_eq!(
@@ -626,10 +635,10 @@ pub async fn tickets_work_once_until_they_expire(fx: Fixture) {
 pub async fn tickets_end_with_their_session(fx: Fixture) {
     let a = fx.phone(1);
     let first = register(&fx, &a).await;
-    let t = Token::generate().expect("ticket");
+    let t = Token::generate().expect("ticket").digest();
     let now = fx.now();
     fx.store
-        .create_ticket(&t, &first.token, now, now + 30_000)
+        .create_ticket(&t, &first.token_digest, now, now + 30_000)
         .await
         .expect("create_ticket");
     fx.advance(fx.lifetimes.presence_ms);
@@ -641,7 +650,7 @@ pub async fn tickets_end_with_their_session(fx: Fixture) {
         .expect("end_session")
         .expect("due");
     let second = register(&fx, &a).await;
-    assert_ne!(second.token, first.token);
+    assert_ne!(second.token_digest, first.token_digest);
     assert_eq!(
         fx.store.take_ticket(&t, fx.now()).await.expect("take"),
         None
@@ -651,15 +660,15 @@ pub async fn tickets_end_with_their_session(fx: Fixture) {
 /// Of many concurrent takes of one ticket (as from several nodes), exactly one gets the session.
 pub async fn concurrent_takes_of_a_ticket_one_wins(fx: Fixture) {
     let a = register(&fx, &fx.phone(1)).await;
-    let t = Token::generate().expect("ticket");
+    let t = Token::generate().expect("ticket").digest();
     let now = fx.now();
     fx.store
-        .create_ticket(&t, &a.token, now, now + 30_000)
+        .create_ticket(&t, &a.token_digest, now, now + 30_000)
         .await
         .expect("create_ticket");
     let mut takes = JoinSet::new();
     for _ in 0..8 {
-        let (store, t) = (Arc::clone(&fx.store), t.clone());
+        let (store, t) = (Arc::clone(&fx.store), t);
         takes.spawn(async move { store.take_ticket(&t, now).await.expect("take") });
     }
     let mut won = 0;
@@ -691,11 +700,19 @@ pub async fn touch_never_shortens_the_window(fx: Fixture) {
     };
 
     fx.advance(10);
-    let t = fx.store.touch(&s.token, t0 + 2 * p).await.expect("touch");
+    let t = fx
+        .store
+        .touch(&s.token_digest, t0 + 2 * p)
+        .await
+        .expect("touch");
     assert!(t.is_some_and(|t| !t.came_online));
     assert_eq!(http_until(&fx).await, t0 + 2 * p);
 
-    let t = fx.store.touch(&s.token, t0 + p / 2).await.expect("touch");
+    let t = fx
+        .store
+        .touch(&s.token_digest, t0 + p / 2)
+        .await
+        .expect("touch");
     assert!(t.is_some());
     assert_eq!(http_until(&fx).await, t0 + 2 * p, "touch never shortens");
 
@@ -708,7 +725,7 @@ pub async fn touch_never_shortens_the_window(fx: Fixture) {
     );
     let t = fx
         .store
-        .touch(&s.token, fx.now() + p)
+        .touch(&s.token_digest, fx.now() + p)
         .await
         .expect("touch")
         .expect("live");
@@ -729,9 +746,15 @@ pub async fn touch_reschedules_presence_timer(fx: Fixture) {
     let s = register(&fx, &a).await;
     let t0 = fx.now();
     let p = fx.lifetimes.presence_ms;
-    fx.store.touch(&s.token, t0 + 2 * p).await.expect("touch");
+    fx.store
+        .touch(&s.token_digest, t0 + 2 * p)
+        .await
+        .expect("touch");
     // An attempt to shorten leaves the timer where the window ends.
-    fx.store.touch(&s.token, t0 + p).await.expect("touch");
+    fx.store
+        .touch(&s.token_digest, t0 + p)
+        .await
+        .expect("touch");
     assert_due_at(&fx, t0 + 2 * p, &Timer::Presence(a)).await;
 }
 
@@ -1572,7 +1595,7 @@ pub async fn send_request_to_offline_user_is_user_not_found(fx: Fixture) {
         .await
         .expect("remove_conn");
     fx.store
-        .touch(&b_session.token, fx.now() + fx.lifetimes.presence_ms)
+        .touch(&b_session.token_digest, fx.now() + fx.lifetimes.presence_ms)
         .await
         .expect("touch")
         .expect("live session");
@@ -1623,7 +1646,7 @@ pub async fn expired_request_counts_as_absent(fx: Fixture) {
     // (The targets come back online first: their HTTP windows ended with the requests.)
     for s in &sessions[1..] {
         fx.store
-            .touch(&s.token, now + fx.lifetimes.presence_ms)
+            .touch(&s.token_digest, now + fx.lifetimes.presence_ms)
             .await
             .expect("touch")
             .expect("live session");
@@ -2190,12 +2213,15 @@ pub async fn end_session_deletes_everything(fx: Fixture) {
     assert_eq!(ended.requests.sent, vec![d.clone()]);
 
     assert_eq!(
-        fx.store.session(&a_session.token).await.expect("session"),
+        fx.store
+            .session(&a_session.token_digest)
+            .await
+            .expect("session"),
         None
     );
     assert_eq!(
         fx.store
-            .touch(&a_session.token, now + fx.lifetimes.presence_ms)
+            .touch(&a_session.token_digest, now + fx.lifetimes.presence_ms)
             .await
             .expect("touch"),
         None
@@ -2588,7 +2614,7 @@ pub async fn concurrent_create_session_one_wins(fx: Fixture) {
             Ok(reg) => assert!(!reg.refreshed && reg.session == *s),
             Err(e) => assert_eq!(e, &Error::PhoneInUse),
         }
-        let found = fx.store.session(&s.token).await.expect("session");
+        let found = fx.store.session(&s.token_digest).await.expect("session");
         assert_eq!(found.is_some(), std::ptr::eq(s, winners[0]));
     }
 }

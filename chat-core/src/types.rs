@@ -138,6 +138,58 @@ impl Token {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+impl Token {
+    /// The token's SHA-256 digest: what stores keep instead of the token.
+    pub fn digest(&self) -> TokenDigest {
+        use sha2::{Digest, Sha256};
+        TokenDigest(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+/// The SHA-256 digest of a [`Token`] (or of a WebSocket ticket): what stores keep and find
+/// sessions by. A store, a replica of it, a backup or a `MONITOR` of Redis holds no secret a
+/// client could present; the token itself exists only in the registration answer and in the
+/// client's hands. Written as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        s
+    }
+
+    /// Reads [`TokenDigest::hex`] back.
+    pub fn from_hex(s: &str) -> Option<TokenDigest> {
+        let nibble = |c: u8| {
+            HEX.iter()
+                .position(|h| *h == c)
+                .and_then(|n| u8::try_from(n).ok())
+        };
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(TokenDigest(out))
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not a secret, but nothing a log needs either: enough to tell two apart.
+        write!(f, "TokenDigest({}..)", &self.hex()[..8])
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(..)")
@@ -255,15 +307,15 @@ pub struct ConnKey {
     pub id: u64,
 }
 
-/// A live session: who holds which token.
+/// A live session: who holds which token (known by its digest only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// The phone the session owns.
     pub phone: Phone,
     /// Display name given at registration (≤ 64 chars).
     pub name: Option<String>,
-    /// The secret.
-    pub token: Token,
+    /// The digest of the session's token (the token itself is never stored).
+    pub token_digest: TokenDigest,
     /// When it was created.
     pub created_at: Millis,
 }
@@ -376,4 +428,42 @@ pub struct RoomSummary {
     pub other_user: Phone,
     /// When it ends at the latest.
     pub expires_at: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_digests_round_trip_and_print_no_secret() {
+        let token = Token::generate().expect("token");
+        let digest = token.digest();
+        assert_eq!(
+            digest,
+            token.digest(),
+            "a digest is a function of the token"
+        );
+        assert_ne!(digest, Token::generate().expect("token").digest());
+        let hex = digest.hex();
+        assert_eq!(hex.len(), 64);
+        assert_ne!(hex, token.as_str(), "the digest is not the token");
+        assert_eq!(TokenDigest::from_hex(&hex), Some(digest));
+        for bad in [
+            "",
+            "xy",
+            &hex[..63],
+            &hex.to_uppercase(),
+            &format!("{hex}0"),
+        ] {
+            assert_eq!(TokenDigest::from_hex(bad), None, "{bad:?}");
+        }
+        assert_eq!(format!("{token:?}"), "Token(..)");
+        let shown = format!("{digest:?}");
+        assert!(shown.len() < 30 && !shown.contains(&hex), "{shown}");
+        // SHA-256 of the empty string, to pin the algorithm.
+        assert_eq!(
+            Token(String::new()).digest().hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }

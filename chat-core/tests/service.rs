@@ -12,11 +12,25 @@ use std::sync::atomic::Ordering;
 use chat_core::{
     Audience, ChatService, Config, ConnKey, Delivery, Error, Event, EventBus, Except,
     HISTORY_LIMIT, JOIN_HISTORY, ManualClock, MemoryStore, Message, Names, NodeId, Outgoing, Phone,
-    RecordingSink, RoomId, SendResult, Session, page_limit,
+    RecordingSink, RoomId, SendResult, Session, Token, page_limit,
 };
 use tokio::task::JoinSet;
 
 /// A service over a fresh in-memory store, with the clock and the recorded events at hand.
+/// A registered user as a client holds it: the session, and the token only the client has.
+#[derive(Debug, Clone)]
+struct User {
+    session: Session,
+    token: Token,
+}
+
+impl std::ops::Deref for User {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
 struct Harness {
     store: MemoryStore,
     clock: ManualClock,
@@ -64,8 +78,12 @@ impl Harness {
         )
     }
 
-    async fn register(&self, phone: &str) -> Session {
-        self.chat.register(phone, None, None).await.unwrap().session
+    async fn register(&self, phone: &str) -> User {
+        let r = self.chat.register(phone, None, None).await.unwrap();
+        User {
+            session: r.session,
+            token: r.token,
+        }
     }
 
     /// Moves time forward `secs` seconds, ticking after every second.
@@ -205,13 +223,14 @@ async fn register_gives_a_token_and_expires_in() {
         .unwrap();
     assert_eq!(r.expires_in, 21_600);
     assert_eq!(r.session.name.as_deref(), Some("Asha"));
-    let token = r.session.token.as_str();
+    let token = r.token.as_str();
     assert_eq!(token.len(), 64, "256 bits as hex");
     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(h.chat.authenticate(token).await.unwrap(), r.session);
     // Two sessions never share a token.
     let other = h.register("+14155550101").await;
-    assert_ne!(other.token, r.session.token);
+    assert_ne!(other.token, r.token);
+    assert_ne!(other.token_digest, r.session.token_digest);
 }
 
 #[tokio::test]
@@ -246,7 +265,10 @@ async fn register_live_phone_is_phone_in_use() {
             "{token:?}"
         );
     }
-    assert_eq!(h.chat.authenticate(a.token.as_str()).await.unwrap(), a);
+    assert_eq!(
+        h.chat.authenticate(a.token.as_str()).await.unwrap(),
+        a.session
+    );
 }
 
 #[tokio::test]
@@ -259,7 +281,8 @@ async fn register_with_own_token_refreshes() {
         .register("+14155550100", None, Some(a.token.as_str()))
         .await
         .unwrap();
-    assert_eq!(again.session, a, "same session, same token");
+    assert_eq!(again.session, a.session, "same session");
+    assert_eq!(again.token, a.token, "same token");
     // The refresh counts as presence: online 600 s from now, not from the first registration.
     h.pass(599).await;
     assert!(h.chat.is_online(&a.phone).await.unwrap());
@@ -354,7 +377,10 @@ async fn session_lives_while_online() {
     let a = h.register("+14155550100").await;
     let conn = h.connect(&a.phone).await;
     h.pass(600 + 21_600 + 10).await;
-    assert_eq!(h.chat.authenticate(a.token.as_str()).await.unwrap(), a);
+    assert_eq!(
+        h.chat.authenticate(a.token.as_str()).await.unwrap(),
+        a.session
+    );
     assert_eq!(
         h.chat.register("+14155550100", None, None).await,
         Err(Error::PhoneInUse)
@@ -554,7 +580,7 @@ async fn online_users_pages_and_limits() {
     let h = Harness::new();
     let mut everyone = BTreeSet::new();
     for i in 0..7 {
-        everyone.insert(h.register(&format!("+1415555010{i}")).await.phone);
+        everyone.insert(h.register(&format!("+1415555010{i}")).await.phone.clone());
     }
     let mut seen = BTreeSet::new();
     let mut cursor = None;
@@ -1574,7 +1600,7 @@ async fn a_node_leaving_cleanly_drops_its_sockets_at_once() {
 
 // -------------------------------------------------------------------------------- churn
 
-async fn churn(h: &Harness, round: u32) -> Vec<Session> {
+async fn churn(h: &Harness, round: u32) -> Vec<User> {
     let mut users = Vec::new();
     for i in 0..24u32 {
         users.push(h.register(&format!("+1415{round:03}{i:04}")).await);

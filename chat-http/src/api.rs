@@ -161,7 +161,7 @@ pub(crate) async fn handle(
         return Ok(reply::ok(json!({
             "message": true,
             "phone": reg.session.phone.as_str(),
-            "token": reg.session.token.as_str(),
+            "token": reg.token.as_str(),
             "expires_in": reg.expires_in,
         })));
     }

@@ -615,7 +615,10 @@ async fn store_down_is_503_and_recovers() {
 
     s.store.set(Mode::Up);
     let r = s.call("GET", "/active_chatrooms", Some(&a), None).await;
-    assert_eq!(r.json, json!({"success": true, "chatrooms": [], "names": {}}));
+    assert_eq!(
+        r.json,
+        json!({"success": true, "chatrooms": [], "names": {}})
+    );
     let r = s.call("GET", "/readyz", None, None).await;
     assert_eq!(r.json, json!({"success": true, "store": "ok"}));
 }

@@ -30,9 +30,9 @@
 //!
 //! | key | type | content | lifetime |
 //! |---|---|---|---|
-//! | `P s:<phone>` | hash | session and presence: `token`, `n` (name), `c` (created_at), `h` (http_until), `off` (offline_since, absent while online) | no expiry while the user has a socket; else `h` + 7 days (`USER_GRACE`), or session end + `MARGIN` once offline; deleted when the session ends |
-//! | `P t:<token>` | string | phone | as `s:` |
-//! | `P k:<ticket>` | string | a WebSocket ticket: `<token>\|<expires_at>` | deadline + 1 minute; deleted when taken (`GETDEL`) |
+//! | `P s:<phone>` | hash | session and presence: `token` (the SHA-256 digest of the session's token, hex), `n` (name), `c` (created_at), `h` (http_until), `off` (offline_since, absent while online) | no expiry while the user has a socket; else `h` + 7 days (`USER_GRACE`), or session end + `MARGIN` once offline; deleted when the session ends |
+//! | `P t:<token digest>` | string | phone (the key is the hex SHA-256 of the token: Redis never holds a token) | as `s:` |
+//! | `P k:<ticket digest>` | string | a WebSocket ticket (keyed by its SHA-256): `<session token digest>\|<expires_at>` | deadline + 1 minute; deleted when taken (`GETDEL`) |
 //! | `P uc:<phone>` | set | the user's sockets, `<conn id>\|<node>` (its size is the socket count) | as `s:` |
 //! | `P online` | sorted set | users not marked offline, all score 0, walked by member (`ZRANGE BYLEX`) | permanent (one key); entries leave on go-offline/session end |
 //! | `P nodes` | sorted set | node → alive_until | permanent (one key) |

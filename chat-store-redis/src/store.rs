@@ -7,7 +7,7 @@ use chat_core::{
     Appended, Audience, ChatRequest, ConnKey, Delivery, DueTimer, EndedSession, Error, EventBus,
     EventSink, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NewRoom, NodeId,
     OnlinePage, Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome,
-    Session, Store, Timer, Token, Touched,
+    Session, Store, Timer, TokenDigest, Touched,
 };
 use redis::Value;
 
@@ -104,15 +104,15 @@ fn rooms(v: Value) -> Result<Vec<Room>> {
     Ok(out)
 }
 
-/// `{phone, created_at, has_name, name}` at `v[i..]` plus the token the caller holds.
-fn session_at(v: &[Value], i: usize, token: Token) -> Result<Session> {
+/// `{phone, created_at, has_name, name}` at `v[i..]` plus the digest of the token the caller holds.
+fn session_at(v: &[Value], i: usize, token: TokenDigest) -> Result<Session> {
     Ok(Session {
         phone: phone(&text_at(v, i)?)?,
         created_at: millis_at(v, i + 1)?,
         name: (text_at(v, i + 2)? == "1")
             .then(|| text_at(v, i + 3))
             .transpose()?,
-        token,
+        token_digest: token,
     })
 }
 
@@ -369,7 +369,7 @@ impl Store for RedisStore {
     async fn create_session(
         &self,
         session: Session,
-        refresh: Option<Token>,
+        refresh: Option<TokenDigest>,
         http_until: Millis,
     ) -> Result<Registered> {
         let (has_name, name) = match &session.name {
@@ -381,12 +381,12 @@ impl Store for RedisStore {
                 &self.inner.library.create_session,
                 &[
                     session.phone.as_str(),
-                    session.token.as_str(),
+                    &session.token_digest.hex(),
                     has_name,
                     name,
                     &session.created_at.to_string(),
                     &http_until.to_string(),
-                    refresh.as_ref().map_or("", |t| t.as_str()),
+                    &refresh.as_ref().map_or_else(String::new, TokenDigest::hex),
                 ],
             )
             .await?;
@@ -399,15 +399,15 @@ impl Store for RedisStore {
                 came_online: true,
             }),
             "refreshed" => {
-                let token = Token::from_client(&text_at(&v, 2)?)
-                    .ok_or_else(|| bad_reply("stored token"))?;
+                let token = TokenDigest::from_hex(&text_at(&v, 2)?)
+                    .ok_or_else(|| bad_reply("stored token digest"))?;
                 Ok(Registered {
                     session: Session {
                         phone: session.phone,
                         name: (text_at(&v, 4)? == "1")
                             .then(|| text_at(&v, 5))
                             .transpose()?,
-                        token,
+                        token_digest: token,
                         created_at: millis_at(&v, 3)?,
                     },
                     refreshed: true,
@@ -418,13 +418,13 @@ impl Store for RedisStore {
         }
     }
 
-    async fn session(&self, token: &Token) -> Result<Option<Session>> {
+    async fn session(&self, token: &TokenDigest) -> Result<Option<Session>> {
         match self
-            .run(&self.inner.library.session, &[token.as_str()])
+            .run(&self.inner.library.session, &[&token.hex()])
             .await?
         {
             Value::Nil => Ok(None),
-            v => Ok(Some(session_at(&items(v)?, 0, token.clone())?)),
+            v => Ok(Some(session_at(&items(v)?, 0, *token)?)),
         }
     }
 
@@ -449,8 +449,8 @@ impl Store for RedisStore {
 
     async fn create_ticket(
         &self,
-        ticket: &Token,
-        token: &Token,
+        ticket: &TokenDigest,
+        token: &TokenDigest,
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
@@ -459,10 +459,10 @@ impl Store for RedisStore {
             .saturating_sub(now)
             .saturating_add(TICKET_MARGIN_MS);
         let mut conn = self.inner.conn.clone();
-        let value = format!("{}|{expires_at}", token.as_str());
+        let value = format!("{}|{expires_at}", token.hex());
         bounded(
             redis::cmd("SET")
-                .arg(self.key(&format!("k:{}", ticket.as_str())))
+                .arg(self.key(&format!("k:{}", ticket.hex())))
                 .arg(value)
                 .arg("PX")
                 .arg(ttl)
@@ -471,12 +471,12 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+    async fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Result<Option<Session>> {
         let mut conn = self.inner.conn.clone();
         // GETDEL: whoever takes it first has it, on any node.
         let value: Option<String> = bounded(
             redis::cmd("GETDEL")
-                .arg(self.key(&format!("k:{}", ticket.as_str())))
+                .arg(self.key(&format!("k:{}", ticket.hex())))
                 .query_async(&mut conn),
         )
         .await?;
@@ -484,17 +484,17 @@ impl Store for RedisStore {
             return Ok(None);
         };
         let live = expires_at.parse::<Millis>().is_ok_and(|at| now < at);
-        match Token::from_client(token) {
+        match TokenDigest::from_hex(token) {
             Some(token) if live => self.session(&token).await,
             _ => Ok(None),
         }
     }
 
-    async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
+    async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>> {
         let reply = self
             .run(
                 &self.inner.library.touch,
-                &[token.as_str(), &http_until.to_string()],
+                &[&token.hex(), &http_until.to_string()],
             )
             .await?;
         match reply {
@@ -502,7 +502,7 @@ impl Store for RedisStore {
             v => {
                 let v = items(v)?;
                 Ok(Some(Touched {
-                    session: session_at(&v, 0, token.clone())?,
+                    session: session_at(&v, 0, *token)?,
                     came_online: text_at(&v, 4)? == "1",
                 }))
             }
@@ -925,13 +925,14 @@ impl Store for RedisStore {
             return Ok(None);
         }
         let v = items(reply)?;
-        let token = Token::from_client(&text_at(&v, 0)?).ok_or_else(|| bad_reply("token"))?;
+        let token =
+            TokenDigest::from_hex(&text_at(&v, 0)?).ok_or_else(|| bad_reply("token digest"))?;
         let session = Session {
             phone: phone_.clone(),
             name: (text_at(&v, 2)? == "1")
                 .then(|| text_at(&v, 3))
                 .transpose()?,
-            token,
+            token_digest: token,
             created_at: millis_at(&v, 1)?,
         };
         let mut v = v.into_iter().skip(4);

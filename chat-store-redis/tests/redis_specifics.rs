@@ -29,7 +29,7 @@ async fn register(store: &RedisStore, p: &Phone, created_at: u64, http_until: u6
     let session = Session {
         phone: p.clone(),
         name: Some("N".into()),
-        token: Token::generate().expect("token"),
+        token_digest: Token::generate().expect("token").digest(),
         created_at,
     };
     store
@@ -53,7 +53,10 @@ async fn make_room(store: &RedisStore, a: &Phone, b: &Phone, t: u64, ttl: u64) -
         expires_at: t + 60_000,
     };
     assert_eq!(
-        store.send_request(req, new_room.clone()).await.expect("send"),
+        store
+            .send_request(req, new_room.clone())
+            .await
+            .expect("send"),
         SendOutcome::Sent
     );
     store
@@ -118,7 +121,7 @@ async fn keys_expire_a_margin_after_the_callers_deadlines() {
         "session",
     );
     assert_near(
-        pexpiretime(&mut con, &format!("{p}t:{}", sa.token.as_str())).await,
+        pexpiretime(&mut con, &format!("{p}t:{}", sa.token_digest.hex())).await,
         t + 60_000 + week,
         "token",
     );
@@ -880,7 +883,7 @@ async fn a_new_session_inherits_nothing_redis_expired_under_its_phone() {
     // and indexes are still there.
     redis::cmd("DEL")
         .arg(format!("{p}s:{a}"))
-        .arg(format!("{p}t:{}", sa.token.as_str()))
+        .arg(format!("{p}t:{}", sa.token_digest.hex()))
         .query_async::<()>(&mut con)
         .await
         .expect("DEL");
@@ -923,7 +926,7 @@ async fn a_new_session_inherits_nothing_redis_expired_under_its_phone() {
         .expect("DEL");
     let again = register(&store, &d, t + 10, t + 60_000).await;
     assert_eq!(
-        store.session(&again.token).await.expect("session"),
+        store.session(&again.token_digest).await.expect("session"),
         Some(again.clone())
     );
     assert!(store.presence(&d).await.expect("presence").is_some());

@@ -44,7 +44,7 @@ async fn register(store: &dyn Store, p: &Phone, http_until: u64) -> Session {
     let session = Session {
         phone: p.clone(),
         name: None,
-        token: Token::generate().expect("token"),
+        token_digest: Token::generate().expect("token").digest(),
         created_at: now(),
     };
     store
@@ -139,7 +139,9 @@ async fn both_nodes_see_a_rooms_messages_in_history_order() {
         expires_at: t + 600_000,
         names: Default::default(),
     };
-    a.send_request(request, new_room.clone()).await.expect("send");
+    a.send_request(request, new_room.clone())
+        .await
+        .expect("send");
     let room = b
         .accept_request(&p1, &p2, new_room, t)
         .await

@@ -10,7 +10,7 @@ use chat_core::{
     ChatRequest, ChatService, Clock, Config, DueTimer, EndedSession, EventBus, HistoryPage,
     ManualClock, MemoryStore, Millis, NewMessage, NewRoom, NodeId, OnlinePage, Phone,
     PresenceState, Registered, Requests, Room, SendOutcome, Store, SystemClock, Timer, Token,
-    Touched,
+    TokenDigest, Touched,
 };
 use futures_util::task::AtomicWaker;
 use serde_json::{Value, json};
@@ -783,7 +783,7 @@ fn a_room_that_ends_during_a_join_is_left_when_the_join_ends() {
     let session = |phone: &str| Session {
         phone: Phone::parse(phone).unwrap(),
         name: None,
-        token: Token::generate().unwrap(),
+        token_digest: Token::generate().unwrap().digest(),
         created_at: 0,
     };
     let joining = Arc::new(Conn::new(1, session(A), 16, SEND_QUEUE_BYTES));
@@ -1011,7 +1011,7 @@ fn room_events_during_a_join_wait_behind_the_history() {
     let a = Session {
         phone: Phone::parse(A).unwrap(),
         name: None,
-        token: Token::generate().unwrap(),
+        token_digest: Token::generate().unwrap().digest(),
         created_at: 0,
     };
     let conn = Arc::new(Conn::new(1, a, 16, SEND_QUEUE_BYTES));
@@ -1059,7 +1059,7 @@ fn the_queue_is_bounded_in_bytes_behind_its_head() {
     let session = |phone: &str| Session {
         phone: Phone::parse(phone).unwrap(),
         name: None,
-        token: Token::generate().unwrap(),
+        token_digest: Token::generate().unwrap().digest(),
         created_at: 0,
     };
     let frame = |n: usize| Utf8Bytes::from("x".repeat(n));
@@ -1377,12 +1377,12 @@ macro_rules! flaky_store {
 }
 
 flaky_store! {
-    fn create_session(&self, session: Session, refresh: Option<Token>, http_until: Millis) -> Registered;
-    fn session(&self, token: &Token) -> Option<Session>;
+    fn create_session(&self, session: Session, refresh: Option<TokenDigest>, http_until: Millis) -> Registered;
+    fn session(&self, token: &TokenDigest) -> Option<Session>;
     fn names(&self, phones: &[Phone]) -> chat_core::Names;
-    fn create_ticket(&self, ticket: &Token, token: &Token, now: Millis, expires_at: Millis) -> ();
-    fn take_ticket(&self, ticket: &Token, now: Millis) -> Option<Session>;
-    fn touch(&self, token: &Token, http_until: Millis) -> Option<Touched>;
+    fn create_ticket(&self, ticket: &TokenDigest, token: &TokenDigest, now: Millis, expires_at: Millis) -> ();
+    fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Option<Session>;
+    fn touch(&self, token: &TokenDigest, http_until: Millis) -> Option<Touched>;
     fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> bool;
     fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis, grace_until: Millis) -> ();
     fn presence(&self, phone: &Phone) -> Option<PresenceState>;
@@ -1485,7 +1485,7 @@ async fn later_sockets_wait_for_the_first_ones_subscription() {
     let session = |phone: &str| Session {
         phone: Phone::parse(phone).unwrap(),
         name: None,
-        token: Token::generate().unwrap(),
+        token_digest: Token::generate().unwrap().digest(),
         created_at: 0,
     };
     let first = Arc::new(Conn::new(1, session(A), 16, SEND_QUEUE_BYTES));

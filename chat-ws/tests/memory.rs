@@ -97,7 +97,7 @@ async fn idle_socket_memory() {
     for i in 0..SOCKETS {
         let phone = format!("+1555{i:07}");
         let reg = service.register(&phone, None, None).await.unwrap();
-        tokens.push(reg.session.token.as_str().to_owned());
+        tokens.push(reg.token.as_str().to_owned());
     }
     // Warm up allocator arenas and tokio's I/O slabs with a first batch, then measure.
     let mut clients = Vec::with_capacity(SOCKETS);

@@ -140,21 +140,19 @@ async fn join_send_and_leave_over_real_sockets() {
         .service
         .register("+14155550100", None, None)
         .await
-        .unwrap()
-        .session;
+        .unwrap();
     let b = s
         .service
         .register("+14155550101", None, None)
         .await
-        .unwrap()
-        .session;
+        .unwrap();
     s.service
-        .send_request(&a.phone, b.phone.as_str())
+        .send_request(&a.session.phone, b.session.phone.as_str())
         .await
         .unwrap();
     let room: RoomId = s
         .service
-        .respond_request(&b.phone, a.phone.as_str(), "accept")
+        .respond_request(&b.session.phone, a.session.phone.as_str(), "accept")
         .await
         .unwrap()
         .unwrap();
@@ -174,13 +172,12 @@ async fn join_send_and_leave_over_real_sockets() {
         next_json(&mut ca).await,
         json!({"event": "room_history", "ack": 1, "data": {"room": r, "messages": [], "more": false}})
     );
-    let a_joined =
-        json!({"event": "user_joined", "data": {"room": r, "user": a.phone.as_str(), "names": {}}});
+    let a_joined = json!({"event": "user_joined", "data": {"room": r, "user": a.session.phone.as_str(), "names": {}}});
     assert_eq!(next_json(&mut ca).await, a_joined);
 
     send(
         &mut cb,
-        json!({"event": "join_room", "data": {"room": r, "phone": b.phone.as_str()}, "ack": "j"}),
+        json!({"event": "join_room", "data": {"room": r, "phone": b.session.phone.as_str()}, "ack": "j"}),
     )
     .await;
     let v = next_json(&mut cb).await;
@@ -188,8 +185,7 @@ async fn join_send_and_leave_over_real_sockets() {
         (v["event"].as_str(), v["ack"].as_str()),
         (Some("room_history"), Some("j"))
     );
-    let b_joined =
-        json!({"event": "user_joined", "data": {"room": r, "user": b.phone.as_str(), "names": {}}});
+    let b_joined = json!({"event": "user_joined", "data": {"room": r, "user": b.session.phone.as_str(), "names": {}}});
     assert_eq!(next_json(&mut cb).await, b_joined);
     assert_eq!(next_json(&mut ca).await, b_joined);
 
@@ -210,7 +206,7 @@ async fn join_send_and_leave_over_real_sockets() {
     assert_eq!(ack["data"], echo["data"]);
     let m = &echo["data"];
     assert_eq!(m["room"], r.as_str());
-    assert_eq!(m["sender"], a.phone.as_str());
+    assert_eq!(m["sender"], a.session.phone.as_str());
     assert_eq!(m["message"], "héllo 👋");
     assert_eq!(m["client_id"], Value::Null);
     assert_eq!(next_json(&mut cb).await, echo);
@@ -226,7 +222,7 @@ async fn join_send_and_leave_over_real_sockets() {
     );
     assert_eq!(
         next_json(&mut ca).await,
-        json!({"event": "user_left", "data": {"room": r, "user": b.phone.as_str()}})
+        json!({"event": "user_left", "data": {"room": r, "user": b.session.phone.as_str()}})
     );
 
     // A rejoin with `since` gets exactly what it missed.
@@ -250,7 +246,7 @@ async fn join_send_and_leave_over_real_sockets() {
     assert_eq!(next_json(&mut cb).await, b_joined);
     assert_eq!(
         next_json(&mut cb).await,
-        json!({"event": "user_left", "data": {"room": r, "user": a.phone.as_str()}})
+        json!({"event": "user_left", "data": {"room": r, "user": a.session.phone.as_str()}})
     );
 
     // Shutdown says 1001 and waits for the sockets.
@@ -269,8 +265,7 @@ async fn bad_frames_close_with_their_codes_over_real_sockets() {
         .service
         .register("+14155550100", None, None)
         .await
-        .unwrap()
-        .session;
+        .unwrap();
 
     // Over max_frame_bytes: 1009, without the server reading it all into memory first.
     let mut c = s.client(a.token.as_str()).await;
@@ -338,21 +333,19 @@ async fn large_and_small_frames_and_pongs_arrive_whole_over_real_sockets() {
         .service
         .register("+14155550100", None, None)
         .await
-        .unwrap()
-        .session;
+        .unwrap();
     let b = s
         .service
         .register("+14155550101", None, None)
         .await
-        .unwrap()
-        .session;
+        .unwrap();
     s.service
-        .send_request(&a.phone, b.phone.as_str())
+        .send_request(&a.session.phone, b.session.phone.as_str())
         .await
         .unwrap();
     let room = s
         .service
-        .respond_request(&b.phone, a.phone.as_str(), "accept")
+        .respond_request(&b.session.phone, a.session.phone.as_str(), "accept")
         .await
         .unwrap()
         .unwrap();
@@ -360,7 +353,7 @@ async fn large_and_small_frames_and_pongs_arrive_whole_over_real_sockets() {
     let long: String = "\u{1}".repeat(4000);
     for _ in 0..50 {
         s.service
-            .send_message(&a.phone, &room.to_string(), long.clone(), None)
+            .send_message(&a.session.phone, &room.to_string(), long.clone(), None)
             .await
             .unwrap();
     }

@@ -95,14 +95,25 @@ fn build_server(profile_dir: &Path) {
     );
 }
 
-/// The last lines a process wrote to stderr.
-#[derive(Clone, Default)]
-pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
+/// The last lines a process wrote to stderr (the last [`LOG_LINES`], or all of them when
+/// the server was started with `CHAT_E2E_KEEP_LOG=1` in its test environment list).
+#[derive(Clone)]
+pub struct LogTail(Arc<Mutex<VecDeque<String>>>, usize);
+
+impl Default for LogTail {
+    fn default() -> LogTail {
+        LogTail(Arc::default(), LOG_LINES)
+    }
+}
 
 impl LogTail {
+    fn unbounded() -> LogTail {
+        LogTail(Arc::default(), usize::MAX)
+    }
+
     fn push(&self, line: String) {
         let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == LOG_LINES {
+        if q.len() == self.1 {
             q.pop_front();
         }
         q.push_back(line);
@@ -168,16 +179,21 @@ impl Server {
                 cmd.env_remove(k);
             }
         }
-        cmd.envs(env);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        // The test's own settings win (`RUST_LOG` included); `CHAT_E2E_KEEP_LOG` is the
+        // harness's, not the server's.
+        let keep_log = env
+            .iter()
+            .any(|(k, v)| k == "CHAT_E2E_KEEP_LOG" && v == "1");
+        cmd.envs(env.into_iter().filter(|(k, _)| k != "CHAT_E2E_KEEP_LOG"));
         let mut child = cmd
             .arg("--bind")
             .arg("127.0.0.1:0")
             .args(&args)
             .env("NO_COLOR", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -193,7 +209,11 @@ impl Server {
                 out_tail.push(line);
             }
         });
-        let log = LogTail::default();
+        let log = if keep_log {
+            LogTail::unbounded()
+        } else {
+            LogTail::default()
+        };
         let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
         let tail = log.clone();
         std::thread::spawn(move || {

@@ -435,7 +435,9 @@ impl Ws {
         // `names` holds the joiner's display name, if it has one.
         let names = joined["data"]["names"].clone();
         assert!(
-            names.as_object().is_some_and(|n| n.keys().all(|k| *k == phone)),
+            names
+                .as_object()
+                .is_some_and(|n| n.keys().all(|k| *k == phone)),
             "own user_joined names: {joined}"
         );
         assert_eq!(

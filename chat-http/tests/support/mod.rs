@@ -14,7 +14,7 @@ use chat_core::{
     Appended, ChatRequest, ChatService, Config, ConnKey, DueTimer, EndedSession, Error,
     HistoryPage, MemoryStore, MessageId, Millis, NewMessage, NewRoom, NodeId, OnlinePage, Phone,
     PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome, Session, Store,
-    SystemClock, Timer, Token, Touched,
+    SystemClock, Timer, TokenDigest, Touched,
 };
 use chat_http::{App, HttpConfig};
 use chat_ws::{Hub, WsConfig};
@@ -65,7 +65,7 @@ impl Store for FlakyStore {
     async fn create_session(
         &self,
         session: Session,
-        refresh: Option<Token>,
+        refresh: Option<TokenDigest>,
         http_until: Millis,
     ) -> Result<Registered> {
         self.gate().await?;
@@ -73,7 +73,7 @@ impl Store for FlakyStore {
             .create_session(session, refresh, http_until)
             .await
     }
-    async fn session(&self, token: &Token) -> Result<Option<Session>> {
+    async fn session(&self, token: &TokenDigest) -> Result<Option<Session>> {
         self.gate().await?;
         self.inner.session(token).await
     }
@@ -83,8 +83,8 @@ impl Store for FlakyStore {
     }
     async fn create_ticket(
         &self,
-        ticket: &Token,
-        token: &Token,
+        ticket: &TokenDigest,
+        token: &TokenDigest,
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
@@ -93,11 +93,11 @@ impl Store for FlakyStore {
             .create_ticket(ticket, token, now, expires_at)
             .await
     }
-    async fn take_ticket(&self, ticket: &Token, now: Millis) -> Result<Option<Session>> {
+    async fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Result<Option<Session>> {
         self.gate().await?;
         self.inner.take_ticket(ticket, now).await
     }
-    async fn touch(&self, token: &Token, http_until: Millis) -> Result<Option<Touched>> {
+    async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>> {
         self.gate().await?;
         self.inner.touch(token, http_until).await
     }

@@ -11,6 +11,7 @@ mod lifecycle;
 mod pages;
 mod people;
 mod races;
+mod secrets;
 mod socket;
 mod timed;
 
