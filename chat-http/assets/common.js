@@ -19,6 +19,9 @@
   const KEY_TOKEN = 'chat.token';
   const KEY_PHONE = 'chat.phone';
   const KEY_NAME = 'chat.name';
+  const KEY_ENDED = 'chat.ended'; // why the last session ended, for the sign-in form
+  const KEY_NAMES = 'chat.names'; // display names seen lately, {phone: name}
+  const MAX_NAMES = 500;
 
   function readKey(key) {
     try {
@@ -49,12 +52,144 @@
       writeKey(KEY_TOKEN, token);
       writeKey(KEY_PHONE, phone);
       if (name !== undefined) writeKey(KEY_NAME, name);
+      writeKey(KEY_ENDED, null);
     },
-    clear() {
+    /** The session is gone (the server no longer knows the token). The phone and name stay,
+     *  so signing in again is one click; `reason` ('restart' | 'expired') tells the sign-in
+     *  form what happened. */
+    endSession(reason) {
       writeKey(KEY_TOKEN, null);
-      writeKey(KEY_PHONE, null);
-      writeKey(KEY_NAME, null);
+      writeKey(KEY_ENDED, reason || 'expired');
     },
+    /** Reads and forgets why the last session ended. */
+    takeEndReason() {
+      const reason = readKey(KEY_ENDED);
+      writeKey(KEY_ENDED, null);
+      return reason;
+    },
+    /** Signing out: forgets everything, the phone and name too. */
+    clear() {
+      [KEY_TOKEN, KEY_PHONE, KEY_NAME, KEY_ENDED, KEY_NAMES, 'chat.seen'].forEach((k) => writeKey(k, null));
+    },
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // What this browser has seen of each room: the id of the last message shown on a visible
+  // chatroom page. The home page counts the other person's messages after it as unread
+  // (unless the server reports `unread` itself).
+
+  const KEY_SEEN = 'chat.seen';
+  const MAX_SEEN = 100;
+
+  Chat.seen = {
+    all() {
+      try {
+        const v = JSON.parse(readKey(KEY_SEEN) || '{}');
+        return v && typeof v === 'object' ? v : {};
+      } catch (_) {
+        return {};
+      }
+    },
+    get(room) {
+      const v = Chat.seen.all()[room];
+      return typeof v === 'string' ? v : null;
+    },
+    set(room, id) {
+      if (typeof room !== 'string' || typeof id !== 'string') return;
+      const all = Chat.seen.all();
+      if (all[room] === id) return;
+      delete all[room]; // re-insert: the oldest rooms are dropped first
+      all[room] = id;
+      const keys = Object.keys(all);
+      keys.slice(0, Math.max(0, keys.length - MAX_SEEN)).forEach((k) => delete all[k]);
+      writeKey(KEY_SEEN, JSON.stringify(all));
+    },
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // Display names. The server sends `names: {phone: name}` beside the phones it lists (REST
+  // answers and events); they are kept here (and in localStorage, so the chatroom page can
+  // title itself before its first answer) and shown instead of phones. A person without a
+  // name is shown by their phone.
+
+  const names = new Map();
+  (function loadNames() {
+    try {
+      const saved = JSON.parse(readKey(KEY_NAMES) || '{}');
+      if (saved && typeof saved === 'object') {
+        Object.keys(saved).forEach((p) => {
+          if (typeof saved[p] === 'string' && saved[p]) names.set(p, saved[p]);
+        });
+      }
+    } catch (_) { /* unreadable: start empty */ }
+  }());
+
+  const saveNames = () => {
+    while (names.size > MAX_NAMES) names.delete(names.keys().next().value);
+    writeKey(KEY_NAMES, JSON.stringify(Object.fromEntries(names)));
+  };
+
+  /** Learns the `names` object of an answer or event (ignores anything malformed). Returns
+   *  true when a name was new or changed, so callers can redraw. */
+  Chat.learnNames = function learnNames(obj) {
+    if (!obj || typeof obj !== 'object' || !obj.names || typeof obj.names !== 'object') return false;
+    let changed = false;
+    Object.keys(obj.names).forEach((phone) => {
+      const name = obj.names[phone];
+      if (typeof name !== 'string' || !name.trim()) return;
+      if (names.get(phone) !== name) {
+        names.delete(phone); // re-insert: the Map's order is "least recently learned first"
+        names.set(phone, name);
+        changed = true;
+      }
+    });
+    if (changed) saveNames();
+    return changed;
+  };
+
+  /** Remembers one name (ours, from the sign-in form). */
+  Chat.rememberName = function rememberName(phone, name) {
+    if (typeof phone !== 'string' || typeof name !== 'string' || !name.trim()) return;
+    names.set(phone, name.trim());
+    saveNames();
+  };
+
+  /** The name of `phone`, or null when none is known. */
+  Chat.nameOf = (phone) => names.get(phone) || null;
+
+  /** What to call someone: their name, else their phone. */
+  Chat.displayName = (phone) => names.get(phone) || String(phone || '');
+
+  const HUES = 8;
+  /** A round avatar with the person's initials (or the last two digits of their phone),
+   *  coloured by their phone so each person keeps one colour. */
+  Chat.avatar = function avatar(phone, extraClass) {
+    const p = String(phone || '');
+    let hash = 0;
+    for (let i = 0; i < p.length; i += 1) hash = (hash * 31 + p.charCodeAt(i)) % 1000003;
+    const name = names.get(p);
+    let initials;
+    if (name) {
+      const words = name.trim().split(/\s+/).filter(Boolean);
+      initials = words.slice(0, 2).map((w) => Array.from(w)[0]).join('').toUpperCase();
+    } else {
+      initials = p.replace(/\D/g, '').slice(-2) || '?';
+    }
+    return Chat.el('span', {
+      className: 'avatar hue-' + (hash % HUES) + (extraClass ? ' ' + extraClass : ''),
+      text: initials,
+      attrs: { 'aria-hidden': 'true' },
+    });
+  };
+
+  /** A person's name over their phone (the phone alone when there is no name). */
+  Chat.personLabel = function personLabel(phone, extra) {
+    const name = names.get(phone);
+    return Chat.el('span', { className: 'person' }, [
+      Chat.el('span', { className: 'person-name', text: name || phone }),
+      name ? Chat.el('span', { className: 'person-phone', text: phone }) : null,
+      extra || null,
+    ]);
   };
 
   // ---------------------------------------------------------------------------------------
@@ -211,7 +346,7 @@
   Chat.formatTime = function formatTime(value) {
     const d = new Date(value);
     if (Number.isNaN(d.getTime())) return '';
-    const time = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    const time = d.toLocaleTimeString([], { hour: 'numeric', minute: '2-digit' });
     if (sameDay(d, new Date())) return time;
     return d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + time;
   };
@@ -231,19 +366,203 @@
     };
   };
 
-  /** Updates a connection-status indicator element from a Socket status word. */
-  Chat.renderStatus = function renderStatus(node, status) {
-    const labels = {
-      idle: 'offline',
-      connecting: 'connecting\u2026',
-      connected: 'connected',
-      disconnected: 'reconnecting\u2026',
-      stopped: 'offline',
-      unauthorized: 'signed out',
-    };
-    node.textContent = labels[status] || status;
-    node.className = 'conn conn-' + status;
-    node.title = 'Live connection: ' + (labels[status] || status);
+  /** "in 5 h 12 min", "in 3 min", "in less than a minute" until a unix-ms time. */
+  Chat.formatUntil = function formatUntil(ms) {
+    const left = Math.round((Number(ms) - Date.now()) / 60000);
+    if (!Number.isFinite(left)) return '';
+    if (left < 1) return 'in less than a minute';
+    if (left < 60) return 'in ' + left + ' min';
+    const h = Math.floor(left / 60);
+    const m = left % 60;
+    return 'in ' + h + ' h' + (m ? ' ' + m + ' min' : '');
+  };
+
+  /** "42 seconds", "3 minutes". */
+  Chat.formatSeconds = function formatSeconds(secs) {
+    const s = Math.max(1, Math.round(Number(secs) || 0));
+    if (s < 90) return s + (s === 1 ? ' second' : ' seconds');
+    const m = Math.round(s / 60);
+    return m + (m === 1 ? ' minute' : ' minutes');
+  };
+
+  /** Sets the tab title, with "(n) " in front while something waits for the person. */
+  Chat.setTitle = function setTitle(base, count) {
+    document.title = count > 0 ? '(' + count + ') ' + base : base;
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // Errors in people's words
+
+  /**
+   * A sentence for a failed API or socket call. `ctx.phone` is the person the action was
+   * about (their name is used when known), `ctx.action` what was being done: 'register',
+   * 'request', 'respond', 'cancel', 'send', 'close', 'join' or 'load'.
+   */
+  Chat.errorText = function errorText(err, ctx) {
+    const c = ctx || {};
+    const who = c.phone ? Chat.displayName(c.phone) : null;
+    const code = err && err.code;
+    const retry = err && err.retryAfter ? Chat.formatSeconds(err.retryAfter) : null;
+    switch (code) {
+      case 'network_error':
+      case 'bad_response':
+        return 'Can\u2019t reach the server right now. Check your connection and try again.';
+      case 'not_connected':
+      case 'disconnected':
+      case 'timeout':
+        return 'Not connected right now. Try again once the connection is back.';
+      case 'invalid_phone':
+        return 'That doesn\u2019t look like a phone number. Type it with the country code, '
+          + 'for example +1 415 555 0100.';
+      case 'self_request':
+        return 'That\u2019s your own number. Type the number of the person you want to chat with.';
+      case 'user_not_found':
+        return (who || 'Nobody with that number') + ' is not online right now. Check the number, '
+          + 'or try again when they are online.';
+      case 'already_pending':
+        return 'You already asked ' + (who || 'them') + '. Waiting for their answer.';
+      case 'room_exists':
+        return 'You already have a chat with ' + (who || 'them') + '.';
+      case 'phone_in_use':
+        return 'This number is already signed in, in another tab or browser. Carry on there, or '
+          + 'use another number here. A number is freed a few hours after its last use.';
+      case 'too_many_pending':
+        return 'You have many requests waiting for an answer. Cancel some before sending more.';
+      case 'rate_limited':
+        if (c.action === 'request' && who) {
+          return who + ' declined your last request. You can ask again in '
+            + (retry || 'a while') + '.';
+        }
+        return 'That was a lot of tries in a short time. Please wait '
+          + (retry || 'a moment') + ' and try again.';
+      case 'store_unavailable':
+        return 'The server is having trouble right now. Please try again in a moment.';
+      case 'request_not_found':
+        if (c.action === 'cancel') return 'This request was already answered, or it expired.';
+        return 'This request is no longer open: ' + (who || 'they') + ' cancelled it, or it expired.';
+      case 'room_not_found':
+        return 'This chat no longer exists: it was ended, or its time ran out.';
+      case 'forbidden':
+        return 'You are not part of this chat.';
+      case 'message_too_long':
+        return 'This message is too long to send. Please split it into shorter ones.';
+      case 'empty_message':
+        return 'Type a message first.';
+      case 'payload_too_large':
+        return 'That is too long to send.';
+      case 'unauthorized':
+        return 'Your session has ended. Please sign in again.';
+      case 'bad_request':
+        if (c.action === 'register') return 'Please check your name and number and try again.';
+        break;
+      default:
+        break;
+    }
+    return 'Something went wrong' + (err && err.message ? ' (' + err.message + ')' : '')
+      + '. Please try again.';
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // Toasts: short notices at the bottom of the page, read out by screen readers.
+
+  const TOAST_MS = 6000;
+  const MAX_TOASTS = 3;
+
+  /** Shows a notice for a few seconds. `opts.kind`: 'info' | 'ok' | 'error';
+   *  `opts.link`: {href, text}. */
+  Chat.toast = function toast(text, opts) {
+    const o = opts || {};
+    let box = document.getElementById('toasts');
+    if (!box) {
+      box = Chat.el('div', {
+        className: 'toasts',
+        attrs: { id: 'toasts', role: 'status', 'aria-live': 'polite' },
+      });
+      document.body.appendChild(box);
+    }
+    const item = Chat.el('div', { className: 'toast toast-' + (o.kind || 'info') }, [
+      Chat.el('span', { text }),
+      o.link ? Chat.el('a', { href: o.link.href, text: o.link.text }) : null,
+    ]);
+    box.appendChild(item);
+    while (box.children.length > MAX_TOASTS) box.removeChild(box.firstChild);
+    setTimeout(() => item.remove(), TOAST_MS);
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // The connection banner: says in words when the live connection is lost, when it is back,
+  // and offers to retry at once. Nothing shows while all is well.
+
+  const SLOW_CONNECT_MS = 2500; // say "Connecting" only if the first connection is slow
+  const BACK_SHOW_MS = 3000; // how long "Reconnected" stays
+
+  Chat.ConnectionBanner = class ConnectionBanner {
+    /** `node` is an empty element of the page; `socket` a Chat.Socket. */
+    constructor(node, socket, options) {
+      this.node = node;
+      this.socket = socket;
+      // What the page keeps while offline, said in the "lost" banner ('' for nothing).
+      this.keeps = (options && options.keeps) || '';
+      this.text = Chat.el('span', { className: 'conn-text' });
+      this.retry = Chat.el('button', {
+        type: 'button',
+        className: 'link-button',
+        text: 'Retry now',
+        on: { click: () => socket.reconnectNow() },
+      });
+      node.replaceChildren(this.text, this.retry);
+      node.setAttribute('role', 'status');
+      node.setAttribute('aria-live', 'polite');
+      this.timer = null;
+      this.lostAt = 0;
+      socket.onStatus((status) => this.update(status));
+      socket.on('reconnected', () => this.show('back', 'Reconnected. You\u2019re back online.', false));
+    }
+
+    show(kind, text, retry) {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.node.className = 'conn-banner conn-' + kind;
+      this.node.dataset.state = kind;
+      this.text.textContent = text;
+      this.retry.hidden = !retry;
+      this.node.hidden = false;
+      if (kind === 'back') {
+        this.timer = setTimeout(() => this.hide(), BACK_SHOW_MS);
+      }
+    }
+
+    hide() {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.node.hidden = true;
+      this.node.dataset.state = 'ok';
+    }
+
+    update(status) {
+      const s = this.socket;
+      // While not connected, what the page shows may be out of date: it says so (style.css
+      // greys out who is online).
+      document.body.classList.toggle('is-offline', status !== 'connected' && s.everConnected);
+      if (status === 'disconnected' || (status === 'connecting' && s.outage)) {
+        if (s.everConnected) {
+          this.show('lost', 'Connection lost. Reconnecting\u2026' + (this.keeps ? ' ' + this.keeps : ''), true);
+        } else {
+          this.show('lost', 'Can\u2019t connect to the server. Retrying\u2026', true);
+        }
+      } else if (status === 'connecting') {
+        if (this.node.dataset.state !== 'lost') {
+          clearTimeout(this.timer);
+          this.timer = setTimeout(() => {
+            if (this.socket.status === 'connecting') this.show('wait', 'Connecting\u2026', false);
+          }, SLOW_CONNECT_MS);
+        }
+      } else if (status === 'connected') {
+        if (this.node.dataset.state !== 'back') this.hide();
+      } else {
+        this.hide(); // stopped, unauthorized: the page says what happened
+      }
+    }
   };
 
   // ---------------------------------------------------------------------------------------
@@ -284,6 +603,10 @@
    * - `on(event, fn)` receives every other server event's `data` (`fn(data, frame)`).
    * - `onStatus(fn)` receives 'connecting' | 'connected' | 'disconnected' | 'stopped' |
    *   'unauthorized'. 'connected' is reported on the server's `connection_status`.
+   * - Two events of the client's own go to `on()` handlers: 'reconnected' (a connection is back
+   *   after one was lost) and 'unauthorized' with `{afterOutage}` (the session is gone; true
+   *   when the server had been unreachable first: on the in-memory store that is a restart,
+   *   which forgets every session).
    *
    * The server's protocol-level pings are answered by the browser itself. On top of that the
    * client sends an application `ping` now and then, so a connection that died silently
@@ -310,6 +633,24 @@
       this.status = 'idle';
       this.connectSeq = 0; // numbers connection attempts; only the latest goes on
       this.phone = null; // from connection_status
+      this.everConnected = false; // a connection_status arrived at least once
+      this.outage = false; // the connection was lost after having been up, and is not back yet
+
+      // A page being left closes its socket at once, so the server sees the person leave
+      // (browsers may otherwise keep a left page, socket and all, in the back/forward cache,
+      // and the person would look online while they are gone). A page brought back from
+      // that cache connects again.
+      this.suspended = false;
+      window.addEventListener('pagehide', () => {
+        if (this.stopped) return;
+        this.suspended = true;
+        this.stop('stopped');
+      });
+      window.addEventListener('pageshow', (ev) => {
+        if (!ev.persisted || !this.suspended) return;
+        this.suspended = false;
+        this.start();
+      });
 
       // Come back quickly when the network or the tab comes back.
       window.addEventListener('online', () => this.reconnectNow());
@@ -440,10 +781,12 @@
       } catch (err) {
         if (this.stopped || attempt !== this.connectSeq) return;
         if (err instanceof ApiError && err.status === 401) {
+          const afterOutage = this.outage;
           this.stop('unauthorized');
-          this.dispatch('unauthorized', {}, null);
+          this.dispatch('unauthorized', { afterOutage }, null);
           return;
         }
+        if (this.everConnected) this.outage = true;
         this.setStatus('disconnected');
         this.scheduleReconnect(false);
         return;
@@ -507,7 +850,13 @@
 
       if (frame.event === 'connection_status') {
         if (typeof data.phone === 'string') this.phone = data.phone;
+        const wasOut = this.outage;
+        this.outage = false;
+        this.everConnected = true;
         this.setStatus('connected');
+        this.dispatch(frame.event, data, frame);
+        if (wasOut) this.dispatch('reconnected', {}, null);
+        return;
       }
       this.dispatch(frame.event, data, frame);
     }
@@ -518,6 +867,7 @@
       this.stopHeartbeat();
       this.failPending('disconnected', 'The connection to the server was lost.');
       if (this.stopped) return;
+      if (this.everConnected) this.outage = true;
       this.setStatus('disconnected');
       const opened = this.openedAt > 0;
       if (opened && Date.now() - this.openedAt >= STABLE_AFTER_MS) this.attempt = 0;
@@ -535,8 +885,9 @@
         }
         if (this.stopped) return;
         if (ok === false) {
+          const afterOutage = this.outage;
           this.stop('unauthorized');
-          this.dispatch('unauthorized', {}, null);
+          this.dispatch('unauthorized', { afterOutage }, null);
           return;
         }
       }
