@@ -298,6 +298,7 @@ pub(crate) async fn handle(
         | Route::Healthz
         | Route::Readyz
         | Route::Metrics
+        | Route::OpenApi
         | Route::Ws => Err(Error::NotFound),
     }
 }
@@ -335,3 +336,7 @@ mod tests {
         assert!(parse::<RegisterBody>(br#"{"phone": "1", "name": 3}"#).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "api_props.rs"]
+mod props;

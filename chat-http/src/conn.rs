@@ -9,40 +9,75 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
-/// Counts open connections per address. The map has one entry per address with an open
-/// connection, so it is bounded by the number of open sockets.
+/// Why a connection was refused (closed at once, unanswered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Its address already has `max_connections_per_address` open.
+    Address,
+    /// The node already has `max_connections` open.
+    Total,
+    /// The process ran out of file descriptors (refused with the spare one).
+    Descriptors,
+}
+
+/// Counts open connections, in all and per address. The map has one entry per address with an
+/// open connection, so it is bounded by the number of open sockets.
 #[derive(Debug)]
 pub(crate) struct ConnLimiter {
     /// Connections allowed per address.
     max: usize,
-    /// Open connections per address.
-    open: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections allowed in all (kept under the process's descriptor limit).
+    max_total: usize,
+    /// Open connections per address, and in all.
+    open: Mutex<(HashMap<IpAddr, usize>, usize)>,
+    /// Signalled whenever a connection closes: an accept loop that ran out of descriptors
+    /// waits for it (or a short backoff) before trying again.
+    closed: Notify,
 }
 
 impl ConnLimiter {
-    pub(crate) fn new(max: usize) -> Arc<ConnLimiter> {
+    pub(crate) fn new(max: usize, max_total: usize) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
             max,
-            open: Mutex::new(HashMap::new()),
+            max_total,
+            open: Mutex::new((HashMap::new(), 0)),
+            closed: Notify::new(),
         })
     }
 
-    /// Counts a new connection from `ip`; `None` when it already has `max` open.
-    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnGuard> {
-        let mut open = self.open.lock().ok()?;
-        let n = open.entry(ip).or_insert(0);
+    /// Counts a new connection from `ip`, unless that would pass a limit.
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refusal> {
+        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (per_address, total) = &mut *guard;
+        if *total >= self.max_total {
+            return Err(Refusal::Total);
+        }
+        let n = per_address.entry(ip).or_insert(0);
         if *n >= self.max {
             if *n == 0 {
-                open.remove(&ip);
+                per_address.remove(&ip);
             }
-            return None;
+            return Err(Refusal::Address);
         }
         *n += 1;
-        Some(ConnGuard {
+        *total += 1;
+        Ok(ConnGuard {
             limiter: Arc::clone(self),
             ip,
         })
+    }
+
+    /// Open connections now.
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Resolves when a connection closes (or at once if one closed since the last call).
+    pub(crate) async fn one_closed(&self) {
+        self.closed.notified().await;
     }
 }
 
@@ -55,15 +90,19 @@ pub(crate) struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let Ok(mut open) = self.limiter.open.lock() else {
-            return;
-        };
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.ip);
+        {
+            let mut guard = self.limiter.open.lock().unwrap_or_else(|p| p.into_inner());
+            let (per_address, total) = &mut *guard;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_address.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_address.remove(&self.ip);
+                }
             }
         }
+        // A descriptor is free again.
+        self.limiter.closed.notify_one();
     }
 }
 
@@ -131,15 +170,36 @@ mod tests {
 
     #[test]
     fn counts_per_address_and_forgets_closed() {
-        let l = ConnLimiter::new(2);
+        let l = ConnLimiter::new(2, 100);
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
         let g1 = l.acquire(a).unwrap();
         let _g2 = l.acquire(a).unwrap();
-        assert!(l.acquire(a).is_none());
+        assert_eq!(l.acquire(a).err(), Some(Refusal::Address));
         let _g3 = l.acquire(b).unwrap();
         drop(g1);
-        assert!(l.acquire(a).is_some());
-        assert_eq!(l.open.lock().unwrap().len(), 2);
+        assert!(l.acquire(a).is_ok());
+        assert_eq!(l.open.lock().unwrap().0.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn counts_in_all_and_says_when_one_closes() {
+        let l = ConnLimiter::new(10, 3);
+        let ips: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        let guards: Vec<ConnGuard> = ips[..3].iter().map(|ip| l.acquire(*ip).unwrap()).collect();
+        assert_eq!(l.open(), 3);
+        assert_eq!(l.acquire(ips[3]).err(), Some(Refusal::Total));
+        let waiting = {
+            let l = Arc::clone(&l);
+            tokio::spawn(async move { l.one_closed().await })
+        };
+        drop(guards);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("told of a closed connection")
+            .unwrap();
+        assert_eq!(l.open(), 0);
+        let _g = l.acquire(ips[3]).unwrap();
+        assert_eq!(l.open.lock().unwrap().0.len(), 1);
     }
 }

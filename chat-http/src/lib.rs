@@ -33,6 +33,7 @@
 mod api;
 mod conn;
 mod metrics;
+mod openapi;
 mod pages;
 mod query;
 mod reply;
@@ -59,7 +60,7 @@ use tokio_util::task::TaskTracker;
 use chat_core::{ChatService, Error, KeyedLimiter, Metrics, Result, Store};
 use chat_ws::Hub;
 
-use crate::conn::{ConnLimiter, CountedStream};
+use crate::conn::{ConnLimiter, CountedStream, Refusal};
 use crate::metrics::HttpMetrics;
 use crate::reply::Resp;
 use crate::router::{Matched, Route};
@@ -77,8 +78,11 @@ pub const READY_TIMEOUT: Duration = Duration::from_millis(1500);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Registration buckets kept at most; past it they are all forgotten (see `take_registration`).
 const MAX_TRACKED_ADDRESSES: usize = 100_000;
-/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
+/// Longest pause after a failed `accept` (e.g. out of file descriptors), so the loop does not
+/// spin; it tries again sooner when one of its connections closes.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Failed accepts and refused connections are logged at most this often (with a count).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The HTTP side's settings (the contract's flags that concern it).
 #[derive(Debug, Clone)]
@@ -88,6 +92,10 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Open TCP connections per client address; more are closed at once, unanswered.
     pub max_connections_per_address: usize,
+    /// Open TCP connections in all; more are closed at once, unanswered. Keep it under the
+    /// process's descriptor limit (the binary's default: a little under it, read at start), so
+    /// the node refuses cleanly instead of running out of descriptors.
+    pub max_connections: usize,
     /// `POST /register_user` attempts per client address per minute (burst equal to it).
     pub registrations_per_min: u64,
     /// Origins a WebSocket upgrade may come from (`None`: any). An upgrade without `Origin`
@@ -102,6 +110,7 @@ impl Default for HttpConfig {
         HttpConfig {
             header_timeout: Duration::from_secs(10),
             max_connections_per_address: 1000,
+            max_connections: 10_000,
             registrations_per_min: 10,
             allowed_origins: None,
             shutdown_grace: Duration::from_secs(7),
@@ -158,7 +167,7 @@ impl App {
                 hub,
                 store,
                 registrations: Mutex::new(KeyedLimiter::new(per_min, 60_000, per_min)),
-                conns: ConnLimiter::new(config.max_connections_per_address),
+                conns: ConnLimiter::new(config.max_connections_per_address, config.max_connections),
                 config,
                 http_metrics: HttpMetrics::default(),
                 sockets: TaskTracker::new(),
@@ -291,6 +300,7 @@ impl App {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.render_metrics(),
             )),
+            Route::OpenApi => Ok(openapi::response()),
             Route::Ws => ws::upgrade(self, req).await,
             api_route => {
                 debug_assert!(api_route.is_api());
@@ -328,6 +338,65 @@ where
     }
 }
 
+/// Whether `accept` failed for want of file descriptors (per process or system-wide).
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    // EMFILE and ENFILE (Linux, and the BSDs alike).
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
+/// A descriptor held in reserve (`/dev/null`), given up for a moment when the process has run
+/// out: enough to accept the connection waiting in the backlog and close it at once, so its
+/// client is told no instead of hanging until a descriptor frees (the classic spare-descriptor
+/// trick). Taken back right after.
+struct SpareDescriptor(Option<std::fs::File>);
+
+impl SpareDescriptor {
+    fn open() -> SpareDescriptor {
+        SpareDescriptor(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Frees the spare, accepts and closes one waiting connection, takes the spare back.
+    /// Whether a connection was refused.
+    async fn refuse_one(&mut self, listener: &TcpListener) -> bool {
+        let Some(file) = self.0.take() else {
+            *self = SpareDescriptor::open();
+            return false;
+        };
+        drop(file);
+        let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+        let refused = matches!(accepted, Ok(Ok(_)));
+        // Closed unanswered, which frees its descriptor for the spare again.
+        drop(accepted);
+        *self = SpareDescriptor::open();
+        refused
+    }
+}
+
+/// Warnings of the accept loop, at most one per [`REFUSAL_LOG_EVERY`]: a flood of refused
+/// connections, or an accept failing for want of descriptors, must not flood the log too.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    /// Notes not logged since the last line.
+    quiet: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, what: std::fmt::Arguments<'_>) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            self.quiet += 1;
+            return;
+        }
+        tracing::warn!(also_since_last = self.quiet, "{what}");
+        self.last = Some(now);
+        self.quiet = 0;
+    }
+}
+
 /// Serves HTTP/1.1 (and WebSocket upgrades) on `listener` until `shutdown` resolves; then
 /// stops accepting, lets in-flight requests finish, closes every socket (1001) and waits for
 /// them, all within [`HttpConfig::shutdown_grace`].
@@ -342,6 +411,8 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    let mut refusals = RefusalLog::default();
+    let mut spare = SpareDescriptor::open();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -349,17 +420,39 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    // Out of descriptors (EMFILE/ENFILE) or memory: the connections it has are
+                    // served on. The one waiting is refused cleanly with the spare descriptor,
+                    // and new ones are taken once a connection closes, or after a pause.
+                    app.inner.http_metrics.accept_failed();
+                    refusals.note(format_args!("accept failed: {e}"));
+                    if out_of_descriptors(&e) && spare.refuse_one(&listener).await {
+                        app.inner.http_metrics.refused(Refusal::Descriptors);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        () = app.inner.conns.one_closed() => {}
+                    }
                     continue;
                 }
             },
         };
         let ip = peer.ip().to_canonical();
-        let Some(guard) = app.inner.conns.acquire(ip) else {
-            tracing::debug!(%ip, "too many connections from this address; closed");
-            drop(stream);
-            continue;
+        let guard = match app.inner.conns.acquire(ip) {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                app.inner.http_metrics.refused(refusal);
+                match refusal {
+                    Refusal::Address => {
+                        tracing::debug!(%ip, "too many connections from this address; closed");
+                    }
+                    Refusal::Total | Refusal::Descriptors => refusals.note(format_args!(
+                        "max-connections ({}) reached: new connections are closed",
+                        app.config().max_connections
+                    )),
+                }
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(CountedStream::new(stream, guard));

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chat_core::{LATENCY_BUCKETS, Metrics};
 
@@ -13,9 +13,32 @@ use chat_core::{LATENCY_BUCKETS, Metrics};
 #[derive(Debug, Default)]
 pub(crate) struct HttpMetrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Connections closed unanswered for their address's limit.
+    refused_address: AtomicU64,
+    /// Connections closed unanswered for the node's limit.
+    refused_total: AtomicU64,
+    /// Connections closed unanswered because the process was out of descriptors.
+    refused_descriptors: AtomicU64,
+    /// `accept` calls that failed (out of descriptors, most likely).
+    accept_errors: AtomicU64,
 }
 
 impl HttpMetrics {
+    /// Counts a connection closed unanswered.
+    pub(crate) fn refused(&self, why: crate::conn::Refusal) {
+        let counter = match why {
+            crate::conn::Refusal::Address => &self.refused_address,
+            crate::conn::Refusal::Total => &self.refused_total,
+            crate::conn::Refusal::Descriptors => &self.refused_descriptors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed `accept`.
+    pub(crate) fn accept_failed(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one answered request.
     pub(crate) fn count(&self, pattern: &'static str, status: u16) {
         if let Ok(mut map) = self.requests.lock() {
@@ -50,6 +73,12 @@ impl HttpMetrics {
             core.store_errors_total.load(Ordering::Relaxed).to_string(),
         );
         metric(
+            "chat_accept_errors_total",
+            "counter",
+            "Failed accepts (out of file descriptors, most likely).",
+            self.accept_errors.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
             "chat_slow_consumers_closed_total",
             "counter",
             "WebSockets closed for not reading fast enough.",
@@ -58,6 +87,23 @@ impl HttpMetrics {
                 .to_string(),
         );
 
+        let _ = writeln!(
+            out,
+            "# HELP chat_connections_refused_total TCP connections closed unanswered, by the \
+             limit they met."
+        );
+        let _ = writeln!(out, "# TYPE chat_connections_refused_total counter");
+        for (reason, n) in [
+            ("address", &self.refused_address),
+            ("total", &self.refused_total),
+            ("descriptors", &self.refused_descriptors),
+        ] {
+            let _ = writeln!(
+                out,
+                "chat_connections_refused_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP chat_http_requests_total HTTP requests answered, by route pattern and status."

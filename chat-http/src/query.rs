@@ -129,3 +129,7 @@ mod tests {
         assert_eq!(decode_segment("%ff"), None);
     }
 }
+
+#[cfg(test)]
+#[path = "query_props.rs"]
+mod props;

@@ -2,6 +2,12 @@
 //!
 //! Every route has a fixed pattern (`/chatrooms/{room_id}/messages`) that labels it in metrics
 //! and logs, so their cardinality is bounded by this file whatever paths clients send.
+//!
+//! The routes are two tables, [`FIXED`] paths and [`PREFIXED`] ones that carry a parameter:
+//! routing is looking a path up in them, and the tests of `crate::openapi` walk them against
+//! docs/openapi.json both ways, so a route added here without documenting it fails the tests.
+
+use std::borrow::Cow;
 
 use hyper::Method;
 
@@ -47,6 +53,8 @@ pub(crate) enum Route {
     Metrics,
     /// `GET /ws`.
     Ws,
+    /// `GET /openapi.json`: the OpenAPI document of the REST API.
+    OpenApi,
 }
 
 impl Route {
@@ -71,6 +79,7 @@ impl Route {
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
             Route::Ws => "/ws",
+            Route::OpenApi => "/openapi.json",
         }
     }
 
@@ -96,7 +105,7 @@ impl Route {
 
 /// Which methods a route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Allow {
+pub(crate) enum Allow {
     /// Public reads: pages, assets, operations. HEAD is answered like GET without a body.
     GetHead,
     /// API reads and the WebSocket upgrade.
@@ -122,7 +131,74 @@ impl Allow {
             Allow::Post => "POST",
         }
     }
+
+    /// The methods, as OpenAPI names them.
+    #[cfg(test)]
+    pub(crate) fn methods(self) -> &'static [&'static str] {
+        match self {
+            Allow::GetHead => &["get", "head"],
+            Allow::Get => &["get"],
+            Allow::Post => &["post"],
+        }
+    }
 }
+
+/// The routes at fixed paths. `/chatroom` takes its room from the query (see `find`).
+pub(crate) static FIXED: &[(&str, Route, Allow)] = &[
+    ("/", Route::Index, Allow::GetHead),
+    ("/chatroom", Route::Chatroom(None), Allow::GetHead),
+    ("/register_user", Route::RegisterUser, Allow::Post),
+    ("/online_users", Route::OnlineUsers, Allow::Get),
+    ("/reconnect", Route::Reconnect, Allow::Post),
+    ("/send_request", Route::SendRequest, Allow::Post),
+    ("/incoming_request", Route::IncomingRequest, Allow::Get),
+    ("/respond_request", Route::RespondRequest, Allow::Post),
+    ("/cancel_request", Route::CancelRequest, Allow::Post),
+    ("/active_chatrooms", Route::ActiveChatrooms, Allow::Get),
+    ("/close_room", Route::CloseRoom, Allow::Post),
+    ("/ws_ticket", Route::WsTicket, Allow::Post),
+    ("/healthz", Route::Healthz, Allow::GetHead),
+    ("/readyz", Route::Readyz, Allow::GetHead),
+    ("/metrics", Route::Metrics, Allow::GetHead),
+    ("/openapi.json", Route::OpenApi, Allow::GetHead),
+    ("/ws", Route::Ws, Allow::Get),
+];
+
+/// A route whose path carries a parameter: the path starts with `prefix`, and `take` reads the
+/// route from the rest of the path (and the raw query); `None` is no route (404).
+pub(crate) struct Prefixed {
+    /// What the path starts with.
+    pub(crate) prefix: &'static str,
+    /// The path as docs/openapi.json writes it.
+    #[cfg_attr(not(test), allow(dead_code))] // read by the OpenAPI tests
+    pub(crate) template: &'static str,
+    /// The methods it answers.
+    pub(crate) allow: Allow,
+    /// The route, from the rest of the path and the raw query.
+    take: fn(&str, Option<&str>) -> Option<Route>,
+}
+
+/// The routes that carry a parameter in their path. No prefix is a prefix of another.
+pub(crate) static PREFIXED: &[Prefixed] = &[
+    Prefixed {
+        prefix: "/static/",
+        template: "/static/{name}",
+        allow: Allow::GetHead,
+        take: |name, _| Asset::find(name).map(Route::Static),
+    },
+    Prefixed {
+        prefix: "/chatroom/",
+        template: "/chatroom/{room_id}",
+        allow: Allow::GetHead,
+        take: chatroom_path,
+    },
+    Prefixed {
+        prefix: "/chatrooms/",
+        template: "/chatrooms/{room_id}/messages",
+        allow: Allow::Get,
+        take: messages_path,
+    },
+];
 
 /// The outcome of routing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,58 +235,48 @@ pub(crate) fn route(method: &Method, path: &str, raw_query: Option<&str>) -> Mat
 }
 
 fn find(path: &str, raw_query: Option<&str>) -> Option<(Route, Allow)> {
-    let fixed = match path {
-        "/" => Some((Route::Index, Allow::GetHead)),
-        "/register_user" => Some((Route::RegisterUser, Allow::Post)),
-        "/online_users" => Some((Route::OnlineUsers, Allow::Get)),
-        "/reconnect" => Some((Route::Reconnect, Allow::Post)),
-        "/send_request" => Some((Route::SendRequest, Allow::Post)),
-        "/incoming_request" => Some((Route::IncomingRequest, Allow::Get)),
-        "/respond_request" => Some((Route::RespondRequest, Allow::Post)),
-        "/cancel_request" => Some((Route::CancelRequest, Allow::Post)),
-        "/active_chatrooms" => Some((Route::ActiveChatrooms, Allow::Get)),
-        "/close_room" => Some((Route::CloseRoom, Allow::Post)),
-        "/ws_ticket" => Some((Route::WsTicket, Allow::Post)),
-        "/healthz" => Some((Route::Healthz, Allow::GetHead)),
-        "/readyz" => Some((Route::Readyz, Allow::GetHead)),
-        "/metrics" => Some((Route::Metrics, Allow::GetHead)),
-        "/ws" => Some((Route::Ws, Allow::Get)),
-        "/chatroom" | "/chatroom/" => {
-            // A query that does not decode names no room: the 404 page.
-            let id = query::lenient_param(raw_query, "room_id");
-            Some((
-                Route::Chatroom(id.filter(|s| !s.is_empty())),
-                Allow::GetHead,
-            ))
-        }
-        _ => None,
-    };
-    if fixed.is_some() {
-        return fixed;
+    if let Some((_, route, allow)) = FIXED.iter().find(|(p, ..)| *p == path) {
+        let route = match route {
+            Route::Chatroom(_) => chatroom_query(raw_query),
+            other => other.clone(),
+        };
+        return Some((route, *allow));
     }
-    if let Some(rest) = path.strip_prefix("/static/") {
-        return Asset::find(rest).map(|a| (Route::Static(a), Allow::GetHead));
+    let p = PREFIXED.iter().find(|p| path.starts_with(p.prefix))?;
+    (p.take)(&path[p.prefix.len()..], raw_query).map(|route| (route, p.allow))
+}
+
+/// `/chatroom?room_id=`. A query that does not decode names no room: the 404 page.
+fn chatroom_query(raw_query: Option<&str>) -> Route {
+    let id = query::lenient_param(raw_query, "room_id");
+    Route::Chatroom(id.filter(|s| !s.is_empty()))
+}
+
+/// `/chatroom/{room_id}`; `/chatroom/` is `/chatroom`.
+fn chatroom_path(rest: &str, raw_query: Option<&str>) -> Option<Route> {
+    if rest.is_empty() {
+        return Some(chatroom_query(raw_query));
     }
-    if let Some(rest) = path.strip_prefix("/chatroom/") {
-        // The page's script also accepts a trailing slash.
-        let id = rest.strip_suffix('/').unwrap_or(rest);
-        if !id.contains('/') {
-            let id = query::decode_segment(id)
-                .filter(|s| !s.is_empty())
-                .map(|s| s.into_owned());
-            return Some((Route::Chatroom(id), Allow::GetHead));
-        }
+    // The page's script also accepts a trailing slash.
+    let id = rest.strip_suffix('/').unwrap_or(rest);
+    if id.contains('/') {
         return None;
     }
-    if let Some(rest) = path.strip_prefix("/chatrooms/") {
-        let (id, tail) = rest.split_once('/')?;
-        if tail == "messages" && !id.is_empty() {
-            // An id that does not decode cannot be a room: the service answers room_not_found.
-            let id = query::decode_segment(id).unwrap_or_default().into_owned();
-            return Some((Route::Messages(id), Allow::Get));
-        }
+    let id = query::decode_segment(id)
+        .filter(|s| !s.is_empty())
+        .map(Cow::into_owned);
+    Some(Route::Chatroom(id))
+}
+
+/// `/chatrooms/{room_id}/messages`.
+fn messages_path(rest: &str, _: Option<&str>) -> Option<Route> {
+    let (id, tail) = rest.split_once('/')?;
+    if tail != "messages" || id.is_empty() {
+        return None;
     }
-    None
+    // An id that does not decode cannot be a room: the service answers room_not_found.
+    let id = query::decode_segment(id).unwrap_or_default().into_owned();
+    Some(Route::Messages(id))
 }
 
 #[cfg(test)]
@@ -263,6 +329,22 @@ mod tests {
         assert_eq!(
             route(&Method::GET, "/chatroom", None),
             Matched::Found(Route::Chatroom(None))
+        );
+        assert_eq!(
+            route(&Method::GET, "/chatroom/", Some("room_id=r3")),
+            Matched::Found(Route::Chatroom(Some("r3".into())))
+        );
+        assert_eq!(
+            route(&Method::GET, "/chatroom//", Some("room_id=r3")),
+            Matched::Found(Route::Chatroom(None))
+        );
+        assert_eq!(
+            route(&Method::HEAD, "/openapi.json", None),
+            Matched::Found(Route::OpenApi)
+        );
+        assert_eq!(
+            route(&Method::GET, "/chatrooms//messages", None),
+            Matched::NotFound
         );
         assert!(matches!(
             route(&Method::GET, "/static/home.js", None),

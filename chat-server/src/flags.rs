@@ -18,6 +18,18 @@ pub struct Flags {
     #[arg(long, env = "CHAT_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// PEM CA certificate(s) to trust for a rediss:// URL instead of the system's roots.
+    #[arg(long, env = "CHAT_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for Redis services that require mutual TLS (with --redis-client-key).
+    #[arg(long, env = "CHAT_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    pub redis_client_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "CHAT_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    pub redis_client_key: Option<std::path::PathBuf>,
+
     /// Namespace of every Redis key and channel.
     #[arg(long, env = "CHAT_KEY_PREFIX", default_value = "chat:")]
     pub key_prefix: String,
@@ -93,6 +105,11 @@ pub struct Flags {
     /// Open TCP connections per client address; more are closed at once.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1000, value_parser = positive)]
     pub max_connections_per_address: u64,
+
+    /// Open TCP connections in all; more are closed at once (default: a little under the
+    /// process's open-file limit, read at start).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_parser = positive)]
+    pub max_connections: Option<u64>,
 
     /// Comma-separated origins a WebSocket upgrade may come from, or `any`.
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", default_value = "any")]
@@ -193,11 +210,43 @@ impl Flags {
         Ok(chat_http::HttpConfig {
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             max_connections_per_address: to_usize(self.max_connections_per_address),
+            max_connections: self
+                .max_connections
+                .map_or_else(default_max_connections, to_usize),
             registrations_per_min: self.registrations_per_min,
             allowed_origins: self.origins()?,
             shutdown_grace,
         })
     }
+}
+
+/// A little under the process's open-file limit: each connection holds a descriptor, and the
+/// process needs some of its own (the listener, Redis connections, logs), so it refuses
+/// connections cleanly before `accept` fails for want of descriptors. Keeps a twentieth of the
+/// limit and at least 64 for itself.
+fn default_max_connections() -> usize {
+    let limit = open_file_limit().unwrap_or(FALLBACK_FILE_LIMIT);
+    let reserve = (limit / 20).max(64);
+    limit.saturating_sub(reserve).max(1)
+}
+
+/// The open-file limit assumed where the process cannot read its own.
+const FALLBACK_FILE_LIMIT: usize = 1024;
+
+/// The soft limit on open files (`ulimit -n`), from `/proc/self/limits` (Linux); `None` where
+/// that cannot be read or says "unlimited".
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&limits)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    soft.parse().ok()
 }
 
 fn to_usize(n: u64) -> usize {
@@ -231,6 +280,70 @@ mod tests {
         );
         assert_eq!(w.ping_interval, Duration::from_secs(25));
         assert_eq!(w.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn max_connections_defaults_under_the_open_file_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            20000                20000                files     \n";
+        assert_eq!(parse_open_file_limit(limits), Some(20_000));
+        assert_eq!(
+            parse_open_file_limit("Max open files  unlimited unlimited files"),
+            None
+        );
+        assert_eq!(parse_open_file_limit(""), None);
+        let own = open_file_limit().expect("Linux tells its limits");
+        let h = parse(&[])
+            .unwrap()
+            .http_config(Duration::from_secs(1))
+            .unwrap();
+        assert!(
+            h.max_connections < own && h.max_connections >= own * 9 / 10 - 64,
+            "{own}"
+        );
+        let set = parse(&["--max-connections", "50"]).unwrap();
+        assert_eq!(
+            set.http_config(Duration::from_secs(1))
+                .unwrap()
+                .max_connections,
+            50
+        );
+        assert_eq!(
+            parse(&["--max-connections", "0"]).unwrap_err().exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn redis_tls_files_and_the_grace() {
+        let f = parse(&[
+            "--redis-ca-file",
+            "/etc/ca.pem",
+            "--presence-grace-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            f.redis_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(f.core_config().presence_grace_secs, 0);
+        assert_eq!(parse(&[]).unwrap().core_config().presence_grace_secs, 5);
+        // A client certificate without its key (or the reverse) is refused.
+        for args in [
+            &["--redis-client-cert", "c.pem"][..],
+            &["--redis-client-key", "k.pem"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+        let both = parse(&[
+            "--redis-client-cert",
+            "c.pem",
+            "--redis-client-key",
+            "k.pem",
+        ]);
+        assert!(both.is_ok());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use chat_core::{
     ChatService, EventBus, InstrumentedStore, MemoryStore, Metrics, NodeId, Store, SystemClock,
 };
 use chat_http::App;
-use chat_store_redis::RedisStore;
+use chat_store_redis::{RedisStore, RedisTls};
 use chat_ws::Hub;
 
 use crate::flags::Flags;
@@ -184,7 +184,14 @@ async fn open_store(
 ) -> chat_core::Result<(Arc<dyn Store>, Arc<dyn EventBus>)> {
     match &flags.redis_url {
         Some(url) => {
-            let redis = Arc::new(RedisStore::connect(url, &flags.key_prefix, node.clone()).await?);
+            let tls = RedisTls::from_files(
+                flags.redis_ca_file.as_deref(),
+                flags.redis_client_cert.as_deref(),
+                flags.redis_client_key.as_deref(),
+            )?;
+            let redis = Arc::new(
+                RedisStore::connect_with_tls(url, &flags.key_prefix, node.clone(), &tls).await?,
+            );
             Ok((redis.clone(), redis))
         }
         None => {

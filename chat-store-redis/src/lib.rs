@@ -187,14 +187,122 @@ pub(crate) struct Inner {
     pub(crate) bus: Bus,
 }
 
+/// Every Redis command the store and the bus send, directly or from inside its functions, as
+/// ACL rules: a Redis user with only these (and the key prefix's keys and channels) is enough.
+///
+/// ```text
+/// ACL SETUSER chat on >PASSWORD resetkeys ~chat:* resetchannels &chat:* -@all <ACL_COMMANDS>
+/// ```
+///
+/// Tested: the store conformance suite runs over TLS as such a user (`tests/tls.rs`), and a unit
+/// test checks that every command the function library calls is listed.
+pub const ACL_COMMANDS: &str = "+ping +hello +fcall +function|load \
+     +multi +exec +exists +get +set +getdel +del +rename +persist +pexpireat +pexpiretime +time \
+     +hget +hmget +hset +hdel +hlen +sadd +srem +smembers +scard +zadd +zrem +zrange +zscore \
+     +xadd +xrange +xrevrange +publish +subscribe +unsubscribe";
+
+/// TLS material for a `rediss://` connection beyond the system's trust store, as managed Redis
+/// services hand it out. All PEM. Without any, a `rediss://` URL trusts the system's roots.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CA certificates to trust instead of the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its private key, for services that require mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret; the rest is not worth a log line.
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// Reads the CA file and the client certificate and key files (both or neither).
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<RedisTls> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                Error::bad_request(format!("cannot read the {what} {}: {e}", path.display()))
+            })
+        };
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c, "client certificate")?, read(k, "client key")?)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::bad_request(
+                    "a client certificate and its key go together",
+                ));
+            }
+        };
+        Ok(RedisTls {
+            ca: ca.map(|p| read(p, "CA file")).transpose()?,
+            client,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+
+    /// A client for `info`, with this material when there is any.
+    fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<Client> {
+        if self.is_empty() {
+            return Client::open(info);
+        }
+        Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: self.client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: self.ca.clone(),
+            },
+        )
+    }
+}
+
 impl RedisStore {
-    /// Connects to Redis at `url` (a `redis://` URL), loads the function library, and starts the
-    /// subscriber connection, its dispatcher and its watchdog. Keys and channels are named under
-    /// `key_prefix`. Must be called inside a Tokio runtime.
+    /// Connects to Redis at `url` (a `redis://` or `rediss://` URL, with `user:password@` for
+    /// AUTH), loads the function library, and starts the subscriber connection, its dispatcher
+    /// and its watchdog. Keys and channels are named under `key_prefix`. Must be called inside
+    /// a Tokio runtime.
     ///
     /// Fails with `BadRequest` for an unusable URL or prefix, `StoreUnavailable` when Redis
     /// does not answer within a few seconds.
     pub async fn connect(url: &str, key_prefix: &str, node: NodeId) -> Result<RedisStore> {
+        RedisStore::connect_with_tls(url, key_prefix, node, &RedisTls::default()).await
+    }
+
+    /// [`RedisStore::connect`] over TLS with `tls` (a CA to trust, a client certificate): the
+    /// URL must be `rediss://`.
+    pub async fn connect_with_tls(
+        url: &str,
+        key_prefix: &str,
+        node: NodeId,
+        tls: &RedisTls,
+    ) -> Result<RedisStore> {
+        if !tls.is_empty() && !url.starts_with("rediss://") {
+            return Err(Error::bad_request(
+                "TLS files were given but the Redis URL is not rediss://",
+            ));
+        }
+        // rustls needs a process-wide crypto provider (redis builds its configs from the
+        // default one); ring is the one this build carries (aws-lc-rs would add a cmake build
+        // of its C library). rustls 0.23.48 marks it deprecated for lacking post-quantum key
+        // exchange, which Redis servers do not offer yet. Installing twice is harmless.
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         if key_prefix.contains(['{', '}']) {
             return Err(Error::bad_request(
                 "the key prefix must not contain '{' or '}' (they would change the hash slot)",
@@ -208,10 +316,12 @@ impl RedisStore {
             .clone()
             .set_redis_settings(settings.clone().set_protocol(ProtocolVersion::RESP2));
         let sub_info = info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
-        let cmd_client = Client::open(cmd_info)
-            .map_err(|e| Error::bad_request(format!("invalid redis url: {e}")))?;
-        let sub_client = Client::open(sub_info)
-            .map_err(|e| Error::bad_request(format!("invalid redis url: {e}")))?;
+        let cmd_client = tls
+            .client(cmd_info)
+            .map_err(|e| Error::bad_request(format!("invalid redis url or TLS files: {e}")))?;
+        let sub_client = tls
+            .client(sub_info)
+            .map_err(|e| Error::bad_request(format!("invalid redis url or TLS files: {e}")))?;
 
         let stats = Arc::new(BusStats::default());
         let lost = Arc::new(AtomicU64::new(0));

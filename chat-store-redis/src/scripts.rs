@@ -688,6 +688,30 @@ impl Library {
 
 #[cfg(test)]
 mod tests {
+    /// The ACL list of the crate (what an operator grants a Redis user) names every command
+    /// the function library calls.
+    #[test]
+    fn acl_commands_cover_the_library() {
+        let lib = super::Library::new();
+        let granted: Vec<&str> = crate::ACL_COMMANDS.split_whitespace().collect();
+        let mut called: Vec<String> = lib
+            .code
+            .split("redis.call('")
+            .skip(1)
+            .filter_map(|rest| rest.split('\'').next())
+            .map(str::to_lowercase)
+            .collect();
+        called.sort();
+        called.dedup();
+        assert!(called.len() > 10, "{called:?}");
+        for c in &called {
+            assert!(
+                granted.contains(&format!("+{c}").as_str()),
+                "{c} is not in ACL_COMMANDS"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

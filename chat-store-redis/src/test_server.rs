@@ -26,12 +26,30 @@ pub struct RedisServerOptions {
     /// Turn on the append-only file with `appendfsync always`: every acknowledged write is on
     /// disk before the reply, so a killed and restarted server has all of it.
     pub aof_always: bool,
+    /// Also listen with TLS, on [`RedisServer::tls_port`], with these PEM files.
+    pub tls: Option<TlsFiles>,
+    /// ACL users, each one `user` directive's rules (`"chat on >secret ~p* &p* +ping"`). The
+    /// default user stays as it is (the harness's readiness `PING` uses it on the plain port).
+    pub users: Vec<String>,
+}
+
+/// The PEM files of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that signed it (also the CA client certificates would be checked against).
+    pub ca: PathBuf,
 }
 
 /// A `redis-server` process owned by a test. Killed (SIGKILL) on drop; its directory removed.
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// The TLS port, when [`RedisServerOptions::tls`] is set.
+    tls_port: Option<u16>,
     dir: PathBuf,
     options: RedisServerOptions,
     /// The running process, if any (`None` after [`RedisServer::kill`]).
@@ -52,7 +70,10 @@ impl RedisServer {
 
     /// Starts a server with AOF `appendfsync always`, for tests that kill and restart it.
     pub fn start_persistent() -> RedisServer {
-        RedisServer::start_with(RedisServerOptions { aof_always: true })
+        RedisServer::start_with(RedisServerOptions {
+            aof_always: true,
+            ..RedisServerOptions::default()
+        })
     }
 
     /// Starts a server with `options`. Blocks until it answers `PING`.
@@ -68,8 +89,10 @@ impl RedisServer {
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let port = free_port();
+        let tls_port = options.tls.as_ref().map(|_| free_port());
         let server = RedisServer {
             port,
+            tls_port,
             dir,
             options,
             child: Mutex::new(None),
@@ -86,6 +109,11 @@ impl RedisServer {
     /// The port it listens on (loopback only).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS port, if it was started with [`RedisServerOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// The server's working directory (AOF files, `redis.log`).
@@ -128,6 +156,16 @@ impl RedisServer {
             .args(["--daemonize", "no"])
             .args(["--save", ""])
             .args(["--protected-mode", "yes"]);
+        if let (Some(tls), Some(tls_port)) = (&self.options.tls, self.tls_port) {
+            cmd.args(["--tls-port", &tls_port.to_string()])
+                .args(["--tls-cert-file", &tls.cert.to_string_lossy()])
+                .args(["--tls-key-file", &tls.key.to_string_lossy()])
+                .args(["--tls-ca-cert-file", &tls.ca.to_string_lossy()])
+                .args(["--tls-auth-clients", "optional"]);
+        }
+        for rules in &self.options.users {
+            cmd.arg("--user").args(rules.split_whitespace());
+        }
         if self.options.aof_always {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {

@@ -116,7 +116,7 @@ struct Empty {}
 /// The ack of a frame, if the frame is a JSON object whose `ack` is a number or a string.
 /// Used to answer a rate-limited frame with its ack without interpreting the rest.
 pub(crate) fn peek_ack(text: &str) -> Option<Ack> {
-    let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
+    let Object(envelope) = serde_json::from_str::<Object<Envelope<'_>>>(text).ok()?;
     valid_ack(envelope.ack?).ok()
 }
 
@@ -164,7 +164,7 @@ fn parse_send_message(text: &str) -> Option<Request> {
         ack: Option<&'a RawValue>,
     }
 
-    let frame: Frame<'_> = serde_json::from_str(text).ok()?;
+    let Object(frame) = serde_json::from_str::<Object<Frame<'_>>>(text).ok()?;
     let ack = match frame.ack {
         None => None,
         Some(raw) => Some(valid_ack(raw).ok()?),
@@ -204,7 +204,8 @@ fn parse_in_two_steps(text: &str) -> Result<Request, Rejected> {
         ack,
         error: Error::bad_request(why),
     };
-    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|_| {
+    // An object: serde would also read a struct from an array (`["ping", {}, 7]`).
+    let Object(envelope) = serde_json::from_str::<Object<Envelope<'_>>>(text).map_err(|_| {
         reject(
             None,
             "a frame must be a JSON object with a string \"event\"",
@@ -1291,3 +1292,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "wire_props.rs"]
+mod props;

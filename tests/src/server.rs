@@ -167,13 +167,39 @@ impl Server {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        tokio::task::spawn_blocking(move || Server::start_blocking(&bin, args, env))
+        tokio::task::spawn_blocking(move || Server::start_blocking(&bin, args, env, None))
             .await
             .expect("server start task")
     }
 
-    fn start_blocking(bin: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Server {
-        let mut cmd = Command::new(bin);
+    /// Like [`Server::start`], with the process's open-file limit lowered to `fd_limit`
+    /// (`ulimit -n`, through `sh`).
+    pub async fn start_with_fd_limit(args: &[String], fd_limit: u64) -> Server {
+        let bin = server_binary().to_path_buf();
+        let args = args.to_vec();
+        tokio::task::spawn_blocking(move || {
+            Server::start_blocking(&bin, args, Vec::new(), Some(fd_limit))
+        })
+        .await
+        .expect("server start task")
+    }
+
+    fn start_blocking(
+        bin: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        fd_limit: Option<u64>,
+    ) -> Server {
+        let mut cmd = match fd_limit {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                sh
+            }
+        };
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("CHAT_") {
                 cmd.env_remove(k);

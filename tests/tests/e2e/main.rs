@@ -6,8 +6,10 @@
 
 mod api;
 mod bad_input;
+mod ceiling;
 mod cluster;
 mod lifecycle;
+mod openapi;
 mod pages;
 mod people;
 mod races;

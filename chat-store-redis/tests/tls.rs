@@ -1,0 +1,158 @@
+//! `RedisStore` over TLS (`rediss://`) with AUTH as an ACL user granted only
+//! [`ACL_COMMANDS`], as against a managed Redis service: the whole conformance suite, and the
+//! refusals (a wrong password, an untrusted CA, plain text to the TLS port).
+//!
+//! Each test starts its own `redis-server --tls-port` with certificates made here by `rcgen`
+//! (a CA, and a server certificate for 127.0.0.1 signed by it).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chat_core::testing::Fixture;
+use chat_core::{Error, NodeId};
+use chat_store_redis::test_server::{RedisServer, RedisServerOptions, TlsFiles};
+use chat_store_redis::{ACL_COMMANDS, RedisStore, RedisTls};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+const USER: &str = "chat";
+const PASSWORD: &str = "s3cret-for-tests";
+/// Keys and channels of every test here start with this (the ACL user's patterns).
+const PREFIX_ROOT: &str = "tlsconf";
+
+/// The PEM files of a CA and of a server certificate it signed, made once per test process.
+struct Certs {
+    dir: PathBuf,
+    /// Another CA's certificate, which signed nothing here.
+    stranger_ca: PathBuf,
+}
+
+impl Certs {
+    fn server(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.join("server.crt"),
+            key: self.dir.join("server.key"),
+            ca: self.dir.join("ca.crt"),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+fn certs() -> &'static Certs {
+    static CERTS: OnceLock<Certs> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("chat-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
+                .expect("CA certificate")
+        };
+        let issuer = ca("chat test CA");
+        let server_key = KeyPair::generate().expect("server key");
+        let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("server params")
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+        let write = |name: &str, pem: String| {
+            std::fs::write(dir.join(name), pem).expect("write a PEM file");
+        };
+        write("ca.crt", issuer.pem());
+        write("server.crt", server.pem());
+        write("server.key", server_key.serialize_pem());
+        write("stranger.crt", ca("another CA").pem());
+        Certs {
+            stranger_ca: dir.join("stranger.crt"),
+            dir,
+        }
+    })
+}
+
+/// A redis-server with a TLS port and the ACL user `chat`, limited to the store's commands and
+/// to the keys and channels under [`PREFIX_ROOT`].
+fn tls_server() -> RedisServer {
+    RedisServer::start_with(RedisServerOptions {
+        tls: Some(certs().server()),
+        users: vec![format!(
+            "{USER} on >{PASSWORD} resetkeys ~{PREFIX_ROOT}* resetchannels &{PREFIX_ROOT}* -@all \
+             {ACL_COMMANDS}"
+        )],
+        ..RedisServerOptions::default()
+    })
+}
+
+fn url(server: &RedisServer, password: &str) -> String {
+    let port = server.tls_port().expect("a TLS port");
+    format!("rediss://{USER}:{password}@127.0.0.1:{port}/")
+}
+
+fn trusting(ca: &Path) -> RedisTls {
+    RedisTls::from_files(Some(ca), None, None).expect("read the CA file")
+}
+
+async fn fixture() -> Fixture {
+    let server = tls_server();
+    let prefix = format!("{PREFIX_ROOT}{}:", uuid::Uuid::new_v4().simple());
+    let store = RedisStore::connect_with_tls(
+        &url(&server, PASSWORD),
+        &prefix,
+        NodeId::random(),
+        &trusting(&certs().ca()),
+    )
+    .await
+    .expect("connect over TLS as the ACL user");
+    Fixture::new(Arc::new(store.clone()), Arc::new(store)).keep_alive(server)
+}
+
+chat_core::store_conformance!(tls, fixture());
+
+/// What a connection that must fail answers, within a bound.
+async fn refused(url: &str, tls: &RedisTls) -> Error {
+    let prefix = format!("{PREFIX_ROOT}refused:");
+    let attempt = RedisStore::connect_with_tls(url, &prefix, NodeId::random(), tls);
+    match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+        Err(_) => panic!("a refused connection hung"),
+        Ok(Ok(_)) => panic!("connected to {url} although it must be refused"),
+        Ok(Err(e)) => e,
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused() {
+    let server = tls_server();
+    let e = refused(&url(&server, "wrong"), &trusting(&certs().ca())).await;
+    assert_eq!(e, Error::StoreUnavailable);
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused() {
+    let server = tls_server();
+    let e = refused(&url(&server, PASSWORD), &trusting(&certs().stranger_ca)).await;
+    assert_eq!(e, Error::StoreUnavailable);
+}
+
+#[tokio::test]
+async fn the_system_roots_do_not_trust_a_private_ca() {
+    let server = tls_server();
+    let e = refused(&url(&server, PASSWORD), &RedisTls::default()).await;
+    assert_eq!(e, Error::StoreUnavailable);
+}
+
+#[tokio::test]
+async fn tls_files_need_a_rediss_url() {
+    let server = tls_server();
+    let plain = format!("redis://{USER}:{PASSWORD}@127.0.0.1:{}/", server.port());
+    assert!(matches!(
+        refused(&plain, &trusting(&certs().ca())).await,
+        Error::BadRequest(_)
+    ));
+    let missing = RedisTls::from_files(Some(Path::new("/nonexistent/ca.crt")), None, None);
+    assert!(matches!(missing, Err(Error::BadRequest(_))));
+    let half = RedisTls::from_files(None, Some(&certs().ca()), None);
+    assert!(matches!(half, Err(Error::BadRequest(_))));
+}
