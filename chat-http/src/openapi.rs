@@ -23,7 +23,6 @@ pub(crate) fn response() -> Resp {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use chat_core::{Error, RoomId};
     use hyper::Method;
     use serde_json::Value;
 
@@ -223,35 +222,6 @@ mod tests {
         }
     }
 
-    /// Every error of the contract, as `reply::status_of` sees them.
-    fn every_error() -> Vec<Error> {
-        vec![
-            Error::bad_request("x"),
-            Error::InvalidPhone,
-            Error::SelfRequest,
-            Error::EmptyMessage,
-            Error::MessageTooLong { max: 1 },
-            Error::Unauthorized,
-            Error::forbidden("x"),
-            Error::NotFound,
-            Error::MethodNotAllowed,
-            Error::UserNotFound,
-            Error::RequestNotFound,
-            Error::RoomNotFound,
-            Error::PhoneInUse,
-            Error::AlreadyPending,
-            Error::RoomExists {
-                chat_id: RoomId::generate(),
-            },
-            Error::PayloadTooLarge,
-            Error::RateLimited {
-                retry_after_secs: 1,
-            },
-            Error::UnknownEvent,
-            Error::StoreUnavailable,
-        ]
-    }
-
     /// The `code` values a response schema allows, if it is a failure.
     fn codes<'a>(doc: &'a Value, schema: &'a Value) -> Vec<&'a str> {
         let schema = resolve(doc, schema);
@@ -274,7 +244,7 @@ mod tests {
     #[test]
     fn documented_codes_are_the_errors_of_their_status() {
         let doc = doc();
-        let status: BTreeMap<&str, u16> = every_error()
+        let status: BTreeMap<&str, u16> = crate::reply::tests::every_error()
             .iter()
             .map(|e| (e.code(), status_of(e).as_u16()))
             .collect();

@@ -109,12 +109,12 @@ pub(crate) fn raw(status: StatusCode, content_type: &'static str, body: &'static
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn every_error_maps_to_a_4xx_or_503() {
-        let all = [
+    /// One error of each kind the contract names (for the tests of this crate).
+    pub(crate) fn every_error() -> Vec<Error> {
+        vec![
             Error::bad_request("x"),
             Error::InvalidPhone,
             Error::SelfRequest,
@@ -138,7 +138,12 @@ mod tests {
             },
             Error::UnknownEvent,
             Error::StoreUnavailable,
-        ];
+        ]
+    }
+
+    #[test]
+    fn every_error_maps_to_a_4xx_or_503() {
+        let all = every_error();
         for e in &all {
             let s = status_of(e).as_u16();
             assert!((400..500).contains(&s) || s == 503, "{e:?} → {s}");
