@@ -11,6 +11,7 @@ use chat_core::{
 };
 use redis::Value;
 
+use crate::scripts::Function;
 use crate::{RedisStore, bounded, entry};
 
 /// How long after its deadline Redis frees a WebSocket ticket nobody took.
@@ -256,7 +257,8 @@ impl RedisStore {
     }
 
     /// Runs a function of the prelude family: no keys, `ARGV[1]` is the prefix, then `args`.
-    async fn run(&self, function: &str, args: &[&str]) -> Result<Value> {
+    async fn run(&self, function: Function, args: &[&str]) -> Result<Value> {
+        let function = self.inner.library.name(function);
         let p = &self.inner.prefix;
         let bytes = p.len() + args.iter().map(|a| a.len()).sum::<usize>();
         let mut cmd = fcall(function, 0, 1 + args.len(), bytes);
@@ -299,7 +301,7 @@ impl RedisStore {
         );
         let p = self.inner.prefix.as_str();
         let cid = message.client_id.as_deref();
-        let function = &self.inner.library.append;
+        let function = self.inner.library.name(Function::Append);
         let len = 32
             + 5 * (p.len() + RoomKey::ROOM_LEN)
             + message.sender.as_str().len()
@@ -378,7 +380,7 @@ impl Store for RedisStore {
         };
         let reply = self
             .run(
-                &self.inner.library.create_session,
+                Function::CreateSession,
                 &[
                     session.phone.as_str(),
                     &session.token_digest.hex(),
@@ -419,10 +421,7 @@ impl Store for RedisStore {
     }
 
     async fn session(&self, token: &TokenDigest) -> Result<Option<Session>> {
-        match self
-            .run(&self.inner.library.session, &[&token.hex()])
-            .await?
-        {
+        match self.run(Function::Session, &[&token.hex()]).await? {
             Value::Nil => Ok(None),
             v => Ok(Some(session_at(&items(v)?, 0, *token)?)),
         }
@@ -492,10 +491,7 @@ impl Store for RedisStore {
 
     async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>> {
         let reply = self
-            .run(
-                &self.inner.library.touch,
-                &[&token.hex(), &http_until.to_string()],
-            )
+            .run(Function::Touch, &[&token.hex(), &http_until.to_string()])
             .await?;
         match reply {
             Value::Nil => Ok(None),
@@ -512,10 +508,7 @@ impl Store for RedisStore {
     async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool> {
         let (cm, nm) = conn_members(phone, conn);
         let v = self
-            .run(
-                &self.inner.library.add_conn,
-                &[phone.as_str(), &cm, &conn.node.0, &nm],
-            )
+            .run(Function::AddConn, &[phone.as_str(), &cm, &conn.node.0, &nm])
             .await?;
         Ok(integer(&v)? == 1)
     }
@@ -529,7 +522,7 @@ impl Store for RedisStore {
     ) -> Result<()> {
         let (cm, nm) = conn_members(phone, conn);
         self.run(
-            &self.inner.library.remove_conn,
+            Function::RemoveConn,
             &[
                 phone.as_str(),
                 &cm,
@@ -544,10 +537,7 @@ impl Store for RedisStore {
     }
 
     async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
-        match self
-            .run(&self.inner.library.presence, &[phone.as_str()])
-            .await?
-        {
+        match self.run(Function::Presence, &[phone.as_str()]).await? {
             Value::Nil => Ok(None),
             v => {
                 let v = items(v)?;
@@ -568,7 +558,7 @@ impl Store for RedisStore {
     async fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> Result<bool> {
         let v = self
             .run(
-                &self.inner.library.go_offline,
+                Function::GoOffline,
                 &[
                     phone.as_str(),
                     &now.to_string(),
@@ -600,7 +590,7 @@ impl Store for RedisStore {
         }
         let v = items(
             self.run(
-                &self.inner.library.online_page,
+                Function::OnlinePage,
                 &[&start, &limit.to_string(), &now.to_string()],
             )
             .await?,
@@ -636,7 +626,7 @@ impl Store for RedisStore {
     async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>> {
         let v = self
             .run(
-                &self.inner.library.reap,
+                Function::Reap,
                 &[&now.to_string(), &grace_until.to_string()],
             )
             .await?;
@@ -653,7 +643,7 @@ impl Store for RedisStore {
     ) -> Result<Vec<Phone>> {
         let v = self
             .run(
-                &self.inner.library.remove_node,
+                Function::RemoveNode,
                 &[&node.0, &now.to_string(), &grace_until.to_string()],
             )
             .await?;
@@ -676,7 +666,7 @@ impl Store for RedisStore {
         let (to_to, to_from) = (self.event(&to_to)?, self.event(&to_from)?);
         let v = items(
             self.run(
-                &self.inner.library.send_request,
+                Function::SendRequest,
                 &[
                     from.as_str(),
                     to.as_str(),
@@ -721,7 +711,7 @@ impl Store for RedisStore {
         let (to_from, to_to) = (self.event(&to_from)?, self.event(&to_to)?);
         match self
             .run(
-                &self.inner.library.accept,
+                Function::Accept,
                 &[
                     from.as_str(),
                     to.as_str(),
@@ -745,7 +735,7 @@ impl Store for RedisStore {
     async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {
         let v = self
             .run(
-                &self.inner.library.remove_request,
+                Function::RemoveRequest,
                 &[from.as_str(), to.as_str(), &now.to_string()],
             )
             .await?;
@@ -754,11 +744,8 @@ impl Store for RedisStore {
 
     async fn requests(&self, phone: &Phone, now: Millis) -> Result<Requests> {
         let v = items(
-            self.run(
-                &self.inner.library.requests,
-                &[phone.as_str(), &now.to_string()],
-            )
-            .await?,
+            self.run(Function::Requests, &[phone.as_str(), &now.to_string()])
+                .await?,
         )?;
         let mut v = v.into_iter();
         match (v.next(), v.next()) {
@@ -792,17 +779,11 @@ impl Store for RedisStore {
     }
 
     async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>> {
-        rooms(
-            self.run(&self.inner.library.rooms_of, &[phone.as_str()])
-                .await?,
-        )
+        rooms(self.run(Function::RoomsOf, &[phone.as_str()]).await?)
     }
 
     async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>> {
-        match self
-            .run(&self.inner.library.delete_room, &[&id.to_string()])
-            .await?
-        {
+        match self.run(Function::DeleteRoom, &[&id.to_string()]).await? {
             Value::Nil => Ok(None),
             v => Ok(Some(room(v)?)),
         }
@@ -917,7 +898,7 @@ impl Store for RedisStore {
     ) -> Result<Option<EndedSession>> {
         let reply = self
             .run(
-                &self.inner.library.end_session,
+                Function::EndSession,
                 &[phone_.as_str(), &offline_before.to_string()],
             )
             .await?;
@@ -971,7 +952,7 @@ impl Store for RedisStore {
         }
         let v = items(
             self.run(
-                &self.inner.library.due_timers,
+                Function::DueTimers,
                 &[
                     &now.to_string(),
                     &lease_until.to_string(),
@@ -998,7 +979,7 @@ impl Store for RedisStore {
 
     async fn finish_timer(&self, due: &DueTimer) -> Result<()> {
         self.run(
-            &self.inner.library.finish_timer,
+            Function::FinishTimer,
             &[&due.timer.encode(), &due.lease_until.to_string()],
         )
         .await?;
