@@ -98,7 +98,6 @@ fn ok_json<'a, T: Deserialize<'a>>(what: &str, resp: &'a Response) -> Result<T> 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

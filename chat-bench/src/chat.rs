@@ -706,7 +706,6 @@ async fn reader(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

@@ -278,7 +278,6 @@ async fn read_chunked(conn: &mut BufReader<TcpStream>, line: &mut String) -> Res
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
     use tokio::net::TcpListener;

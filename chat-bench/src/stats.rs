@@ -218,7 +218,6 @@ pub fn per(x: Option<u64>, n: f64) -> Option<f64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

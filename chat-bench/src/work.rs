@@ -78,7 +78,6 @@ where
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

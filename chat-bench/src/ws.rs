@@ -134,7 +134,6 @@ async fn next_text(ws: &mut Ws) -> Result<tokio_tungstenite::tungstenite::Utf8By
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

@@ -5,7 +5,7 @@
 //!
 //! The server binary is taken from next to this test's executable (target/<profile>/), built
 //! once with `cargo build -p chat-server` when it is missing.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;

@@ -263,7 +263,6 @@ impl Store for InstrumentedStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)] // tests may unwrap
 
     use super::*;
     use crate::store::MockStore;

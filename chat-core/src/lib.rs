@@ -45,7 +45,7 @@ pub use store::{
     Appended, DueTimer, EndedSession, NewRoom, PresenceState, Registered, SendOutcome, Store,
     Timer, Touched,
 };
-pub use time::{Clock, ManualClock, SystemClock, rfc3339};
+pub use time::{Clock, ManualClock, SystemClock, push_rfc3339, rfc3339};
 pub use types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
     OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token, TokenDigest,

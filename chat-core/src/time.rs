@@ -58,17 +58,56 @@ impl Clock for ManualClock {
 /// assert_eq!(chat_core::rfc3339(0), "1970-01-01T00:00:00.000Z");
 /// ```
 pub fn rfc3339(ms: Millis) -> String {
+    let mut out = String::with_capacity(24);
+    push_rfc3339(&mut out, ms);
+    out
+}
+
+/// Appends [`rfc3339`]`(ms)` to `out` without allocating: the socket adapter writes every
+/// message's timestamp this way, straight into the frame it is building.
+pub fn push_rfc3339(out: &mut String, ms: Millis) {
     let secs = ms / 1000;
-    let millis = ms % 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
     let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2));
+    let Ok(year @ 0..=9999) = u64::try_from(y) else {
+        // Five-digit years (from 10000-01-01): the rare, slow path.
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60,
+            ms % 1000
+        );
+        return;
+    };
+    push_padded(out, year, 4);
+    out.push('-');
+    push_padded(out, u64::from(m), 2);
+    out.push('-');
+    push_padded(out, u64::from(d), 2);
+    out.push('T');
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, (rem % 3600) / 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
+    out.push('.');
+    push_padded(out, ms % 1000, 3);
+    out.push('Z');
+}
+
+/// `n` in decimal with leading zeros to `width` digits (`n` has at most `width`, at most 4).
+fn push_padded(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 4];
+    for at in (0..width).rev() {
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    for &d in &digits[..width] {
+        out.push(char::from(d));
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -88,6 +127,42 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plain `format!` rendering, as the fast writer must produce it.
+    fn reference(ms: Millis) -> String {
+        let secs = ms / 1000;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2));
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60,
+            ms % 1000
+        )
+    }
+
+    #[test]
+    fn the_writer_agrees_with_format_everywhere() {
+        const YEAR_10000_MS: u64 = 253_402_300_800_000;
+        let check = |ms: u64| assert_eq!(rfc3339(ms), reference(ms), "{ms}");
+        // Every leap-year corner and month end of a few centuries, and a pseudo-random sweep.
+        for day in (0..160_000u64).step_by(7) {
+            check(day * 86_400_000 + day % 86_400_000);
+            check(day * 86_400_000 + 86_399_999);
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            check(x % (YEAR_10000_MS + 1_000_000));
+        }
+        for ms in [0, YEAR_10000_MS - 1, YEAR_10000_MS, u64::MAX] {
+            check(ms);
+        }
+        assert_eq!(rfc3339(YEAR_10000_MS), "10000-01-01T00:00:00.000Z");
+    }
 
     #[test]
     fn leap_day_and_year_end() {

@@ -3,7 +3,7 @@
 //! it, and a change the store did make is not reported as failed. Mocks (feature `mocks`) play
 //! the store and the bus; a bus with no expectation for `publish` fails the test if called.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap: a failure is the test failing
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -164,7 +164,6 @@ impl AsyncWrite for CountedStream {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

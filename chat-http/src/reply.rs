@@ -108,7 +108,6 @@ pub(crate) fn raw(status: StatusCode, content_type: &'static str, body: &'static
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 pub(crate) mod tests {
     use super::*;
 

@@ -280,7 +280,6 @@ fn messages_path(rest: &str, _: Option<&str>) -> Option<Route> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

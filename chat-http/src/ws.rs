@@ -116,7 +116,6 @@ pub(crate) async fn upgrade(app: &App, mut req: Request<Incoming>) -> Result<Res
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

@@ -1,6 +1,6 @@
 //! The REST API over real HTTP: shapes, statuses, codes and the order of checks.
 
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 mod support;
 

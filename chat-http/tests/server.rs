@@ -1,7 +1,7 @@
 //! Pages, operations endpoints, the WebSocket upgrade checks and connection handling, over
 //! real HTTP.
 
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 mod support;
 

@@ -2,7 +2,7 @@
 //! handed to the hub, counted as an open connection of its address, and closed with 1001 at
 //! shutdown. Frames are read raw (the server's are unmasked), enough for these checks.
 
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 mod support;
 

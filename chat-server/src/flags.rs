@@ -254,7 +254,6 @@ fn to_usize(n: u64) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use super::*;
 

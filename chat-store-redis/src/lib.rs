@@ -14,10 +14,11 @@
 //!
 //! Every operation that reads then writes, or writes more than one key, is one Lua function
 //! (`FCALL` of a function library loaded at connect with `FUNCTION LOAD`, and loaded again by
-//! the call that finds it missing, e.g. after a restart; see `src/scripts.rs`): Redis runs it
-//! whole, so races between nodes (two accepts, an accept against a crossed request, a reap by two
-//! nodes) resolve to one serial order and a failure leaves nothing half-written. No operation
-//! reads, decides in Rust, then writes.
+//! the call that finds it missing, e.g. after a restart; the Lua is in `src/lua/`, one file per
+//! function, put together in `src/scripts.rs`): Redis runs it whole, so races between nodes
+//! (two accepts, an accept against a crossed request, a reap by two nodes) resolve to one
+//! serial order and a failure leaves nothing half-written. No operation reads, decides in Rust,
+//! then writes.
 //!
 //! Logical time is the caller's (`now`, deadlines). Redis's clock is used only for key expiry:
 //! each key expires `MARGIN` (see [Lifetimes](#lifetimes)) after the later of its deadline and Redis's now, so

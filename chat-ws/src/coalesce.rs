@@ -274,7 +274,6 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Coalesced<IO> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

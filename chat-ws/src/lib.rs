@@ -435,5 +435,4 @@ impl Hub {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests;

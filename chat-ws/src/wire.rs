@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::marker::PhantomData;
 
-use chat_core::{Error, Event, HistoryPage, Message, MessageId, Names, RoomId, rfc3339};
+use chat_core::{Error, Event, HistoryPage, Message, MessageId, Names, RoomId};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -431,7 +431,7 @@ fn push_message(out: &mut String, m: &Message) {
     out.push_str(",\"message\":");
     push_json_str(out, &m.message);
     out.push_str(",\"timestamp\":\"");
-    push_rfc3339(out, m.timestamp);
+    chat_core::push_rfc3339(out, m.timestamp);
     out.push_str("\",\"client_id\":");
     match &m.client_id {
         Some(c) => push_json_str(out, c),
@@ -507,61 +507,6 @@ fn push_u64(out: &mut String, mut n: u64) {
     for &d in &digits[at..] {
         out.push(char::from(d));
     }
-}
-
-/// `n` in decimal with leading zeros to `width` digits (`n` has at most `width`).
-fn push_padded(out: &mut String, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 4];
-    for at in (0..width).rev() {
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    for &d in &digits[..width] {
-        out.push(char::from(d));
-    }
-}
-
-/// The first millisecond of the year 10000: from there on the year has five digits.
-const YEAR_10000_MS: u64 = 253_402_300_800_000;
-
-/// [`chat_core::rfc3339`] without its intermediate `String`: `2026-11-25T17:40:00.123Z`.
-fn push_rfc3339(out: &mut String, ms: u64) {
-    if ms >= YEAR_10000_MS {
-        out.push_str(&rfc3339(ms));
-        return;
-    }
-    let secs = ms / 1000;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(secs / 86_400);
-    push_padded(out, y, 4);
-    out.push('-');
-    push_padded(out, m, 2);
-    out.push('-');
-    push_padded(out, d, 2);
-    out.push('T');
-    push_padded(out, rem / 3600, 2);
-    out.push(':');
-    push_padded(out, (rem % 3600) / 60, 2);
-    out.push(':');
-    push_padded(out, rem % 60, 2);
-    out.push('.');
-    push_padded(out, ms % 1000, 3);
-    out.push('Z');
-}
-
-/// Days since 1970-01-01 (not before it) to (year, month, day), proleptic Gregorian
-/// (H. Hinnant's algorithm, as chat-core's).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 /// `connection_status` data.
@@ -777,10 +722,12 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
 mod tests {
+    /// The first millisecond of the year 10000, where years get a fifth digit.
+    const YEAR_10000: u64 = 253_402_300_800_000;
+
     use super::*;
-    use chat_core::{MessageId, Phone};
+    use chat_core::{MessageId, Phone, rfc3339};
     use serde_json::{Value, json};
 
     fn rejected(text: &str) -> Rejected {
@@ -996,8 +943,8 @@ mod tests {
             1_795_628_400_123,
             946_684_799_999,
             951_782_400_000,
-            YEAR_10000_MS - 1,
-            YEAR_10000_MS,
+            YEAR_10000 - 1,
+            YEAR_10000,
             u64::MAX,
         ];
         let client_ids = [None, Some("c-1"), Some("\"\\\n\u{1}é")];
@@ -1104,30 +1051,6 @@ mod tests {
                     assert_eq!(&*room_history(ack, &room, &page), serde.as_str());
                 }
             }
-        }
-    }
-
-    #[test]
-    fn timestamps_are_chat_cores_rfc3339() {
-        let check = |ms: u64| {
-            let mut s = String::new();
-            push_rfc3339(&mut s, ms);
-            assert_eq!(s, rfc3339(ms), "{ms}");
-        };
-        // Every leap-year corner and month end of a few centuries, and a pseudo-random sweep.
-        for day in (0..160_000u64).step_by(7) {
-            check(day * 86_400_000 + day % 86_400_000);
-            check(day * 86_400_000 + 86_399_999);
-        }
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            check(x % (YEAR_10000_MS + 1_000_000));
-        }
-        for ms in [0, YEAR_10000_MS - 1, YEAR_10000_MS, u64::MAX] {
-            check(ms);
         }
     }
 

@@ -10,7 +10,7 @@
 //! is the server's: its task, tungstenite state and buffers, queue and registry entries, and
 //! tokio's per-socket I/O registration.
 
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Real sockets: a loopback listener that answers the upgrade by hand (with `Hub::accept_key`)
 //! and hands the TCP stream to `Hub::serve`, and tokio-tungstenite clients.
 
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 use std::net::SocketAddr;
 use std::sync::Arc;

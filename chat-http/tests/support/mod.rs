@@ -3,7 +3,7 @@
 //! what goes over the wire, and the dev-dependencies stay lean).
 
 #![allow(dead_code)] // each test binary uses a part of it
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, as it should
+#![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
