@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Progress, Report, histogram};
-use crate::stats::{Observers, cpu_delta, per};
+use crate::stats::{Observers, Window, cpu_delta, per};
 use crate::target::Target;
 use crate::users::{Plan, raise_nofile};
 use crate::ws::{ErrorData, Incoming, MessageData, Ws};
@@ -72,6 +72,17 @@ enum Load {
     Closed {
         window: usize,
     },
+}
+
+impl Load {
+    /// The load of `--rate R` or `--window W`: exactly one of them.
+    fn from_args(args: &ChatArgs) -> Result<Load> {
+        match (args.rate, args.window) {
+            (Some(r), None) if r > 0.0 && r.is_finite() => Ok(Load::Open { rate: r }),
+            (None, Some(w)) if w > 0 => Ok(Load::Closed { window: w }),
+            _ => Err("give exactly one of --rate R (R > 0) or --window W (W > 0)".into()),
+        }
+    }
 }
 
 /// Growable bit set over sequence numbers.
@@ -158,6 +169,27 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a run of `users` users; in the closed loop each sender's window starts
+    /// with all its slots free.
+    fn new(users: usize, load: Load) -> Arc<Shared> {
+        let window = match load {
+            Load::Closed { window } => window,
+            Load::Open { .. } => 0,
+        };
+        Arc::new(Shared {
+            flows: (0..users)
+                .map(|_| Flow {
+                    tracker: Mutex::new(Tracker::default()),
+                    window: Semaphore::new(window),
+                })
+                .collect(),
+            counters: Counters::default(),
+            base: Instant::now(),
+            first_close: Mutex::new(None),
+            closed_loop: window > 0,
+        })
+    }
+
     fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
@@ -168,19 +200,25 @@ impl Shared {
             first.get_or_insert_with(|| format!("socket {who}: {why}"));
         }
     }
+
+    /// Messages acked, yet never delivered to the peer.
+    fn lost(&self) -> Result<u64> {
+        let mut lost = 0u64;
+        for flow in &self.flows {
+            let t = flow.tracker.lock().map_err(|_| "tracker lock poisoned")?;
+            lost += t.acked.ones().filter(|&s| !t.delivered.get(s)).count() as u64;
+        }
+        Ok(lost)
+    }
 }
 
+/// The `chat` mode: the users, their rooms and sockets; the sending and the drain; the
+/// readers' latencies and the losses; the report.
 pub async fn run(args: ChatArgs) -> Result<()> {
-    let load = match (args.rate, args.window) {
-        (Some(r), None) if r > 0.0 && r.is_finite() => Load::Open { rate: r },
-        (None, Some(w)) if w > 0 => Load::Closed { window: w },
-        _ => return Err("give exactly one of --rate R (R > 0) or --window W (W > 0)".into()),
-    };
+    let load = Load::from_args(&args)?;
     if args.pairs == 0 {
         return Err("--pairs must be at least 1".into());
     }
-    let duration = secs(args.duration);
-    let drain = secs(args.drain);
     let nofile = raise_nofile();
     let target = Target::resolve(&args.common.url).await?;
     let observers = Observers::new(&args.common).await?;
@@ -194,67 +232,134 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     };
     let pop = crate::users::build(&target, &args.common, plan).await?;
     let senders: Vec<usize> = (0..users).filter(|u| !args.one_way || u % 2 == 0).collect();
-    let window = match load {
-        Load::Closed { window } => window,
-        Load::Open { .. } => 0,
-    };
-    let shared = Arc::new(Shared {
-        flows: (0..users)
-            .map(|_| Flow {
-                tracker: Mutex::new(Tracker::default()),
-                window: Semaphore::new(window),
-            })
-            .collect(),
-        counters: Counters::default(),
-        base: Instant::now(),
-        first_close: Mutex::new(None),
-        closed_loop: window > 0,
-    });
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut readers = tokio::task::JoinSet::new();
-    let mut sinks = Vec::with_capacity(users);
-    for (u, ws) in pop.sockets.into_iter().enumerate() {
-        let (sink, stream) = ws.split();
-        sinks.push(Some(sink));
-        readers.spawn(reader(stream, u, shared.clone(), stop_rx.clone()));
-    }
-
-    let _progress = {
-        let s = shared.clone();
-        let mut last = 0u64;
-        Progress::start("chat", move || {
-            let c = &s.counters;
-            let d = c.delivered.load(Ordering::Relaxed);
-            let line = format!(
-                "sent {}  delivered {} ({}/s)  acked {}  refused {}  dup {}  ooo {}  closed {}",
-                c.sent.load(Ordering::Relaxed),
-                d,
-                d - last,
-                c.acked.load(Ordering::Relaxed),
-                c.refused.load(Ordering::Relaxed),
-                c.duplicated.load(Ordering::Relaxed),
-                c.out_of_order.load(Ordering::Relaxed),
-                c.closed.load(Ordering::Relaxed),
-            );
-            last = d;
-            line
-        })
-    };
+    let shared = Shared::new(users, load);
+    let mut sockets = Sockets::start(pop.sockets, &shared);
+    let _progress = progress(shared.clone());
 
     // Measurement window: from the first send to the end of the drain.
     let own = crate::stats::ProcReader::new(std::process::id()).ok();
     let own_start = own.as_ref().and_then(|o| o.sample().ok());
-    let window_start = observers.sample().await?;
+    let meters_start = observers.sample().await?;
+    let sent = send_and_drain(&args, load, &senders, &pop.rooms, &mut sockets, &shared).await?;
+    let meters_end = observers.sample().await?;
+    let own_end = own.as_ref().and_then(|o| o.sample().ok());
+    let client_cpu = match (own_start, own_end) {
+        (Some(a), Some(b)) => Some(b.cpu_us.saturating_sub(a.cpu_us)),
+        _ => None,
+    };
+    let latency = sockets.finish().await?;
+
+    let measured = Measured {
+        senders: senders.len(),
+        setup_secs: pop.setup_secs,
+        sent,
+        lost: shared.lost()?,
+        latency,
+        meters: (meters_start, meters_end),
+        client_cpu,
+        nofile,
+    };
+    report(&args, load, &shared, &measured).print(args.common.json);
+    Ok(())
+}
+
+/// The users' sockets, split: a reader task on each read half, and the write halves, which the
+/// senders take.
+struct Sockets {
+    sinks: Vec<Option<SplitSink<Ws, Message>>>,
+    readers: tokio::task::JoinSet<Histogram<u64>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Sockets {
+    /// Splits user `u`'s socket (`sockets[u]`) and starts its [`reader`].
+    fn start(sockets: Vec<Ws>, shared: &Arc<Shared>) -> Sockets {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut readers = tokio::task::JoinSet::new();
+        let mut sinks = Vec::with_capacity(sockets.len());
+        for (u, ws) in sockets.into_iter().enumerate() {
+            let (sink, stream) = ws.split();
+            sinks.push(Some(sink));
+            readers.spawn(reader(stream, u, shared.clone(), stop_rx.clone()));
+        }
+        Sockets {
+            sinks,
+            readers,
+            stop,
+        }
+    }
+
+    /// Stops the readers and merges their latency histograms; the write halves that no sender
+    /// took are dropped after them.
+    async fn finish(mut self) -> Result<Histogram<u64>> {
+        let _ = self.stop.send(true);
+        let mut latency = histogram();
+        while let Some(joined) = self.readers.join_next().await {
+            if let Ok(h) = joined {
+                latency
+                    .add(h)
+                    .map_err(|e| format!("merging histograms: {e}"))?;
+            }
+        }
+        Ok(latency)
+    }
+}
+
+/// The progress line: the run's counters, and deliveries over the last second.
+fn progress(shared: Arc<Shared>) -> Progress {
+    let mut last = 0u64;
+    Progress::start("chat", move || {
+        let c = &shared.counters;
+        let d = c.delivered.load(Ordering::Relaxed);
+        let line = format!(
+            "sent {}  delivered {} ({}/s)  acked {}  refused {}  dup {}  ooo {}  closed {}",
+            c.sent.load(Ordering::Relaxed),
+            d,
+            d - last,
+            c.acked.load(Ordering::Relaxed),
+            c.refused.load(Ordering::Relaxed),
+            c.duplicated.load(Ordering::Relaxed),
+            c.out_of_order.load(Ordering::Relaxed),
+            c.closed.load(Ordering::Relaxed),
+        );
+        last = d;
+        line
+    })
+}
+
+/// The sending and the drain after it.
+#[derive(Debug)]
+struct Sent {
+    /// Seconds of sending (`--duration`).
+    window_secs: f64,
+    /// Sent and delivered by the end of the sending window.
+    sent_in_window: u64,
+    delivered_in_window: u64,
+    /// Seconds from the end of the sending to the end of the drain.
+    drain_secs: f64,
+}
+
+/// Sends from now for `--duration` (a [`sender`] task for each of `senders`, paced by `load`),
+/// then waits up to `--drain` for what is still on its way.
+async fn send_and_drain(
+    args: &ChatArgs,
+    load: Load,
+    senders: &[usize],
+    rooms: &[String],
+    sockets: &mut Sockets,
+    shared: &Arc<Shared>,
+) -> Result<Sent> {
+    let duration = secs(args.duration);
+    let drain = secs(args.drain);
     let start = tokio::time::Instant::now();
     let deadline = start + duration;
     let mut sender_tasks = tokio::task::JoinSet::new();
     let mut schedules = Vec::with_capacity(senders.len());
-    for &u in &senders {
-        let Some(sink) = sinks[u].take() else {
+    for &u in senders {
+        let Some(sink) = sockets.sinks[u].take() else {
             continue;
         };
-        let room = pop.rooms[u / 2].clone();
+        let room = rooms[u / 2].clone();
         let pace = match load {
             Load::Open { .. } => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -292,51 +397,54 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     }
     let delivered_in_window = shared.counters.delivered.load(Ordering::Relaxed);
     let sent_in_window = shared.counters.sent.load(Ordering::Relaxed);
-    let mut idle_sinks: Vec<_> = sinks.into_iter().flatten().collect();
     while sender_tasks.join_next().await.is_some() {}
     let send_end = tokio::time::Instant::now();
+    wait_for_stragglers(&shared.counters, send_end + drain).await;
+    Ok(Sent {
+        window_secs: duration.as_secs_f64(),
+        sent_in_window,
+        delivered_in_window,
+        drain_secs: send_end.elapsed().as_secs_f64(),
+    })
+}
 
-    // Drain: until every sent message is answered (ack or error) and delivered (unless
-    // refused), or the grace period ends. The ack may come after the deliveries.
-    let drain_deadline = send_end + drain;
+/// Waits until every sent message is answered (ack or error) and delivered (unless refused),
+/// or until `deadline`. The ack may come after the deliveries.
+async fn wait_for_stragglers(c: &Counters, deadline: tokio::time::Instant) {
     loop {
-        let c = &shared.counters;
         let (sent, refused) = (
             c.sent.load(Ordering::Relaxed),
             c.refused.load(Ordering::Relaxed),
         );
         let delivered = c.delivered.load(Ordering::Relaxed) + refused >= sent;
         let answered = c.acked.load(Ordering::Relaxed) + refused >= sent;
-        if (delivered && answered) || tokio::time::Instant::now() >= drain_deadline {
+        if (delivered && answered) || tokio::time::Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let drain_secs = send_end.elapsed().as_secs_f64();
-    let window_end = observers.sample().await?;
-    let own_end = own.as_ref().and_then(|o| o.sample().ok());
-    let client_cpu = match (own_start, own_end) {
-        (Some(a), Some(b)) => Some(b.cpu_us.saturating_sub(a.cpu_us)),
-        _ => None,
-    };
-    let _ = stop_tx.send(true);
-    let mut latency = histogram();
-    while let Some(joined) = readers.join_next().await {
-        if let Ok(h) = joined {
-            latency
-                .add(h)
-                .map_err(|e| format!("merging histograms: {e}"))?;
-        }
-    }
-    idle_sinks.clear();
+}
 
-    // Lost: acked, yet never delivered to the peer.
-    let mut lost = 0u64;
-    for flow in &shared.flows {
-        let t = flow.tracker.lock().map_err(|_| "tracker lock poisoned")?;
-        lost += t.acked.ones().filter(|&s| !t.delivered.get(s)).count() as u64;
-    }
+/// What a run measured, besides the counters in [`Shared`].
+#[derive(Debug)]
+struct Measured {
+    senders: usize,
+    /// Seconds spent registering, pairing and connecting.
+    setup_secs: [f64; 3],
+    sent: Sent,
+    /// Acked, yet never delivered.
+    lost: u64,
+    /// Delivery latency (µs), over every reader.
+    latency: Histogram<u64>,
+    /// The server's and Redis's readings at the start and the end of the measurement window.
+    meters: (Window, Window),
+    /// This process's CPU over the measurement window.
+    client_cpu: Option<u64>,
+    nofile: u64,
+}
 
+/// The result table of a run.
+fn report(args: &ChatArgs, load: Load, shared: &Shared, m: &Measured) -> Report {
     let c = &shared.counters;
     let (sent, acked, refused, delivered) = (
         c.sent.load(Ordering::Relaxed),
@@ -344,13 +452,14 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         c.refused.load(Ordering::Relaxed),
         c.delivered.load(Ordering::Relaxed),
     );
-    let window_secs = duration.as_secs_f64();
-    let (server_cpu, redis_cpu) = cpu_delta(&window_start, &window_end);
+    let window_secs = m.sent.window_secs;
+    let (window_start, window_end) = &m.meters;
+    let (server_cpu, redis_cpu) = cpu_delta(window_start, window_end);
     let mut r = Report::new("chat");
     r.add("pairs", args.pairs, "pairs (one room each)")
         .add(
             "senders",
-            senders.len(),
+            m.senders,
             if args.one_way {
                 "one per pair"
             } else {
@@ -369,14 +478,18 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         .add("window", args.window, "in flight per sender (closed loop)")
         .add("msg_bytes", args.msg_bytes, "bytes of message text")
         .num("duration_s", Some(window_secs), "s of sending")
-        .num("drain_s", Some(drain_secs), "s waited for stragglers")
-        .num("setup_register_s", Some(pop.setup_secs[0]), "s")
-        .num("setup_pair_s", Some(pop.setup_secs[1]), "s")
-        .num("setup_connect_s", Some(pop.setup_secs[2]), "s")
+        .num(
+            "drain_s",
+            Some(m.sent.drain_secs),
+            "s waited for stragglers",
+        )
+        .num("setup_register_s", Some(m.setup_secs[0]), "s")
+        .num("setup_pair_s", Some(m.setup_secs[1]), "s")
+        .num("setup_connect_s", Some(m.setup_secs[2]), "s")
         .add("sent", sent, "send_message frames")
         .num(
             "sent_per_sec",
-            Some(sent_in_window as f64 / window_secs),
+            Some(m.sent.sent_in_window as f64 / window_secs),
             "msgs/s during the window",
         )
         .add("acked", acked, "acks for sends")
@@ -394,7 +507,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         .add("delivered", delivered, "first deliveries to the peer")
         .num(
             "delivered_per_sec",
-            Some(delivered_in_window as f64 / window_secs),
+            Some(m.sent.delivered_in_window as f64 / window_secs),
             "deliveries/s during the window",
         )
         .add(
@@ -402,7 +515,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
             c.echoes.load(Ordering::Relaxed),
             "own messages echoed to the sender",
         )
-        .add("lost", lost, "acked but never delivered")
+        .add("lost", m.lost, "acked but never delivered")
         .add(
             "duplicated",
             c.duplicated.load(Ordering::Relaxed),
@@ -441,7 +554,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
                 "latency_max_us",
                 "latency_mean_us",
             ],
-            &latency,
+            &m.latency,
         )
         .add(
             "server_cpu_us",
@@ -470,12 +583,11 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         )
         .num(
             "client_cpu_us_per_msg",
-            per(client_cpu, delivered as f64),
+            per(m.client_cpu, delivered as f64),
             "this load generator's CPU per message",
         )
-        .add("client_nofile", nofile, "this process's open-file limit");
-    r.print(args.common.json);
-    Ok(())
+        .add("client_nofile", m.nofile, "this process's open-file limit");
+    r
 }
 
 /// Open loop: hands the senders their messages' scheduled send times (ns since `base`) as each

@@ -16,13 +16,22 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chat_core::{MessageId, Phone, rfc3339};
+use chat_core::{Error, Event, HistoryPage, Message, MessageId, Names, Phone, RoomId, rfc3339};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
-use serde::de::{Error as _, SeqAccess};
+use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value, json};
 
-use super::*;
+use super::encode::{
+    ack_empty, connection_status, error_frame, event_frame, pong, user_registered,
+};
+use super::json::{message_ack, message_frame, message_json, room_history};
+use super::parse::{
+    Ack, Command, JoinRoom, LeaveRoom, RegisterUserSocket, Rejected, Request, SendMessage, Typing,
+    parse, parse_in_two_steps, parse_send_message, peek_ack,
+};
 
 /// `cases` cases, unless `PROPTEST_CASES` is set: proptest's default config reads that
 /// variable, and an explicit `cases` would override it, so it is set only without it.
