@@ -1,5 +1,6 @@
 //! `Store` and `EventBus` for [`RedisStore`]: argument encoding, one function or command per
-//! operation, and decoding of the replies. The rules themselves live in the Lua functions.
+//! operation, and what each reply means (its shape is decoded by the types of [`reply`]). The
+//! rules themselves live in the Lua functions.
 
 use std::sync::Arc;
 
@@ -9,10 +10,17 @@ use chat_core::{
     OnlinePage, Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome,
     Session, Store, Timer, TokenDigest, Touched,
 };
-use redis::Value;
+use redis::{FromRedisValue, Value};
 
 use crate::scripts::Function;
 use crate::{RedisStore, bounded, entry};
+
+mod reply;
+
+use reply::{
+    AppendReply, CreateReply, EndReply, OnlineReply, Phones, PresenceReply, RoomMeta, RoomReply,
+    Rooms, SendReply, SessionReply, StreamEntry, TouchReply, decode,
+};
 
 /// How long after its deadline Redis frees a WebSocket ticket nobody took.
 const TICKET_MARGIN_MS: u64 = 60_000;
@@ -21,146 +29,11 @@ const TICKET_MARGIN_MS: u64 = 60_000;
 /// `Phone::cursor_form`).
 const CURSOR_PREFIX: &str = "o2.";
 
-// ------------------------------------------------------------------ reply decoding
-
 /// A reply that does not have the shape the function returns: a bug or foreign data under our
 /// prefix. Logged; the caller sees the store as unavailable rather than wrong data.
 fn bad_reply(what: &str) -> Error {
     tracing::error!("unexpected redis reply: {what}");
     Error::StoreUnavailable
-}
-
-fn text(v: &Value) -> Result<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| bad_reply("not utf-8")),
-        Value::SimpleString(s) => Ok(s.clone()),
-        Value::Int(i) => Ok(i.to_string()),
-        Value::Okay => Ok("OK".to_owned()),
-        _ => Err(bad_reply("expected a string")),
-    }
-}
-
-fn items(v: Value) -> Result<Vec<Value>> {
-    match v {
-        Value::Array(a) | Value::Set(a) => Ok(a),
-        _ => Err(bad_reply("expected an array")),
-    }
-}
-
-fn at(v: &[Value], i: usize) -> Result<&Value> {
-    v.get(i).ok_or_else(|| bad_reply("array too short"))
-}
-
-fn text_at(v: &[Value], i: usize) -> Result<String> {
-    text(at(v, i)?)
-}
-
-fn millis(s: &str) -> Result<Millis> {
-    s.parse().map_err(|_| bad_reply("not a time"))
-}
-
-fn millis_at(v: &[Value], i: usize) -> Result<Millis> {
-    millis(&text_at(v, i)?)
-}
-
-fn phone(s: &str) -> Result<Phone> {
-    Phone::parse(s).map_err(|_| bad_reply("not a phone"))
-}
-
-fn phones(v: Value) -> Result<Vec<Phone>> {
-    let mut out = items(v)?
-        .iter()
-        .map(|p| phone(&text(p)?))
-        .collect::<Result<Vec<_>>>()?;
-    out.sort();
-    Ok(out)
-}
-
-fn integer(v: &Value) -> Result<i64> {
-    match v {
-        Value::Int(i) => Ok(*i),
-        other => text(other)?
-            .parse()
-            .map_err(|_| bad_reply("not an integer")),
-    }
-}
-
-/// `{id, a, b, created_at, expires_at}` → a room.
-fn room(v: Value) -> Result<Room> {
-    let v = items(v)?;
-    Ok(Room {
-        id: RoomId::parse(&text_at(&v, 0)?).map_err(|_| bad_reply("not a room id"))?,
-        members: [phone(&text_at(&v, 1)?)?, phone(&text_at(&v, 2)?)?],
-        created_at: millis_at(&v, 3)?,
-        expires_at: millis_at(&v, 4)?,
-    })
-}
-
-fn rooms(v: Value) -> Result<Vec<Room>> {
-    let mut out = items(v)?
-        .into_iter()
-        .map(room)
-        .collect::<Result<Vec<_>>>()?;
-    out.sort_by_key(|r| r.id);
-    Ok(out)
-}
-
-/// `{phone, created_at, has_name, name}` at `v[i..]` plus the digest of the token the caller holds.
-fn session_at(v: &[Value], i: usize, token: TokenDigest) -> Result<Session> {
-    Ok(Session {
-        phone: phone(&text_at(v, i)?)?,
-        created_at: millis_at(v, i + 1)?,
-        name: (text_at(v, i + 2)? == "1")
-            .then(|| text_at(v, i + 3))
-            .transpose()?,
-        token_digest: token,
-    })
-}
-
-/// A stream entry (`id`, `[field, value, ...]`) of `room` → a message.
-fn entry_message(room: RoomId, id: &Value, fields: Value) -> Result<Message> {
-    let id = MessageId::parse(&text(id)?).map_err(|_| bad_reply("not a stream id"))?;
-    let fields = items(fields)?;
-    if let [Value::BulkString(k), Value::BulkString(v)] = fields.as_slice()
-        && k == b"v"
-    {
-        return entry::decode(room, id, v).ok_or_else(|| bad_reply("history entry"));
-    }
-    // Entries written before the compact `v` field: one field per part.
-    let (mut sender, mut body, mut ts, mut client_id) = (None, None, None, None);
-    for pair in fields.chunks(2) {
-        let [k, v] = pair else {
-            return Err(bad_reply("odd stream fields"));
-        };
-        match text(k)?.as_str() {
-            "s" => sender = Some(phone(&text(v)?)?),
-            "m" => body = Some(text(v)?),
-            "t" => ts = Some(millis(&text(v)?)?),
-            "c" => client_id = Some(text(v)?),
-            _ => {}
-        }
-    }
-    Ok(Message {
-        id,
-        room,
-        sender: sender.ok_or_else(|| bad_reply("entry without sender"))?,
-        message: body.ok_or_else(|| bad_reply("entry without text"))?,
-        timestamp: ts.ok_or_else(|| bad_reply("entry without timestamp"))?,
-        client_id,
-    })
-}
-
-fn entries(room: RoomId, v: Value) -> Result<Vec<Message>> {
-    items(v)?
-        .into_iter()
-        .map(|e| {
-            let mut e = items(e)?.into_iter();
-            match (e.next(), e.next()) {
-                (Some(id), Some(fields)) => entry_message(room, &id, fields),
-                _ => Err(bad_reply("stream entry")),
-            }
-        })
-        .collect()
 }
 
 /// Socket encodings: in the user's set `<conn id>|<node>`, in the node's set `<phone>|<conn id>`
@@ -256,14 +129,15 @@ impl RedisStore {
         .await
     }
 
-    /// Runs a function of the prelude family: no keys, `ARGV[1]` is the prefix, then `args`.
-    async fn run(&self, function: Function, args: &[&str]) -> Result<Value> {
+    /// Runs a function of the prelude family: no keys, `ARGV[1]` is the prefix, then `args`;
+    /// decodes its reply as a `T`.
+    async fn run<T: FromRedisValue>(&self, function: Function, args: &[&str]) -> Result<T> {
         let function = self.inner.library.name(function);
         let p = &self.inner.prefix;
         let bytes = p.len() + args.iter().map(|a| a.len()).sum::<usize>();
         let mut cmd = fcall(function, 0, 1 + args.len(), bytes);
         cmd.arg(p).arg(args);
-        self.invoke(&cmd).await
+        decode(self.invoke(&cmd).await?)
     }
 
     /// Runs `pipe`, a pipeline of `FCALL`s with errors kept per command. When Redis no longer
@@ -337,32 +211,20 @@ impl RedisStore {
     }
 }
 
-/// What the append function answered, for `message` in `room_`.
-fn appended(room_: RoomId, message: NewMessage, reply: Value) -> Result<Appended> {
+/// What the append function's reply means for `message` in `room_`.
+fn appended(room_: RoomId, message: NewMessage, reply: AppendReply) -> Result<Appended> {
     match reply {
-        Value::Int(0) => Err(Error::RoomNotFound),
-        Value::Int(1) => Err(Error::forbidden("you are not a member of this room")),
-        Value::Array(earlier) => {
-            let mut earlier = earlier.into_iter();
-            match (earlier.next(), earlier.next()) {
-                (Some(id), Some(fields)) => {
-                    Ok(Appended::Duplicate(entry_message(room_, &id, fields)?))
-                }
-                _ => Err(bad_reply("duplicate")),
-            }
-        }
-        Value::BulkString(id) => Ok(Appended::New(Message {
-            id: std::str::from_utf8(&id)
-                .ok()
-                .and_then(|id| MessageId::parse(id).ok())
-                .ok_or_else(|| bad_reply("stream id"))?,
+        AppendReply::NoRoom => Err(Error::RoomNotFound),
+        AppendReply::NotMember => Err(Error::forbidden("you are not a member of this room")),
+        AppendReply::Duplicate(earlier) => Ok(Appended::Duplicate(earlier.message(room_)?)),
+        AppendReply::New(id) => Ok(Appended::New(Message {
+            id,
             room: room_,
             sender: message.sender,
             message: message.message,
             timestamp: message.timestamp,
             client_id: message.client_id,
         })),
-        _ => Err(bad_reply("append")),
     }
 }
 
@@ -379,7 +241,7 @@ impl Store for RedisStore {
             None => ("0", ""),
         };
         let reply = self
-            .run(
+            .run::<CreateReply>(
                 Function::CreateSession,
                 &[
                     session.phone.as_str(),
@@ -392,39 +254,34 @@ impl Store for RedisStore {
                 ],
             )
             .await?;
-        let v = items(reply)?;
-        match text_at(&v, 0)?.as_str() {
-            "in_use" => Err(Error::PhoneInUse),
-            "created" => Ok(Registered {
+        match reply {
+            CreateReply::InUse => Err(Error::PhoneInUse),
+            CreateReply::Created => Ok(Registered {
                 session,
                 refreshed: false,
                 came_online: true,
             }),
-            "refreshed" => {
-                let token = TokenDigest::from_hex(&text_at(&v, 2)?)
-                    .ok_or_else(|| bad_reply("stored token digest"))?;
-                Ok(Registered {
-                    session: Session {
-                        phone: session.phone,
-                        name: (text_at(&v, 4)? == "1")
-                            .then(|| text_at(&v, 5))
-                            .transpose()?,
-                        token_digest: token,
-                        created_at: millis_at(&v, 3)?,
-                    },
-                    refreshed: true,
-                    came_online: text_at(&v, 1)? == "1",
-                })
-            }
-            _ => Err(bad_reply("create_session")),
+            CreateReply::Refreshed {
+                came_online,
+                token,
+                created_at,
+                name,
+            } => Ok(Registered {
+                session: Session {
+                    phone: session.phone,
+                    name,
+                    token_digest: token,
+                    created_at,
+                },
+                refreshed: true,
+                came_online,
+            }),
         }
     }
 
     async fn session(&self, token: &TokenDigest) -> Result<Option<Session>> {
-        match self.run(Function::Session, &[&token.hex()]).await? {
-            Value::Nil => Ok(None),
-            v => Ok(Some(session_at(&items(v)?, 0, *token)?)),
-        }
+        let reply: Option<SessionReply> = self.run(Function::Session, &[&token.hex()]).await?;
+        Ok(reply.map(|s| s.session(*token)))
     }
 
     async fn names(&self, phones: &[Phone]) -> Result<Names> {
@@ -490,27 +347,21 @@ impl Store for RedisStore {
     }
 
     async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>> {
-        let reply = self
+        let reply: Option<TouchReply> = self
             .run(Function::Touch, &[&token.hex(), &http_until.to_string()])
             .await?;
-        match reply {
-            Value::Nil => Ok(None),
-            v => {
-                let v = items(v)?;
-                Ok(Some(Touched {
-                    session: session_at(&v, 0, *token)?,
-                    came_online: text_at(&v, 4)? == "1",
-                }))
-            }
-        }
+        Ok(reply.map(|t| Touched {
+            session: t.session.session(*token),
+            came_online: t.came_online,
+        }))
     }
 
     async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool> {
         let (cm, nm) = conn_members(phone, conn);
-        let v = self
+        let added: i64 = self
             .run(Function::AddConn, &[phone.as_str(), &cm, &conn.node.0, &nm])
             .await?;
-        Ok(integer(&v)? == 1)
+        Ok(added == 1)
     }
 
     async fn remove_conn(
@@ -521,7 +372,7 @@ impl Store for RedisStore {
         grace_until: Millis,
     ) -> Result<()> {
         let (cm, nm) = conn_members(phone, conn);
-        self.run(
+        self.run::<()>(
             Function::RemoveConn,
             &[
                 phone.as_str(),
@@ -537,26 +388,12 @@ impl Store for RedisStore {
     }
 
     async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
-        match self.run(Function::Presence, &[phone.as_str()]).await? {
-            Value::Nil => Ok(None),
-            v => {
-                let v = items(v)?;
-                let off = text_at(&v, 2)?;
-                Ok(Some(PresenceState {
-                    conns: u32::try_from(integer(at(&v, 0)?)?).unwrap_or(u32::MAX),
-                    http_until: millis_at(&v, 1)?,
-                    offline_since: if off.is_empty() {
-                        None
-                    } else {
-                        Some(millis(&off)?)
-                    },
-                }))
-            }
-        }
+        let reply: Option<PresenceReply> = self.run(Function::Presence, &[phone.as_str()]).await?;
+        Ok(reply.map(|p| p.0))
     }
 
     async fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> Result<bool> {
-        let v = self
+        let went: i64 = self
             .run(
                 Function::GoOffline,
                 &[
@@ -566,7 +403,7 @@ impl Store for RedisStore {
                 ],
             )
             .await?;
-        Ok(integer(&v)? == 1)
+        Ok(went == 1)
     }
 
     async fn online_page(
@@ -588,24 +425,15 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(OnlinePage::default());
         }
-        let v = items(
-            self.run(
+        let OnlineReply { more, last, phones } = self
+            .run(
                 Function::OnlinePage,
                 &[&start, &limit.to_string(), &now.to_string()],
             )
-            .await?,
-        )?;
-        let more = text_at(&v, 0)? == "1";
-        let last = text_at(&v, 1)?;
-        let phones = items(at(&v, 2)?.clone())?
-            .iter()
-            .map(|p| phone(&text(p)?))
-            .collect::<Result<Vec<_>>>()?;
-        let next_cursor = if more && !last.is_empty() {
-            Some(format!("{CURSOR_PREFIX}{}", phone(&last)?.cursor_form()))
-        } else {
-            None
-        };
+            .await?;
+        let next_cursor = last
+            .filter(|_| more)
+            .map(|last| format!("{CURSOR_PREFIX}{}", last.cursor_form()));
         Ok(OnlinePage {
             phones,
             next_cursor,
@@ -624,13 +452,12 @@ impl Store for RedisStore {
     }
 
     async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>> {
-        let v = self
+        let Phones(mut orphans) = self
             .run(
                 Function::Reap,
                 &[&now.to_string(), &grace_until.to_string()],
             )
             .await?;
-        let mut orphans = phones(v)?;
         orphans.dedup();
         Ok(orphans)
     }
@@ -641,13 +468,12 @@ impl Store for RedisStore {
         now: Millis,
         grace_until: Millis,
     ) -> Result<Vec<Phone>> {
-        let v = self
+        let Phones(mut orphans) = self
             .run(
                 Function::RemoveNode,
                 &[&node.0, &now.to_string(), &grace_until.to_string()],
             )
             .await?;
-        let mut orphans = phones(v)?;
         orphans.dedup();
         Ok(orphans)
     }
@@ -664,8 +490,8 @@ impl Store for RedisStore {
         let [to_to, to_from] =
             Delivery::request_accepted(room_.id, &[to.clone(), from.clone()], &room_.names);
         let (to_to, to_from) = (self.event(&to_to)?, self.event(&to_from)?);
-        let v = items(
-            self.run(
+        let reply = self
+            .run::<SendReply>(
                 Function::SendRequest,
                 &[
                     from.as_str(),
@@ -683,19 +509,13 @@ impl Store for RedisStore {
                     &to_from.1,
                 ],
             )
-            .await?,
-        )?;
-        match text_at(&v, 0)?.as_str() {
-            "no_user" => Err(Error::UserNotFound),
-            "sent" => Ok(SendOutcome::Sent),
-            "pending" => Ok(SendOutcome::AlreadyPending),
-            "exists" => Ok(SendOutcome::RoomExists(
-                RoomId::parse(&text_at(&v, 1)?).map_err(|_| bad_reply("room id"))?,
-            )),
-            "accepted" => Ok(SendOutcome::Accepted(room(Value::Array(
-                v.into_iter().skip(1).collect(),
-            ))?)),
-            _ => Err(bad_reply("send_request")),
+            .await?;
+        match reply {
+            SendReply::NoUser => Err(Error::UserNotFound),
+            SendReply::Sent => Ok(SendOutcome::Sent),
+            SendReply::Pending => Ok(SendOutcome::AlreadyPending),
+            SendReply::Exists(id) => Ok(SendOutcome::RoomExists(id)),
+            SendReply::Accepted(room) => Ok(SendOutcome::Accepted(room)),
         }
     }
 
@@ -709,7 +529,7 @@ impl Store for RedisStore {
         let [to_from, to_to] =
             Delivery::request_accepted(room_.id, &[from.clone(), to.clone()], &room_.names);
         let (to_from, to_to) = (self.event(&to_from)?, self.event(&to_to)?);
-        match self
+        let room: Option<RoomReply> = self
             .run(
                 Function::Accept,
                 &[
@@ -725,41 +545,30 @@ impl Store for RedisStore {
                     &to_to.1,
                 ],
             )
-            .await?
-        {
-            Value::Nil => Ok(None),
-            v => Ok(Some(room(v)?)),
-        }
+            .await?;
+        Ok(room.map(|r| r.0))
     }
 
     async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {
-        let v = self
+        let removed: i64 = self
             .run(
                 Function::RemoveRequest,
                 &[from.as_str(), to.as_str(), &now.to_string()],
             )
             .await?;
-        Ok(integer(&v)? == 1)
+        Ok(removed == 1)
     }
 
     async fn requests(&self, phone: &Phone, now: Millis) -> Result<Requests> {
-        let v = items(
-            self.run(Function::Requests, &[phone.as_str(), &now.to_string()])
-                .await?,
-        )?;
-        let mut v = v.into_iter();
-        match (v.next(), v.next()) {
-            (Some(incoming), Some(sent)) => Ok(Requests {
-                incoming: phones(incoming)?,
-                sent: phones(sent)?,
-            }),
-            _ => Err(bad_reply("requests")),
-        }
+        let (Phones(incoming), Phones(sent)) = self
+            .run(Function::Requests, &[phone.as_str(), &now.to_string()])
+            .await?;
+        Ok(Requests { incoming, sent })
     }
 
     async fn room(&self, id: &RoomId) -> Result<Option<Room>> {
         let mut key = RoomKey::new(&self.inner.prefix, id);
-        let v = items(
+        let meta: RoomMeta = decode(
             self.command(
                 redis::cmd("HMGET")
                     .arg(key.part("m"))
@@ -767,26 +576,17 @@ impl Store for RedisStore {
             )
             .await?,
         )?;
-        if matches!(v.first(), None | Some(Value::Nil)) {
-            return Ok(None);
-        }
-        Ok(Some(Room {
-            id: *id,
-            members: [phone(&text_at(&v, 0)?)?, phone(&text_at(&v, 1)?)?],
-            created_at: millis_at(&v, 2)?,
-            expires_at: millis_at(&v, 3)?,
-        }))
+        Ok(meta.room(*id))
     }
 
     async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>> {
-        rooms(self.run(Function::RoomsOf, &[phone.as_str()]).await?)
+        let Rooms(rooms) = self.run(Function::RoomsOf, &[phone.as_str()]).await?;
+        Ok(rooms)
     }
 
     async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>> {
-        match self.run(Function::DeleteRoom, &[&id.to_string()]).await? {
-            Value::Nil => Ok(None),
-            v => Ok(Some(room(v)?)),
-        }
+        let room: Option<RoomReply> = self.run(Function::DeleteRoom, &[&id.to_string()]).await?;
+        Ok(room.map(|r| r.0))
     }
 
     async fn append_message(
@@ -796,8 +596,7 @@ impl Store for RedisStore {
         history_max: usize,
     ) -> Result<Appended> {
         let cmd = self.append_cmd(room_, &message, history_max);
-        let reply = self.invoke(&cmd).await?;
-        appended(*room_, message, reply)
+        appended(*room_, message, decode(self.invoke(&cmd).await?)?)
     }
 
     /// One pipeline of the batch's `FCALL`s: one write, one round trip, run by Redis in order.
@@ -829,7 +628,7 @@ impl Store for RedisStore {
                 .into_iter()
                 .zip(replies)
                 .map(|((room, message), reply)| {
-                    appended(room, message, reply.map_err(crate::unavailable)?)
+                    appended(room, message, decode(reply.map_err(crate::unavailable)?)?)
                 })
                 .collect(),
         }
@@ -875,14 +674,15 @@ impl Store for RedisStore {
                 .arg(count),
         };
         let mut conn = self.inner.conn.clone();
-        let mut reply = items(bounded(pipe.query_async::<Value>(&mut conn)).await?)?.into_iter();
-        let (Some(exists), Some(reply)) = (reply.next(), reply.next()) else {
-            return Err(bad_reply("history"));
-        };
-        if integer(&exists)? == 0 {
+        let (exists, entries): (i64, Vec<StreamEntry>) =
+            decode(bounded(pipe.query_async::<Value>(&mut conn)).await?)?;
+        if exists == 0 {
             return Err(Error::RoomNotFound);
         }
-        let mut messages = entries(*room_, reply)?;
+        let mut messages = entries
+            .into_iter()
+            .map(|e| e.message(*room_))
+            .collect::<Result<Vec<_>>>()?;
         let more = messages.len() > limit;
         messages.truncate(limit);
         if after.is_none() {
@@ -896,38 +696,25 @@ impl Store for RedisStore {
         phone_: &Phone,
         offline_before: Millis,
     ) -> Result<Option<EndedSession>> {
-        let reply = self
+        let reply: Option<EndReply> = self
             .run(
                 Function::EndSession,
                 &[phone_.as_str(), &offline_before.to_string()],
             )
             .await?;
-        if reply == Value::Nil {
-            return Ok(None);
-        }
-        let v = items(reply)?;
-        let token =
-            TokenDigest::from_hex(&text_at(&v, 0)?).ok_or_else(|| bad_reply("token digest"))?;
-        let session = Session {
-            phone: phone_.clone(),
-            name: (text_at(&v, 2)? == "1")
-                .then(|| text_at(&v, 3))
-                .transpose()?,
-            token_digest: token,
-            created_at: millis_at(&v, 1)?,
-        };
-        let mut v = v.into_iter().skip(4);
-        match (v.next(), v.next(), v.next()) {
-            (Some(incoming), Some(sent), Some(rs)) => Ok(Some(EndedSession {
-                session,
-                rooms: rooms(rs)?,
-                requests: Requests {
-                    incoming: phones(incoming)?,
-                    sent: phones(sent)?,
-                },
-            })),
-            _ => Err(bad_reply("end_session")),
-        }
+        Ok(reply.map(|e| EndedSession {
+            session: Session {
+                phone: phone_.clone(),
+                name: e.name,
+                token_digest: e.token,
+                created_at: e.created_at,
+            },
+            rooms: e.rooms.0,
+            requests: Requests {
+                incoming: e.incoming.0,
+                sent: e.sent.0,
+            },
+        }))
     }
 
     async fn schedule(&self, timer: Timer, at_: Millis) -> Result<()> {
@@ -950,8 +737,8 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let v = items(
-            self.run(
+        let members: Vec<String> = self
+            .run(
                 Function::DueTimers,
                 &[
                     &now.to_string(),
@@ -959,11 +746,9 @@ impl Store for RedisStore {
                     &limit.to_string(),
                 ],
             )
-            .await?,
-        )?;
-        let mut due = Vec::with_capacity(v.len());
-        for member in &v {
-            let member = text(member)?;
+            .await?;
+        let mut due = Vec::with_capacity(members.len());
+        for member in members {
             match Timer::decode(&member) {
                 Ok(timer) => due.push(DueTimer { timer, lease_until }),
                 Err(_) => {
@@ -978,7 +763,7 @@ impl Store for RedisStore {
     }
 
     async fn finish_timer(&self, due: &DueTimer) -> Result<()> {
-        self.run(
+        self.run::<()>(
             Function::FinishTimer,
             &[&due.timer.encode(), &due.lease_until.to_string()],
         )

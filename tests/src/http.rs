@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest response the client accepts.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+/// The most headers a response may have (the server sends about a dozen).
+const MAX_HEADERS: usize = 64;
 
 /// One HTTP response.
 #[derive(Debug, Clone)]
@@ -213,29 +215,29 @@ type Head = (u16, Vec<(String, String)>, usize);
 
 /// Splits the head; `None` while it is incomplete.
 fn parse_head(raw: &[u8]) -> Result<Option<Head>, String> {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Response::new(&mut headers);
+    let start = match head.parse(raw) {
+        Ok(httparse::Status::Complete(start)) => start,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "bad response head ({e}): {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(200)])
+            ));
+        }
     };
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad status line {status_line:?}"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    Ok(Some((status, headers, end + 4)))
+    let headers = head
+        .headers
+        .iter()
+        .map(|h| {
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| format!("header {} is not UTF-8", h.name))?;
+            Ok((h.name.to_ascii_lowercase(), value.to_owned()))
+        })
+        .collect::<Result<_, String>>()?;
+    let status = head.code.ok_or("response head without a status")?;
+    Ok(Some((status, headers, start)))
 }
 
 /// A response whose length is known and fully read; `None` when more is needed.
@@ -313,18 +315,22 @@ fn parse_until_eof(raw: &[u8]) -> Result<Response, String> {
 fn dechunk(mut raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let mut body = Vec::new();
     loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
+        let (start, size) = match httparse::parse_chunk_size(raw) {
+            Ok(httparse::Status::Complete(sized)) => sized,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::InvalidChunkSize) => {
+                return Err(format!(
+                    "bad chunk size: {:?}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(20)])
+                ));
+            }
         };
-        let size_text = std::str::from_utf8(&raw[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        raw = &raw[eol + 2..];
+        raw = &raw[start..];
         if size == 0 {
             return Ok(Some(body));
         }
-        if raw.len() < size + 2 {
+        let size = usize::try_from(size).map_err(|_| format!("chunk of {size} bytes"))?;
+        if raw.len() < size.saturating_add(2) {
             return Ok(None);
         }
         body.extend_from_slice(&raw[..size]);
@@ -356,5 +362,30 @@ mod tests {
         .expect("parses")
         .expect("complete");
         assert_eq!((r.status, r.body.as_slice()), (404, &b"hi!!!"[..]));
+        // A chunk extension, and a chunk not all there yet.
+        let r = parse_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nhi\r\n0\r\n\r\n",
+        )
+        .expect("parses")
+        .expect("complete");
+        assert_eq!(r.body.as_slice(), &b"hi"[..]);
+        assert!(
+            parse_complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhi")
+                .expect("parses")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_head_arriving_in_parts_waits_and_a_malformed_one_fails() {
+        assert!(
+            parse_complete(b"HTTP/1.1 200 OK\r\nContent-Le")
+                .expect("parses")
+                .is_none()
+        );
+        assert!(parse_complete(b"HTTX/1.1 200 OK\r\n\r\n").is_err());
+        assert!(parse_complete(b"HTTP/1.1 2x0 OK\r\n\r\n").is_err());
+        assert!(parse_complete(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n").is_err());
+        assert!(parse_until_eof(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhi").is_err());
     }
 }

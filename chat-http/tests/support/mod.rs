@@ -390,17 +390,26 @@ pub async fn read_reply(s: &mut TcpStream) -> Reply {
     parse_reply(&buf).expect("a complete HTTP response")
 }
 
-/// Parses one response (`Content-Length` body, or up to the end).
+/// Parses one response (`Content-Length` body, or up to the end); `None` unless the head is
+/// complete and well-formed.
 pub fn parse_reply(buf: &[u8]) -> Option<Reply> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let rest = &buf[end + 4..];
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(end) = head.parse(buf).ok()? else {
+        return None;
+    };
+    let status = head.code?;
+    let headers = head
+        .headers
+        .iter()
+        .map(|h| {
+            Some((
+                h.name.to_owned(),
+                std::str::from_utf8(h.value).ok()?.to_owned(),
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let rest = &buf[end..];
     let len = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
