@@ -11,7 +11,9 @@
 //! Embedding it with the in-memory store takes a few lines; see [`MemoryStore`].
 //!
 //! Features: `mocks` exports mockall mocks of the ports (`MockStore`, `MockEventBus`);
-//! `testing` exports the conformance suite every store runs ([`testing`]).
+//! `testing` exports the conformance suite every store runs (the `testing` module).
+
+#![warn(missing_docs)]
 
 mod error;
 mod event;

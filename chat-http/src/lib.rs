@@ -8,7 +8,7 @@
 //!
 //! It must not know which store runs behind the service (it only pings an `Arc<dyn Store>`
 //! for readiness) and must not answer 500: errors map to the contract's statuses in one place
-//! ([`reply`]), and a handler that panics or outlives [`STORE_DEADLINE`] answers 503.
+//! (`reply`), and a handler that panics or outlives [`STORE_DEADLINE`] answers 503.
 //!
 //! Shape (after mini-redis): the caller binds the listener and passes a shutdown future to
 //! [`serve`]; tests bind port 0.

@@ -26,7 +26,7 @@
 //! even after its retries ran out while Redis was down, and re-issues every wanted subscription
 //! after a disconnect (SUBSCRIBE is idempotent), so the subscriber resumes by itself.
 //!
-//! The node serves ([`Bus::serving`], checked by `Store::ping` and so by `/readyz`) only while
+//! The node serves (`Bus::serving`, checked by `Store::ping` and so by `/readyz`) only while
 //! every wanted channel is subscribed on the live connection: from a loss of the subscriber
 //! connection (a disconnect, a watchdog ping failing other than by a timeout) until the
 //! watchdog has pinged the new connection and subscribed every wanted channel on it, and while

@@ -125,7 +125,7 @@
 //! when Redis is back (the subscriber through its watchdog, which also resubscribes; `ping`
 //! reports ready only after that).
 //!
-//! Feature `test-server`: [`test_server::RedisServer`] starts a private `redis-server` for tests.
+//! Feature `test-server`: `test_server::RedisServer` starts a private `redis-server` for tests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -88,17 +88,28 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        let port = free_port();
-        let tls_port = options.tls.as_ref().map(|_| free_port());
-        let server = RedisServer {
-            port,
-            tls_port,
-            dir,
-            options,
-            child: Mutex::new(None),
-        };
-        server.spawn_and_wait();
-        server
+        // A free port may be taken by another process (another test's server) between
+        // `free_port` and redis-server's bind: then it exits at once, and a new pair of ports
+        // is tried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let server = RedisServer {
+                port: free_port(),
+                tls_port: options.tls.as_ref().map(|_| free_port()),
+                dir: dir.clone(),
+                options: options.clone(),
+                child: Mutex::new(None),
+            };
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    // Not dropped: that would remove the directory the next attempt uses.
+                    std::mem::forget(server);
+                }
+                Err(log) => panic!("redis-server exited at start:\n{log}"),
+            }
+        }
     }
 
     /// `redis://127.0.0.1:<port>/`.
@@ -147,6 +158,13 @@ impl RedisServer {
     }
 
     fn spawn_and_wait(&self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("redis-server exited at start on {log}");
+        }
+    }
+
+    /// Starts the process and waits until it answers `PING`; its log when it exits first.
+    fn try_spawn(&self) -> Result<(), String> {
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(&self.dir)
             .args(["--port", &self.port.to_string()])
@@ -185,12 +203,13 @@ impl RedisServer {
         *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if ping(self.port) {
-                return;
+            // Our process must be the one answering, not another server that took the port.
+            if ping(self.port) && self.is_running() {
+                return Ok(());
             }
             if !self.is_running() {
                 let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                panic!("redis-server on port {} exited at start:\n{log}", self.port);
+                return Err(format!("port {}:\n{log}", self.port));
             }
             if Instant::now() > deadline {
                 self.kill();

@@ -95,7 +95,7 @@ fn build_server(profile_dir: &Path) {
     );
 }
 
-/// The last lines a process wrote to stderr (the last [`LOG_LINES`], or all of them when
+/// The last lines a process wrote to stderr (the last `LOG_LINES`, or all of them when
 /// the server was started with `CHAT_E2E_KEEP_LOG=1` in its test environment list).
 #[derive(Clone)]
 pub struct LogTail(Arc<Mutex<VecDeque<String>>>, usize);
