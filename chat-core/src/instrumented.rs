@@ -10,14 +10,8 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{
-    Appended, DueTimer, EndedSession, NewRoom, PresenceState, Registered, SendOutcome, Store,
-    Timer, Touched,
-};
-use crate::types::{
-    ChatRequest, ConnKey, HistoryPage, MessageId, Millis, Names, NewMessage, NodeId, OnlinePage,
-    Phone, Requests, Room, RoomId, Session, TokenDigest,
-};
+use crate::store::{Appended, Store};
+use crate::types::{NewMessage, RoomId};
 
 /// Wraps a store, measuring it. Clones share the inner store and the counters.
 #[derive(Clone)]
@@ -64,147 +58,14 @@ impl InstrumentedStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Store for InstrumentedStore {
-    async fn create_session(
-        &self,
-        session: Session,
-        refresh: Option<TokenDigest>,
-        http_until: Millis,
-    ) -> Result<Registered> {
-        self.timed(self.inner.create_session(session, refresh, http_until))
-            .await
-    }
-
-    async fn session(&self, token: &TokenDigest) -> Result<Option<Session>> {
-        self.timed(self.inner.session(token)).await
-    }
-
-    async fn names(&self, phones: &[Phone]) -> Result<Names> {
-        self.timed(self.inner.names(phones)).await
-    }
-
-    async fn create_ticket(
-        &self,
-        ticket: &TokenDigest,
-        token: &TokenDigest,
-        now: Millis,
-        expires_at: Millis,
-    ) -> Result<()> {
-        self.timed(self.inner.create_ticket(ticket, token, now, expires_at))
-            .await
-    }
-
-    async fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Result<Option<Session>> {
-        self.timed(self.inner.take_ticket(ticket, now)).await
-    }
-
-    async fn touch(&self, token: &TokenDigest, http_until: Millis) -> Result<Option<Touched>> {
-        self.timed(self.inner.touch(token, http_until)).await
-    }
-
-    async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool> {
-        self.timed(self.inner.add_conn(phone, conn)).await
-    }
-
-    async fn remove_conn(
-        &self,
-        phone: &Phone,
-        conn: &ConnKey,
-        now: Millis,
-        grace_until: Millis,
-    ) -> Result<()> {
-        self.timed(self.inner.remove_conn(phone, conn, now, grace_until))
-            .await
-    }
-
-    async fn presence(&self, phone: &Phone) -> Result<Option<PresenceState>> {
-        self.timed(self.inner.presence(phone)).await
-    }
-
-    async fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> Result<bool> {
-        self.timed(self.inner.go_offline(phone, now, session_end_at))
-            .await
-    }
-
-    async fn online_page(
-        &self,
-        cursor: Option<String>,
-        limit: usize,
-        now: Millis,
-    ) -> Result<OnlinePage> {
-        self.timed(self.inner.online_page(cursor, limit, now)).await
-    }
-
-    async fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> Result<()> {
-        self.timed(self.inner.heartbeat(node, alive_until)).await
-    }
-
-    async fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Result<Vec<Phone>> {
-        self.timed(self.inner.reap_dead_nodes(now, grace_until))
-            .await
-    }
-
-    async fn remove_node(
-        &self,
-        node: &NodeId,
-        now: Millis,
-        grace_until: Millis,
-    ) -> Result<Vec<Phone>> {
-        self.timed(self.inner.remove_node(node, now, grace_until))
-            .await
-    }
-
-    async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
-        self.timed(self.inner.send_request(request, room)).await
-    }
-
-    async fn accept_request(
-        &self,
-        from: &Phone,
-        to: &Phone,
-        room: NewRoom,
-        now: Millis,
-    ) -> Result<Option<Room>> {
-        self.timed(self.inner.accept_request(from, to, room, now))
-            .await
-    }
-
-    async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {
-        self.timed(self.inner.remove_request(from, to, now)).await
-    }
-
-    async fn requests(&self, phone: &Phone, now: Millis) -> Result<Requests> {
-        self.timed(self.inner.requests(phone, now)).await
-    }
-
-    async fn room(&self, id: &RoomId) -> Result<Option<Room>> {
-        self.timed(self.inner.room(id)).await
-    }
-
-    async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>> {
-        self.timed(self.inner.rooms_of(phone)).await
-    }
-
-    async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>> {
-        self.timed(self.inner.delete_room(id)).await
-    }
-
-    async fn append_message(
-        &self,
-        room: &RoomId,
-        message: NewMessage,
-        history_max: usize,
-    ) -> Result<Appended> {
-        self.timed(self.inner.append_message(room, message, history_max))
-            .await
-    }
-
+crate::delegate_store!(InstrumentedStore, self => self.inner, call => self.timed(call).await, {
     async fn append_messages(
         &self,
         batch: Vec<(RoomId, NewMessage)>,
         history_max: usize,
     ) -> Vec<Result<Appended>> {
+        // Forwarded whole (one round trip for the burst on Redis), timed as one call, and each
+        // item that failed as unavailable counted.
         let start = Instant::now();
         let results = self.inner.append_messages(batch, history_max).await;
         self.metrics.store_latency.observe(start.elapsed());
@@ -219,53 +80,13 @@ impl Store for InstrumentedStore {
         }
         results
     }
-
-    async fn history(
-        &self,
-        room: &RoomId,
-        after: Option<MessageId>,
-        limit: usize,
-    ) -> Result<HistoryPage> {
-        self.timed(self.inner.history(room, after, limit)).await
-    }
-
-    async fn end_session(
-        &self,
-        phone: &Phone,
-        offline_before: Millis,
-    ) -> Result<Option<EndedSession>> {
-        self.timed(self.inner.end_session(phone, offline_before))
-            .await
-    }
-
-    async fn schedule(&self, timer: Timer, at: Millis) -> Result<()> {
-        self.timed(self.inner.schedule(timer, at)).await
-    }
-
-    async fn due_timers(
-        &self,
-        now: Millis,
-        lease_until: Millis,
-        limit: usize,
-    ) -> Result<Vec<DueTimer>> {
-        self.timed(self.inner.due_timers(now, lease_until, limit))
-            .await
-    }
-
-    async fn finish_timer(&self, due: &DueTimer) -> Result<()> {
-        self.timed(self.inner.finish_timer(due)).await
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.timed(self.inner.ping()).await
-    }
-}
+});
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::store::MockStore;
+    use crate::types::{Phone, Session};
 
     fn phone() -> Phone {
         Phone::parse("+14155550100").unwrap()

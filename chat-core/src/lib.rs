@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod delegate;
 mod error;
 mod event;
 mod instrumented;
@@ -30,6 +31,9 @@ mod types;
 pub mod testing;
 
 pub use error::{Error, Result};
+
+#[doc(hidden)]
+pub use async_trait::async_trait as __async_trait;
 #[cfg(any(test, feature = "mocks"))]
 pub use event::MockEventBus;
 pub use event::{Audience, Delivery, Event, EventBus, EventSink, Except, RecordingSink, SinkSlot};

@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use chat_core::{
-    ChatRequest, ChatService, Clock, Config, DueTimer, EndedSession, EventBus, HistoryPage,
-    ManualClock, MemoryStore, Millis, NewMessage, NewRoom, NodeId, OnlinePage, Phone,
-    PresenceState, Registered, Requests, Room, SendOutcome, Store, SystemClock, Timer, Token,
-    TokenDigest, Touched,
+    ChatService, Clock, Config, EventBus, ManualClock, MemoryStore, NodeId, Phone, Store,
+    SystemClock, Token,
 };
 use futures_util::task::AtomicWaker;
 use serde_json::{Value, json};
@@ -1362,50 +1360,10 @@ impl Flaky {
     }
 }
 
-macro_rules! flaky_store {
-    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
-        #[async_trait::async_trait]
-        impl Store for Flaky {
-            $(
-                async fn $name(&self $(, $arg: $ty)*) -> chat_core::Result<$ret> {
-                    self.check()?;
-                    self.inner.$name($($arg),*).await
-                }
-            )*
-        }
-    };
-}
-
-flaky_store! {
-    fn create_session(&self, session: Session, refresh: Option<TokenDigest>, http_until: Millis) -> Registered;
-    fn session(&self, token: &TokenDigest) -> Option<Session>;
-    fn names(&self, phones: &[Phone]) -> chat_core::Names;
-    fn create_ticket(&self, ticket: &TokenDigest, token: &TokenDigest, now: Millis, expires_at: Millis) -> ();
-    fn take_ticket(&self, ticket: &TokenDigest, now: Millis) -> Option<Session>;
-    fn touch(&self, token: &TokenDigest, http_until: Millis) -> Option<Touched>;
-    fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> bool;
-    fn remove_conn(&self, phone: &Phone, conn: &ConnKey, now: Millis, grace_until: Millis) -> ();
-    fn presence(&self, phone: &Phone) -> Option<PresenceState>;
-    fn go_offline(&self, phone: &Phone, now: Millis, session_end_at: Millis) -> bool;
-    fn online_page(&self, cursor: Option<String>, limit: usize, now: Millis) -> OnlinePage;
-    fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> ();
-    fn reap_dead_nodes(&self, now: Millis, grace_until: Millis) -> Vec<Phone>;
-    fn remove_node(&self, node: &NodeId, now: Millis, grace_until: Millis) -> Vec<Phone>;
-    fn send_request(&self, request: ChatRequest, room: NewRoom) -> SendOutcome;
-    fn accept_request(&self, from: &Phone, to: &Phone, room: NewRoom, now: Millis) -> Option<Room>;
-    fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> bool;
-    fn requests(&self, phone: &Phone, now: Millis) -> Requests;
-    fn room(&self, id: &RoomId) -> Option<Room>;
-    fn rooms_of(&self, phone: &Phone) -> Vec<Room>;
-    fn delete_room(&self, id: &RoomId) -> Option<Room>;
-    fn append_message(&self, room: &RoomId, message: NewMessage, history_max: usize) -> chat_core::Appended;
-    fn history(&self, room: &RoomId, after: Option<MessageId>, limit: usize) -> HistoryPage;
-    fn end_session(&self, phone: &Phone, offline_before: Millis) -> Option<EndedSession>;
-    fn schedule(&self, timer: Timer, at: Millis) -> ();
-    fn due_timers(&self, now: Millis, lease_until: Millis, limit: usize) -> Vec<DueTimer>;
-    fn finish_timer(&self, due: &DueTimer) -> ();
-    fn ping(&self) -> ();
-}
+chat_core::delegate_store!(Flaky, self => self.inner, call => {
+    self.check()?;
+    call.await
+});
 
 #[tokio::test(start_paused = true)]
 async fn a_store_outage_answers_store_unavailable_and_keeps_the_socket() {
