@@ -42,7 +42,7 @@ pub use limits::{KeyedLimiter, TokenBucket};
 pub use memory::MemoryStore;
 pub use metrics::{Histogram, LATENCY_BUCKETS, Metrics};
 pub use service::{
-    ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_CLIENT_ID_CHARS, MAX_NAME_CHARS,
+    Answer, ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_CLIENT_ID_CHARS, MAX_NAME_CHARS,
     ONLINE_LIMIT, Outgoing, Registration, SendResult, TICKET_SECS, TickReport, page_limit,
 };
 #[cfg(any(test, feature = "mocks"))]

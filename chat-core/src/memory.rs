@@ -36,7 +36,7 @@ use crate::types::{
 /// let ben = chat.register("+14155550101", None, None).await?;
 /// chat.send_request(&asha.session.phone, "+14155550101").await?;
 /// let room = chat
-///     .respond_request(&ben.session.phone, "+14155550100", "accept")
+///     .respond_request(&ben.session.phone, "+14155550100", chat_core::Answer::Accept)
 ///     .await?
 ///     .expect("accepted");
 /// let sent = chat

@@ -85,6 +85,30 @@ pub struct Registration {
     pub expires_in: u64,
 }
 
+/// How the recipient answers a chat request: the contract's `action`, read with `parse`
+/// (`"accept"` or `"decline"`, anything else `bad_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The two get a room.
+    Accept,
+    /// The requester is told no.
+    Decline,
+}
+
+impl std::str::FromStr for Answer {
+    type Err = Error;
+
+    fn from_str(action: &str) -> Result<Answer> {
+        match action {
+            "accept" => Ok(Answer::Accept),
+            "decline" => Ok(Answer::Decline),
+            _ => Err(Error::bad_request(
+                "action must be \"accept\" or \"decline\"",
+            )),
+        }
+    }
+}
+
 /// The answer to `send_request`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendResult {
@@ -499,18 +523,10 @@ impl ChatService {
         &self,
         me: &Phone,
         requester: &str,
-        action: &str,
+        answer: Answer,
     ) -> Result<Option<RoomId>> {
         let requester = Phone::parse(requester)?;
-        let accept = match action {
-            "accept" => true,
-            "decline" => false,
-            _ => {
-                return Err(Error::bad_request(
-                    "action must be \"accept\" or \"decline\"",
-                ));
-            }
-        };
+        let accept = answer == Answer::Accept;
         let now = self.now();
         if accept {
             // The store tells both members (request_accepted) with the accept.

@@ -165,7 +165,8 @@ async fn accept_with_store_down_publishes_no_request_accepted() {
         .returning(|_, _, _, _| down());
     let chat = service(store, silent_bus());
     assert_eq!(
-        chat.respond_request(&b(), "+14155550100", "accept").await,
+        chat.respond_request(&b(), "+14155550100", chat_core::Answer::Accept)
+            .await,
         Err(Error::StoreUnavailable)
     );
 }
@@ -179,7 +180,8 @@ async fn decline_and_cancel_with_store_down_publish_nothing() {
         .returning(|_, _, _| down());
     let chat = service(store, silent_bus());
     assert_eq!(
-        chat.respond_request(&b(), "+14155550100", "decline").await,
+        chat.respond_request(&b(), "+14155550100", chat_core::Answer::Decline)
+            .await,
         Err(Error::StoreUnavailable)
     );
     assert_eq!(
@@ -369,7 +371,8 @@ async fn requests_and_accepts_are_published_by_the_store_not_again() {
         Ok(SendResult::Sent)
     );
     assert_eq!(
-        chat.respond_request(&b(), a().as_str(), "accept").await,
+        chat.respond_request(&b(), a().as_str(), chat_core::Answer::Accept)
+            .await,
         Ok(Some(id))
     );
 }

@@ -232,7 +232,10 @@ pub(crate) async fn handle(
             service.check_caller(&session, named.as_deref())?;
             service.check_caller(&session, b.phone2.as_deref())?;
             Ok(
-                match service.respond_request(me, &b.phone1, &b.action).await? {
+                match service
+                    .respond_request(me, &b.phone1, b.action.parse()?)
+                    .await?
+                {
                     Some(room) => reply::ok(json!({
                         "message": {"accepted": true, "chat_id": room.to_string()},
                     })),

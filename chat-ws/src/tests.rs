@@ -304,7 +304,7 @@ impl World {
             .await
             .unwrap();
         self.service
-            .respond_request(&b.phone, a.phone.as_str(), "accept")
+            .respond_request(&b.phone, a.phone.as_str(), chat_core::Answer::Accept)
             .await
             .unwrap()
             .unwrap()

@@ -152,7 +152,11 @@ async fn join_send_and_leave_over_real_sockets() {
         .unwrap();
     let room: RoomId = s
         .service
-        .respond_request(&b.session.phone, a.session.phone.as_str(), "accept")
+        .respond_request(
+            &b.session.phone,
+            a.session.phone.as_str(),
+            chat_core::Answer::Accept,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -345,7 +349,11 @@ async fn large_and_small_frames_and_pongs_arrive_whole_over_real_sockets() {
         .unwrap();
     let room = s
         .service
-        .respond_request(&b.session.phone, a.session.phone.as_str(), "accept")
+        .respond_request(
+            &b.session.phone,
+            a.session.phone.as_str(),
+            chat_core::Answer::Accept,
+        )
         .await
         .unwrap()
         .unwrap();
