@@ -181,11 +181,16 @@ impl Client {
         )
         .await
         .ok();
+        self.accept(b, &a.phone).await
+    }
+
+    /// `me` accepts the pending request of `requester`; returns the room id.
+    pub async fn accept(&self, me: &User, requester: &str) -> String {
         let v = self
             .post(
                 "/respond_request",
-                Some(&b.token),
-                &json!({"phone1": a.phone, "phone2": b.phone, "action": "accept"}),
+                Some(&me.token),
+                &json!({"phone1": requester, "phone2": me.phone, "action": "accept"}),
             )
             .await
             .ok();

@@ -62,17 +62,7 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
         assert_eq!(ev["data"]["from"], A);
         let v = n2.get("/incoming_request", Some(&bu.token)).await.ok();
         assert_eq!(v["incoming_request"], json!([A]));
-        let room = n2
-            .post(
-                "/respond_request",
-                Some(&bu.token),
-                &json!({"phone1": A, "action": "accept"}),
-            )
-            .await
-            .ok()["message"]["chat_id"]
-            .as_str()
-            .expect("chat_id")
-            .to_owned();
+        let room = n2.accept(&bu, A).await;
         let ea = a_ws.recv_event("request_accepted").await;
         assert_eq!(
             ea["data"],

@@ -62,17 +62,7 @@ async fn names_travel_with_phones(b: Backend) {
     let v = app.get("/incoming_request", Some(&bu.token)).await.ok();
     assert_eq!(v["names"], json!({A: asha}), "{v}");
 
-    let room = app
-        .post(
-            "/respond_request",
-            Some(&bu.token),
-            &json!({"phone1": A, "action": "accept"}),
-        )
-        .await
-        .ok()["message"]["chat_id"]
-        .as_str()
-        .expect("chat_id")
-        .to_owned();
+    let room = app.accept(&bu, A).await;
     let ev = b_ws.recv_event("request_accepted").await;
     assert_eq!(ev["data"]["names"], json!({A: asha, B: "Ben"}), "{ev}");
     app.post(
