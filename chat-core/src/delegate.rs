@@ -1,18 +1,21 @@
-//! One way to write a [`Store`](crate::Store) that forwards to another: decorators (the
+//! One way to write a store that forwards to another: decorators (the
 //! [`InstrumentedStore`](crate::InstrumentedStore)) and test stores (a store that fails on
-//! demand) implement the port with [`delegate_store!`](crate::delegate_store) instead of
-//! forwarding its methods by hand, so an operation added to the port is forwarded everywhere by
-//! adding it here once.
+//! demand, the [`MockStore`](crate::store) of the `mocks` feature) implement the six parts of
+//! the port with [`delegate_store!`](crate::delegate_store) instead of forwarding their methods
+//! by hand, so an operation added to the port is forwarded everywhere by adding it here once.
 
-/// Implements [`Store`](crate::Store) for a type by forwarding every method to an inner store,
-/// each call passing through one expression.
+/// Implements every part of [`Store`](crate::Store) for a type by forwarding each method to an
+/// inner store, each call passing through one expression.
 ///
 /// `delegate_store!(Type, self => inner, call => around)`: `inner` is the store to forward to
 /// (an expression over `self`), and `around` is evaluated for each method with `call` bound to
-/// the inner call's future; it must produce the method's result. An optional block of further
-/// items (methods to write by hand, such as `append_messages` or `ping`) comes last; methods
-/// not in the block and not forwarded keep the trait's default (`append_messages`, which then
-/// goes through the forwarded `append_message`).
+/// the inner call's future; it must produce the method's result. With `(op, call) => around`,
+/// `op` is also bound, to the method's name (a `&'static str`, e.g. `"append_message"`), for
+/// per-operation metrics or failure injection.
+///
+/// `RoomStore::append_messages` is the one method not forwarded: it keeps the trait's default
+/// (one forwarded `append_message` after another) unless an optional last `rooms { ... }`
+/// block writes it by hand.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,18 +41,23 @@
 ///     call.await
 /// });
 /// ```
+///
+/// Each part can also be forwarded alone, to a different inner store:
+/// `delegate_store!(@sessions Type, self => inner, (op, call) => around)` (and `@presence`,
+/// `@nodes`, `@requests`, `@rooms`, `@timers`); the mocks are built that way.
 #[macro_export]
 macro_rules! delegate_store {
-    ($ty:ty, $this:ident => $inner:expr, $call:ident => $around:expr $(, { $($extra:tt)* })? $(,)?) => {
+    (@sessions $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
         #[$crate::__async_trait]
-        impl $crate::Store for $ty {
+        impl $crate::store::SessionStore for $ty {
             async fn create_session(
                 &$this,
                 session: $crate::Session,
                 refresh: ::core::option::Option<$crate::TokenDigest>,
                 http_until: $crate::Millis,
-            ) -> $crate::Result<$crate::Registered> {
+            ) -> $crate::Result<$crate::store::Registered> {
                 let $call = $inner.create_session(session, refresh, http_until);
+                let $op: &'static str = "create_session";
                 $around
             }
 
@@ -58,11 +66,13 @@ macro_rules! delegate_store {
                 token: &$crate::TokenDigest,
             ) -> $crate::Result<::core::option::Option<$crate::Session>> {
                 let $call = $inner.session(token);
+                let $op: &'static str = "session";
                 $around
             }
 
             async fn names(&$this, phones: &[$crate::Phone]) -> $crate::Result<$crate::Names> {
                 let $call = $inner.names(phones);
+                let $op: &'static str = "names";
                 $around
             }
 
@@ -74,6 +84,7 @@ macro_rules! delegate_store {
                 expires_at: $crate::Millis,
             ) -> $crate::Result<()> {
                 let $call = $inner.create_ticket(ticket, token, now, expires_at);
+                let $op: &'static str = "create_ticket";
                 $around
             }
 
@@ -83,6 +94,7 @@ macro_rules! delegate_store {
                 now: $crate::Millis,
             ) -> $crate::Result<::core::option::Option<$crate::Session>> {
                 let $call = $inner.take_ticket(ticket, now);
+                let $op: &'static str = "take_ticket";
                 $around
             }
 
@@ -90,17 +102,36 @@ macro_rules! delegate_store {
                 &$this,
                 token: &$crate::TokenDigest,
                 http_until: $crate::Millis,
-            ) -> $crate::Result<::core::option::Option<$crate::Touched>> {
+            ) -> $crate::Result<::core::option::Option<$crate::store::Touched>> {
                 let $call = $inner.touch(token, http_until);
+                let $op: &'static str = "touch";
                 $around
             }
 
+            async fn end_session(
+                &$this,
+                phone: &$crate::Phone,
+                offline_before: $crate::Millis,
+            ) -> $crate::Result<::core::option::Option<$crate::store::EndedSession>> {
+                let $call = $inner.end_session(phone, offline_before);
+                let $op: &'static str = "end_session";
+                $around
+            }
+
+            $($($extra)*)?
+        }
+    };
+
+    (@presence $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
+        #[$crate::__async_trait]
+        impl $crate::store::PresenceStore for $ty {
             async fn add_conn(
                 &$this,
                 phone: &$crate::Phone,
                 conn: &$crate::ConnKey,
             ) -> $crate::Result<bool> {
                 let $call = $inner.add_conn(phone, conn);
+                let $op: &'static str = "add_conn";
                 $around
             }
 
@@ -112,14 +143,16 @@ macro_rules! delegate_store {
                 grace_until: $crate::Millis,
             ) -> $crate::Result<()> {
                 let $call = $inner.remove_conn(phone, conn, now, grace_until);
+                let $op: &'static str = "remove_conn";
                 $around
             }
 
             async fn presence(
                 &$this,
                 phone: &$crate::Phone,
-            ) -> $crate::Result<::core::option::Option<$crate::PresenceState>> {
+            ) -> $crate::Result<::core::option::Option<$crate::store::PresenceState>> {
                 let $call = $inner.presence(phone);
+                let $op: &'static str = "presence";
                 $around
             }
 
@@ -130,6 +163,7 @@ macro_rules! delegate_store {
                 session_end_at: $crate::Millis,
             ) -> $crate::Result<bool> {
                 let $call = $inner.go_offline(phone, now, session_end_at);
+                let $op: &'static str = "go_offline";
                 $around
             }
 
@@ -140,15 +174,24 @@ macro_rules! delegate_store {
                 now: $crate::Millis,
             ) -> $crate::Result<$crate::OnlinePage> {
                 let $call = $inner.online_page(cursor, limit, now);
+                let $op: &'static str = "online_page";
                 $around
             }
 
+            $($($extra)*)?
+        }
+    };
+
+    (@nodes $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
+        #[$crate::__async_trait]
+        impl $crate::store::NodeStore for $ty {
             async fn heartbeat(
                 &$this,
                 node: &$crate::NodeId,
                 alive_until: $crate::Millis,
             ) -> $crate::Result<()> {
                 let $call = $inner.heartbeat(node, alive_until);
+                let $op: &'static str = "heartbeat";
                 $around
             }
 
@@ -158,6 +201,7 @@ macro_rules! delegate_store {
                 grace_until: $crate::Millis,
             ) -> $crate::Result<::std::vec::Vec<$crate::Phone>> {
                 let $call = $inner.reap_dead_nodes(now, grace_until);
+                let $op: &'static str = "reap_dead_nodes";
                 $around
             }
 
@@ -168,15 +212,30 @@ macro_rules! delegate_store {
                 grace_until: $crate::Millis,
             ) -> $crate::Result<::std::vec::Vec<$crate::Phone>> {
                 let $call = $inner.remove_node(node, now, grace_until);
+                let $op: &'static str = "remove_node";
                 $around
             }
 
+            async fn ping(&$this) -> $crate::Result<()> {
+                let $call = $inner.ping();
+                let $op: &'static str = "ping";
+                $around
+            }
+
+            $($($extra)*)?
+        }
+    };
+
+    (@requests $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
+        #[$crate::__async_trait]
+        impl $crate::store::RequestStore for $ty {
             async fn send_request(
                 &$this,
                 request: $crate::ChatRequest,
-                room: $crate::NewRoom,
-            ) -> $crate::Result<$crate::SendOutcome> {
+                room: $crate::store::NewRoom,
+            ) -> $crate::Result<$crate::store::SendOutcome> {
                 let $call = $inner.send_request(request, room);
+                let $op: &'static str = "send_request";
                 $around
             }
 
@@ -184,10 +243,11 @@ macro_rules! delegate_store {
                 &$this,
                 from: &$crate::Phone,
                 to: &$crate::Phone,
-                room: $crate::NewRoom,
+                room: $crate::store::NewRoom,
                 now: $crate::Millis,
             ) -> $crate::Result<::core::option::Option<$crate::Room>> {
                 let $call = $inner.accept_request(from, to, room, now);
+                let $op: &'static str = "accept_request";
                 $around
             }
 
@@ -198,6 +258,7 @@ macro_rules! delegate_store {
                 now: $crate::Millis,
             ) -> $crate::Result<bool> {
                 let $call = $inner.remove_request(from, to, now);
+                let $op: &'static str = "remove_request";
                 $around
             }
 
@@ -207,14 +268,23 @@ macro_rules! delegate_store {
                 now: $crate::Millis,
             ) -> $crate::Result<$crate::Requests> {
                 let $call = $inner.requests(phone, now);
+                let $op: &'static str = "requests";
                 $around
             }
 
+            $($($extra)*)?
+        }
+    };
+
+    (@rooms $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
+        #[$crate::__async_trait]
+        impl $crate::store::RoomStore for $ty {
             async fn room(
                 &$this,
                 id: &$crate::RoomId,
             ) -> $crate::Result<::core::option::Option<$crate::Room>> {
                 let $call = $inner.room(id);
+                let $op: &'static str = "room";
                 $around
             }
 
@@ -223,6 +293,7 @@ macro_rules! delegate_store {
                 phone: &$crate::Phone,
             ) -> $crate::Result<::std::vec::Vec<$crate::Room>> {
                 let $call = $inner.rooms_of(phone);
+                let $op: &'static str = "rooms_of";
                 $around
             }
 
@@ -231,6 +302,7 @@ macro_rules! delegate_store {
                 id: &$crate::RoomId,
             ) -> $crate::Result<::core::option::Option<$crate::Room>> {
                 let $call = $inner.delete_room(id);
+                let $op: &'static str = "delete_room";
                 $around
             }
 
@@ -239,8 +311,9 @@ macro_rules! delegate_store {
                 room: &$crate::RoomId,
                 message: $crate::NewMessage,
                 history_max: usize,
-            ) -> $crate::Result<$crate::Appended> {
+            ) -> $crate::Result<$crate::store::Appended> {
                 let $call = $inner.append_message(room, message, history_max);
+                let $op: &'static str = "append_message";
                 $around
             }
 
@@ -251,24 +324,24 @@ macro_rules! delegate_store {
                 limit: usize,
             ) -> $crate::Result<$crate::HistoryPage> {
                 let $call = $inner.history(room, after, limit);
+                let $op: &'static str = "history";
                 $around
             }
 
-            async fn end_session(
-                &$this,
-                phone: &$crate::Phone,
-                offline_before: $crate::Millis,
-            ) -> $crate::Result<::core::option::Option<$crate::EndedSession>> {
-                let $call = $inner.end_session(phone, offline_before);
-                $around
-            }
+            $($($extra)*)?
+        }
+    };
 
+    (@timers $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
+        #[$crate::__async_trait]
+        impl $crate::store::TimerStore for $ty {
             async fn schedule(
                 &$this,
-                timer: $crate::Timer,
+                timer: $crate::store::Timer,
                 at: $crate::Millis,
             ) -> $crate::Result<()> {
                 let $call = $inner.schedule(timer, at);
+                let $op: &'static str = "schedule";
                 $around
             }
 
@@ -277,22 +350,36 @@ macro_rules! delegate_store {
                 now: $crate::Millis,
                 lease_until: $crate::Millis,
                 limit: usize,
-            ) -> $crate::Result<::std::vec::Vec<$crate::DueTimer>> {
+            ) -> $crate::Result<::std::vec::Vec<$crate::store::DueTimer>> {
                 let $call = $inner.due_timers(now, lease_until, limit);
+                let $op: &'static str = "due_timers";
                 $around
             }
 
-            async fn finish_timer(&$this, due: &$crate::DueTimer) -> $crate::Result<()> {
+            async fn finish_timer(&$this, due: &$crate::store::DueTimer) -> $crate::Result<()> {
                 let $call = $inner.finish_timer(due);
-                $around
-            }
-
-            async fn ping(&$this) -> $crate::Result<()> {
-                let $call = $inner.ping();
+                let $op: &'static str = "finish_timer";
                 $around
             }
 
             $($($extra)*)?
         }
+    };
+
+    ($ty:ty, $this:ident => $inner:expr, $call:ident => $around:expr $(, rooms { $($rooms:tt)* })? $(,)?) => {
+        $crate::delegate_store!(
+            $ty, $this => $inner, (_op, $call) => $around $(, rooms { $($rooms)* })?
+        );
+    };
+
+    ($ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, rooms { $($rooms:tt)* })? $(,)?) => {
+        $crate::delegate_store!(@sessions $ty, $this => $inner, ($op, $call) => $around);
+        $crate::delegate_store!(@presence $ty, $this => $inner, ($op, $call) => $around);
+        $crate::delegate_store!(@nodes $ty, $this => $inner, ($op, $call) => $around);
+        $crate::delegate_store!(@requests $ty, $this => $inner, ($op, $call) => $around);
+        $crate::delegate_store!(
+            @rooms $ty, $this => $inner, ($op, $call) => $around $(, { $($rooms)* })?
+        );
+        $crate::delegate_store!(@timers $ty, $this => $inner, ($op, $call) => $around);
     };
 }

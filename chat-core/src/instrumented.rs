@@ -44,7 +44,11 @@ impl InstrumentedStore {
         &self.metrics
     }
 
-    async fn timed<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn timed<T>(
+        &self,
+        _op: &'static str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let start = Instant::now();
         let result = call.await;
         self.metrics.store_latency.observe(start.elapsed());
@@ -58,7 +62,7 @@ impl InstrumentedStore {
     }
 }
 
-crate::delegate_store!(InstrumentedStore, self => self.inner, call => self.timed(call).await, {
+crate::delegate_store!(InstrumentedStore, self => self.inner, (op, call) => self.timed(op, call).await, rooms {
     async fn append_messages(
         &self,
         batch: Vec<(RoomId, NewMessage)>,
@@ -85,7 +89,7 @@ crate::delegate_store!(InstrumentedStore, self => self.inner, call => self.timed
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MockStore;
+    use crate::store::{MockStore, PresenceStore, RoomStore, SessionStore};
     use crate::types::{Phone, Session};
 
     fn phone() -> Phone {
@@ -95,12 +99,18 @@ mod tests {
     #[tokio::test]
     async fn counts_store_unavailable_and_times_every_call() {
         let mut inner = MockStore::new();
-        inner.expect_presence().times(1).returning(|_| Ok(None));
         inner
+            .presence
+            .expect_presence()
+            .times(1)
+            .returning(|_| Ok(None));
+        inner
+            .rooms
             .expect_rooms_of()
             .times(1)
             .returning(|_| Err(Error::StoreUnavailable));
         inner
+            .sessions
             .expect_create_session()
             .times(1)
             .returning(|_, _, _| Err(Error::PhoneInUse));

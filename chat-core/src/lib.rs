@@ -23,7 +23,7 @@ mod limits;
 mod memory;
 mod metrics;
 mod service;
-mod store;
+pub mod store;
 mod time;
 mod types;
 
@@ -48,8 +48,8 @@ pub use service::{
 #[cfg(any(test, feature = "mocks"))]
 pub use store::MockStore;
 pub use store::{
-    Appended, DueTimer, EndedSession, NewRoom, PresenceState, Registered, SendOutcome, Store,
-    Timer, Touched,
+    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore, Registered,
+    RequestStore, RoomStore, SendOutcome, SessionStore, Store, Timer, TimerStore, Touched,
 };
 pub use time::{Clock, ManualClock, SystemClock, push_rfc3339, rfc3339};
 pub use types::{

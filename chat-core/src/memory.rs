@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::event::{Audience, Delivery, Event, EventBus, EventSink, SinkSlot};
 use crate::store::{
-    Appended, DueTimer, EndedSession, NewRoom, PresenceState, Registered, SendOutcome, Store,
-    Timer, Touched,
+    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore, Registered,
+    RequestStore, RoomStore, SendOutcome, SessionStore, Timer, TimerStore, Touched,
 };
 use crate::types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
@@ -324,7 +324,7 @@ impl MemoryStore {
 }
 
 #[async_trait::async_trait]
-impl Store for MemoryStore {
+impl SessionStore for MemoryStore {
     async fn create_session(
         &self,
         session: Session,
@@ -415,6 +415,64 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn end_session(
+        &self,
+        phone: &Phone,
+        offline_before: Millis,
+    ) -> Result<Option<EndedSession>> {
+        let mut s = self.state()?;
+        let due = s.presence.get(phone).is_none_or(|p| {
+            p.conns.is_empty() && p.offline_since.is_some_and(|t| t <= offline_before)
+        });
+        if !due {
+            return Ok(None);
+        }
+        let Some(session) = s.sessions.remove(phone) else {
+            return Ok(None);
+        };
+        s.tokens.remove(&session.token_digest);
+        s.presence.remove(phone);
+        s.online.remove(phone);
+        s.unschedule(&Timer::Presence(phone.clone()));
+        s.unschedule(&Timer::SessionEnd(phone.clone()));
+        let incoming: Vec<Phone> = s
+            .incoming
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let sent: Vec<Phone> = s
+            .outgoing
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for from in &incoming {
+            s.drop_request(from, phone);
+        }
+        for to in &sent {
+            s.drop_request(phone, to);
+        }
+        let room_ids: Vec<RoomId> = s
+            .user_rooms
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let rooms = room_ids.iter().filter_map(|id| s.remove_room(id)).collect();
+        Ok(Some(EndedSession {
+            session,
+            rooms,
+            requests: Requests { incoming, sent },
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl PresenceStore for MemoryStore {
     async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool> {
         let mut s = self.state()?;
         let Some(p) = s.presence.get_mut(phone) else {
@@ -499,7 +557,10 @@ impl Store for MemoryStore {
             next_cursor,
         })
     }
+}
 
+#[async_trait::async_trait]
+impl NodeStore for MemoryStore {
     async fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> Result<()> {
         self.state()?.nodes.insert(node.clone(), alive_until);
         Ok(())
@@ -529,6 +590,13 @@ impl Store for MemoryStore {
         Ok(self.state()?.forget_node(node, now, grace_until))
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.state().map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestStore for MemoryStore {
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
         let mut s = self.state()?;
         let (from, to, now) = (&request.from, &request.to, request.created_at);
@@ -615,7 +683,10 @@ impl Store for MemoryStore {
             sent: live(s.outgoing.get(phone), false),
         })
     }
+}
 
+#[async_trait::async_trait]
+impl RoomStore for MemoryStore {
     async fn room(&self, id: &RoomId) -> Result<Option<Room>> {
         Ok(self.state()?.rooms.get(id).map(|r| r.room.clone()))
     }
@@ -718,62 +789,10 @@ impl Store for MemoryStore {
             more,
         })
     }
+}
 
-    async fn end_session(
-        &self,
-        phone: &Phone,
-        offline_before: Millis,
-    ) -> Result<Option<EndedSession>> {
-        let mut s = self.state()?;
-        let due = s.presence.get(phone).is_none_or(|p| {
-            p.conns.is_empty() && p.offline_since.is_some_and(|t| t <= offline_before)
-        });
-        if !due {
-            return Ok(None);
-        }
-        let Some(session) = s.sessions.remove(phone) else {
-            return Ok(None);
-        };
-        s.tokens.remove(&session.token_digest);
-        s.presence.remove(phone);
-        s.online.remove(phone);
-        s.unschedule(&Timer::Presence(phone.clone()));
-        s.unschedule(&Timer::SessionEnd(phone.clone()));
-        let incoming: Vec<Phone> = s
-            .incoming
-            .get(phone)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        let sent: Vec<Phone> = s
-            .outgoing
-            .get(phone)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        for from in &incoming {
-            s.drop_request(from, phone);
-        }
-        for to in &sent {
-            s.drop_request(phone, to);
-        }
-        let room_ids: Vec<RoomId> = s
-            .user_rooms
-            .get(phone)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
-        let rooms = room_ids.iter().filter_map(|id| s.remove_room(id)).collect();
-        Ok(Some(EndedSession {
-            session,
-            rooms,
-            requests: Requests { incoming, sent },
-        }))
-    }
-
+#[async_trait::async_trait]
+impl TimerStore for MemoryStore {
     async fn schedule(&self, timer: Timer, at: Millis) -> Result<()> {
         self.state()?.schedule(timer, at);
         Ok(())
@@ -809,10 +828,6 @@ impl Store for MemoryStore {
             s.timers.remove(&(due.lease_until, due.timer.clone()));
         }
         Ok(())
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.state().map(|_| ())
     }
 }
 

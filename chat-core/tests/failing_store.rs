@@ -68,6 +68,7 @@ fn room() -> Room {
 async fn register_with_store_down_publishes_nothing() {
     let mut store = MockStore::new();
     store
+        .sessions
         .expect_create_session()
         .times(1)
         .returning(|_, _, _| down());
@@ -84,15 +85,19 @@ async fn register_that_was_stored_is_not_reported_failed() {
     // 503 would leave the phone taken by a session whose token nobody has. (A refreshed session
     // is the one with peers to tell.)
     let mut store = MockStore::new();
-    store.expect_create_session().returning(|s, _, _| {
+    store.sessions.expect_create_session().returning(|s, _, _| {
         Ok(Registered {
             session: s,
             refreshed: true,
             came_online: true,
         })
     });
-    store.expect_requests().times(1).returning(|_, _| down());
-    store.expect_rooms_of().returning(|_| down());
+    store
+        .requests
+        .expect_requests()
+        .times(1)
+        .returning(|_, _| down());
+    store.rooms.expect_rooms_of().returning(|_| down());
     let chat = service(store, silent_bus());
     let got = chat.register("+14155550100", None, None).await.unwrap();
     assert_eq!(got.session.phone, a());
@@ -103,15 +108,19 @@ async fn a_new_session_looks_for_no_peers() {
     // Requests and rooms end with the session before: a new one has nobody to tell it is
     // online, so registering costs the store one call.
     let mut store = MockStore::new();
-    store.expect_create_session().times(1).returning(|s, _, _| {
-        Ok(Registered {
-            session: s,
-            refreshed: false,
-            came_online: true,
-        })
-    });
-    store.expect_requests().never();
-    store.expect_rooms_of().never();
+    store
+        .sessions
+        .expect_create_session()
+        .times(1)
+        .returning(|s, _, _| {
+            Ok(Registered {
+                session: s,
+                refreshed: false,
+                came_online: true,
+            })
+        });
+    store.requests.expect_requests().never();
+    store.rooms.expect_rooms_of().never();
     let mut bus = MockEventBus::new();
     bus.expect_publish().never();
     let chat = service(store, bus);
@@ -122,8 +131,8 @@ async fn a_new_session_looks_for_no_peers() {
 #[tokio::test]
 async fn authenticate_with_store_down_is_not_unauthorized() {
     let mut store = MockStore::new();
-    store.expect_touch().returning(|_, _| down());
-    store.expect_session().returning(|_| down());
+    store.sessions.expect_touch().returning(|_, _| down());
+    store.sessions.expect_session().returning(|_| down());
     let chat = service(store, silent_bus());
     let token = Token::generate().unwrap();
     assert_eq!(
@@ -141,13 +150,13 @@ async fn authenticate_that_touched_is_not_reported_failed() {
     let me = session(a());
     let found = me.clone();
     let mut store = MockStore::new();
-    store.expect_touch().returning(move |_, _| {
+    store.sessions.expect_touch().returning(move |_, _| {
         Ok(Some(Touched {
             session: found.clone(),
             came_online: true,
         }))
     });
-    store.expect_requests().returning(|_, _| down());
+    store.requests.expect_requests().returning(|_, _| down());
     let chat = service(store, silent_bus());
     // The mock finds the session whatever the token.
     let token = Token::generate().unwrap();
@@ -158,8 +167,12 @@ async fn authenticate_that_touched_is_not_reported_failed() {
 async fn accept_with_store_down_publishes_no_request_accepted() {
     let mut store = MockStore::new();
     // Names are looked up for the events; none here.
-    store.expect_names().returning(|_| Ok(Names::new()));
     store
+        .sessions
+        .expect_names()
+        .returning(|_| Ok(Names::new()));
+    store
+        .requests
         .expect_accept_request()
         .times(1)
         .returning(|_, _, _, _| down());
@@ -175,6 +188,7 @@ async fn accept_with_store_down_publishes_no_request_accepted() {
 async fn decline_and_cancel_with_store_down_publish_nothing() {
     let mut store = MockStore::new();
     store
+        .requests
         .expect_remove_request()
         .times(2)
         .returning(|_, _, _| down());
@@ -194,10 +208,14 @@ async fn decline_and_cancel_with_store_down_publish_nothing() {
 async fn send_request_with_store_down_sends_no_chat_request() {
     let mut store = MockStore::new();
     // Names are looked up for the events; none here.
-    store.expect_names().returning(|_| Ok(Names::new()));
-    // The store checks the target's presence itself, in the same step.
-    store.expect_presence().never();
     store
+        .sessions
+        .expect_names()
+        .returning(|_| Ok(Names::new()));
+    // The store checks the target's presence itself, in the same step.
+    store.presence.expect_presence().never();
+    store
+        .requests
         .expect_send_request()
         .times(1)
         .returning(|_, _| down());
@@ -212,8 +230,12 @@ async fn send_request_with_store_down_sends_no_chat_request() {
 async fn send_request_to_an_offline_user_publishes_nothing() {
     let mut store = MockStore::new();
     // Names are looked up for the events; none here.
-    store.expect_names().returning(|_| Ok(Names::new()));
     store
+        .sessions
+        .expect_names()
+        .returning(|_| Ok(Names::new()));
+    store
+        .requests
         .expect_send_request()
         .times(1)
         .returning(|_, _| Err(Error::UserNotFound));
@@ -230,6 +252,7 @@ async fn send_request_to_an_offline_user_publishes_nothing() {
 async fn send_message_with_store_down_counts_no_message() {
     let mut store = MockStore::new();
     store
+        .rooms
         .expect_append_message()
         .times(1)
         .returning(|_, _, _| down());
@@ -246,6 +269,7 @@ async fn send_messages_with_store_down_answers_each_unavailable() {
     let mut store = MockStore::new();
     // One result for a batch of two: the store failed the rest.
     store
+        .rooms
         .expect_append_messages()
         .times(1)
         .withf(|batch, _| batch.len() == 2)
@@ -271,10 +295,15 @@ async fn close_room_with_store_down_publishes_no_room_closed() {
     let id = r.id;
     let mut store = MockStore::new();
     store
+        .rooms
         .expect_room()
         .with(eq(id))
         .returning(move |_| Ok(Some(r.clone())));
-    store.expect_delete_room().times(1).returning(|_| down());
+    store
+        .rooms
+        .expect_delete_room()
+        .times(1)
+        .returning(|_| down());
     let chat = service(store, silent_bus());
     assert_eq!(
         chat.close_room(&a(), &id.to_string()).await,
@@ -285,10 +314,13 @@ async fn close_room_with_store_down_publishes_no_room_closed() {
 #[tokio::test]
 async fn history_and_rooms_with_store_down() {
     let mut store = MockStore::new();
-    store.expect_room().returning(|_| down());
-    store.expect_rooms_of().returning(|_| down());
-    store.expect_requests().returning(|_, _| down());
-    store.expect_online_page().returning(|_, _, _| down());
+    store.rooms.expect_room().returning(|_| down());
+    store.rooms.expect_rooms_of().returning(|_| down());
+    store.requests.expect_requests().returning(|_, _| down());
+    store
+        .presence
+        .expect_online_page()
+        .returning(|_, _, _| down());
     let chat = service(store, silent_bus());
     let id = RoomId::generate().to_string();
     assert_eq!(
@@ -314,7 +346,11 @@ async fn history_and_rooms_with_store_down() {
 #[tokio::test]
 async fn connect_with_store_down_announces_nothing() {
     let mut store = MockStore::new();
-    store.expect_add_conn().times(1).returning(|_, _| down());
+    store
+        .presence
+        .expect_add_conn()
+        .times(1)
+        .returning(|_, _| down());
     let chat = service(store, silent_bus());
     let conn = chat.new_conn();
     assert_eq!(
@@ -328,8 +364,8 @@ async fn connect_that_was_counted_is_not_reported_failed() {
     // add_conn counted the socket: an error now would make the adapter drop a socket the store
     // still counts, keeping its user online until the node dies.
     let mut store = MockStore::new();
-    store.expect_add_conn().returning(|_, _| Ok(true));
-    store.expect_requests().returning(|_, _| down());
+    store.presence.expect_add_conn().returning(|_, _| Ok(true));
+    store.requests.expect_requests().returning(|_, _| down());
     let chat = service(store, silent_bus());
     let conn = chat.new_conn();
     assert_eq!(chat.connect(&a(), &conn).await, Ok(()));
@@ -339,8 +375,14 @@ async fn connect_that_was_counted_is_not_reported_failed() {
 async fn a_bus_down_does_not_fail_a_stored_change() {
     let mut store = MockStore::new();
     // Names are looked up for the events; none here.
-    store.expect_names().returning(|_| Ok(Names::new()));
-    store.expect_remove_request().returning(|_, _, _| Ok(true));
+    store
+        .sessions
+        .expect_names()
+        .returning(|_| Ok(Names::new()));
+    store
+        .requests
+        .expect_remove_request()
+        .returning(|_, _, _| Ok(true));
     let mut bus = MockEventBus::new();
     bus.expect_publish().times(1).returning(|_| down());
     let chat = service(store, bus);
@@ -352,14 +394,19 @@ async fn requests_and_accepts_are_published_by_the_store_not_again() {
     // The store publishes chat_request / request_accepted in the same step as the change.
     let mut store = MockStore::new();
     // Names are looked up for the events; none here.
-    store.expect_names().returning(|_| Ok(Names::new()));
     store
+        .sessions
+        .expect_names()
+        .returning(|_| Ok(Names::new()));
+    store
+        .requests
         .expect_send_request()
         .times(1)
         .returning(|_, _| Ok(SendOutcome::Sent));
     let r = room();
     let id = r.id;
     store
+        .requests
         .expect_accept_request()
         .times(1)
         .returning(move |_, _, _, _| Ok(Some(r.clone())));
@@ -379,26 +426,34 @@ async fn requests_and_accepts_are_published_by_the_store_not_again() {
 
 fn ticking_store() -> MockStore {
     let mut store = MockStore::new();
-    store.expect_heartbeat().returning(|_, _| Ok(()));
-    store.expect_reap_dead_nodes().returning(|_, _| Ok(vec![]));
+    store.nodes.expect_heartbeat().returning(|_, _| Ok(()));
+    store
+        .nodes
+        .expect_reap_dead_nodes()
+        .returning(|_, _| Ok(vec![]));
     store
 }
 
 #[tokio::test]
 async fn tick_with_store_down_finishes_no_timer() {
     let mut store = ticking_store();
-    store.expect_due_timers().times(1).returning(|_, lease, _| {
-        Ok(vec![DueTimer {
-            timer: Timer::Presence(a()),
-            lease_until: lease,
-        }])
-    });
     store
+        .timers
+        .expect_due_timers()
+        .times(1)
+        .returning(|_, lease, _| {
+            Ok(vec![DueTimer {
+                timer: Timer::Presence(a()),
+                lease_until: lease,
+            }])
+        });
+    store
+        .presence
         .expect_go_offline()
         .times(1)
         .returning(|_, _, _| down());
     // The timer stays leased and comes back after its lease: the work is retried, not lost.
-    store.expect_finish_timer().never();
+    store.timers.expect_finish_timer().never();
     let chat = service(store, silent_bus());
     assert_eq!(chat.tick().await, Err(Error::StoreUnavailable));
 }
@@ -406,8 +461,8 @@ async fn tick_with_store_down_finishes_no_timer() {
 #[tokio::test]
 async fn tick_with_heartbeat_down_takes_no_timer() {
     let mut store = MockStore::new();
-    store.expect_heartbeat().returning(|_, _| down());
-    store.expect_due_timers().never();
+    store.nodes.expect_heartbeat().returning(|_, _| down());
+    store.timers.expect_due_timers().never();
     let chat = service(store, silent_bus());
     assert_eq!(chat.tick().await, Err(Error::StoreUnavailable));
 }
@@ -421,37 +476,58 @@ async fn a_retried_presence_timer_still_schedules_idle_rooms() {
     let id = r.id;
     let offline_at = NOW - 40_000;
     let mut store = ticking_store();
-    store.expect_due_timers().times(1).returning(|_, lease, _| {
-        Ok(vec![DueTimer {
-            timer: Timer::Presence(a()),
-            lease_until: lease,
-        }])
-    });
-    store.expect_go_offline().returning(|_, _, _| Ok(false));
-    store.expect_presence().with(eq(a())).returning(move |_| {
-        Ok(Some(PresenceState {
-            conns: 0,
-            http_until: offline_at,
-            offline_since: Some(offline_at),
-        }))
-    });
-    store.expect_presence().with(eq(b())).returning(move |_| {
-        Ok(Some(PresenceState {
-            conns: 0,
-            http_until: offline_at - 5_000,
-            offline_since: Some(offline_at - 5_000),
-        }))
-    });
     store
+        .timers
+        .expect_due_timers()
+        .times(1)
+        .returning(|_, lease, _| {
+            Ok(vec![DueTimer {
+                timer: Timer::Presence(a()),
+                lease_until: lease,
+            }])
+        });
+    store
+        .presence
+        .expect_go_offline()
+        .returning(|_, _, _| Ok(false));
+    store
+        .presence
+        .expect_presence()
+        .with(eq(a()))
+        .returning(move |_| {
+            Ok(Some(PresenceState {
+                conns: 0,
+                http_until: offline_at,
+                offline_since: Some(offline_at),
+            }))
+        });
+    store
+        .presence
+        .expect_presence()
+        .with(eq(b()))
+        .returning(move |_| {
+            Ok(Some(PresenceState {
+                conns: 0,
+                http_until: offline_at - 5_000,
+                offline_since: Some(offline_at - 5_000),
+            }))
+        });
+    store
+        .rooms
         .expect_rooms_of()
         .with(eq(a()))
         .returning(move |_| Ok(vec![r.clone()]));
     store
+        .timers
         .expect_schedule()
         .with(eq(Timer::RoomIdle(id)), eq(offline_at + 300_000))
         .times(1)
         .returning(|_, _| Ok(()));
-    store.expect_finish_timer().times(1).returning(|_| Ok(()));
+    store
+        .timers
+        .expect_finish_timer()
+        .times(1)
+        .returning(|_| Ok(()));
     let chat = service(store, silent_bus());
     assert_eq!(chat.tick().await.unwrap().timers, 1);
 }

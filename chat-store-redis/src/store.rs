@@ -1,14 +1,17 @@
-//! `Store` and `EventBus` for [`RedisStore`]: argument encoding, one function or command per
+//! The six parts of the `Store` port and the `EventBus` for [`RedisStore`]: argument encoding, one function or command per
 //! operation, and what each reply means (its shape is decoded by the types of [`reply`]). The
 //! rules themselves live in the Lua functions.
 
 use std::sync::Arc;
 
+use chat_core::store::{
+    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore, Registered,
+    RequestStore, RoomStore, SendOutcome, SessionStore, Timer, TimerStore, Touched,
+};
 use chat_core::{
-    Appended, Audience, ChatRequest, ConnKey, Delivery, DueTimer, EndedSession, Error, EventBus,
-    EventSink, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NewRoom, NodeId,
-    OnlinePage, Phone, PresenceState, Registered, Requests, Result, Room, RoomId, SendOutcome,
-    Session, Store, Timer, TokenDigest, Touched,
+    Audience, ChatRequest, ConnKey, Delivery, Error, EventBus, EventSink, HistoryPage, Message,
+    MessageId, Millis, Names, NewMessage, NodeId, OnlinePage, Phone, Requests, Result, Room,
+    RoomId, Session, TokenDigest,
 };
 use redis::{FromRedisValue, Value};
 
@@ -229,7 +232,7 @@ fn appended(room_: RoomId, message: NewMessage, reply: AppendReply) -> Result<Ap
 }
 
 #[async_trait::async_trait]
-impl Store for RedisStore {
+impl SessionStore for RedisStore {
     async fn create_session(
         &self,
         session: Session,
@@ -356,6 +359,35 @@ impl Store for RedisStore {
         }))
     }
 
+    async fn end_session(
+        &self,
+        phone_: &Phone,
+        offline_before: Millis,
+    ) -> Result<Option<EndedSession>> {
+        let reply: Option<EndReply> = self
+            .run(
+                Function::EndSession,
+                &[phone_.as_str(), &offline_before.to_string()],
+            )
+            .await?;
+        Ok(reply.map(|e| EndedSession {
+            session: Session {
+                phone: phone_.clone(),
+                name: e.name,
+                token_digest: e.token,
+                created_at: e.created_at,
+            },
+            rooms: e.rooms.0,
+            requests: Requests {
+                incoming: e.incoming.0,
+                sent: e.sent.0,
+            },
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl PresenceStore for RedisStore {
     async fn add_conn(&self, phone: &Phone, conn: &ConnKey) -> Result<bool> {
         let (cm, nm) = conn_members(phone, conn);
         let added: i64 = self
@@ -439,7 +471,10 @@ impl Store for RedisStore {
             next_cursor,
         })
     }
+}
 
+#[async_trait::async_trait]
+impl NodeStore for RedisStore {
     async fn heartbeat(&self, node: &NodeId, alive_until: Millis) -> Result<()> {
         self.command(
             redis::cmd("ZADD")
@@ -478,6 +513,19 @@ impl Store for RedisStore {
         Ok(orphans)
     }
 
+    /// Ready means serving: the command connection answers, and the subscriber connection is up
+    /// with every wanted channel subscribed on it (see [`crate::bus`]). Until the watchdog has
+    /// resubscribed after an outage, a message acknowledged now would reach no local socket.
+    async fn ping(&self) -> Result<()> {
+        if !self.inner.bus.serving() {
+            return Err(Error::StoreUnavailable);
+        }
+        self.command(&redis::cmd("PING")).await.map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestStore for RedisStore {
     async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<SendOutcome> {
         let (from, to) = (&request.from, &request.to);
         let asked = self.event(&Delivery::chat_request(
@@ -565,7 +613,10 @@ impl Store for RedisStore {
             .await?;
         Ok(Requests { incoming, sent })
     }
+}
 
+#[async_trait::async_trait]
+impl RoomStore for RedisStore {
     async fn room(&self, id: &RoomId) -> Result<Option<Room>> {
         let mut key = RoomKey::new(&self.inner.prefix, id);
         let meta: RoomMeta = decode(
@@ -690,33 +741,10 @@ impl Store for RedisStore {
         }
         Ok(HistoryPage { messages, more })
     }
+}
 
-    async fn end_session(
-        &self,
-        phone_: &Phone,
-        offline_before: Millis,
-    ) -> Result<Option<EndedSession>> {
-        let reply: Option<EndReply> = self
-            .run(
-                Function::EndSession,
-                &[phone_.as_str(), &offline_before.to_string()],
-            )
-            .await?;
-        Ok(reply.map(|e| EndedSession {
-            session: Session {
-                phone: phone_.clone(),
-                name: e.name,
-                token_digest: e.token,
-                created_at: e.created_at,
-            },
-            rooms: e.rooms.0,
-            requests: Requests {
-                incoming: e.incoming.0,
-                sent: e.sent.0,
-            },
-        }))
-    }
-
+#[async_trait::async_trait]
+impl TimerStore for RedisStore {
     async fn schedule(&self, timer: Timer, at_: Millis) -> Result<()> {
         self.command(
             redis::cmd("ZADD")
@@ -769,16 +797,6 @@ impl Store for RedisStore {
         )
         .await?;
         Ok(())
-    }
-
-    /// Ready means serving: the command connection answers, and the subscriber connection is up
-    /// with every wanted channel subscribed on it (see [`crate::bus`]). Until the watchdog has
-    /// resubscribed after an outage, a message acknowledged now would reach no local socket.
-    async fn ping(&self) -> Result<()> {
-        if !self.inner.bus.serving() {
-            return Err(Error::StoreUnavailable);
-        }
-        self.command(&redis::cmd("PING")).await.map(|_| ())
     }
 }
 

@@ -8,9 +8,10 @@ mod common;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use chat_core::store::prelude::*;
 use chat_core::{
     Appended, Audience, ChatRequest, ConnKey, Delivery, Error, Event, EventBus, EventSink,
-    NewMessage, NewRoom, NodeId, Phone, RoomId, SendOutcome, Session, Store, Token,
+    NewMessage, NewRoom, NodeId, Phone, RoomId, SendOutcome, Session, Token,
 };
 use chat_store_redis::RedisStore;
 use chat_store_redis::bus::DELIVERY_QUEUE;

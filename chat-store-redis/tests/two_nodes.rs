@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_core::store::prelude::*;
 use chat_core::{
     Appended, Audience, ChatService, Config, ConnKey, Delivery, Event, EventBus, ManualClock,
     NewMessage, NodeId, Phone, Session, Store, Token,

@@ -1,0 +1,75 @@
+//! Rooms and their history: the live rooms, appending messages (published in the same step)
+//! and reading history.
+
+use crate::error::Result;
+use crate::types::{HistoryPage, Message, MessageId, NewMessage, Phone, Room, RoomId};
+
+/// What [`RoomStore::append_message`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (and published) now.
+    New(Message),
+    /// The same sender sent the same `client_id` in this room before: the first message.
+    Duplicate(Message),
+}
+
+impl Appended {
+    /// The message, new or first.
+    pub fn into_message(self) -> Message {
+        match self {
+            Appended::New(m) | Appended::Duplicate(m) => m,
+        }
+    }
+}
+
+/// Rooms and their message history.
+///
+/// Part of the [`Store`](super::Store) port; its contract holds for every method here.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait RoomStore: Send + Sync + 'static {
+    /// A live room.
+    async fn room(&self, id: &RoomId) -> Result<Option<Room>>;
+
+    /// The user's live rooms.
+    async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>>;
+
+    /// Deletes a room with its history; the room if it existed.
+    async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>>;
+
+    /// Appends a message (`RoomNotFound` for no room, `Forbidden` for a non-member), keeping at
+    /// least the last `history_max`. A repeated `client_id` of the same sender is not stored
+    /// again. A new message is published to `Audience::Room` as `Event::ReceiveMessage`
+    /// through this backend's bus in the same atomic step, so deliveries follow history order.
+    async fn append_message(
+        &self,
+        room: &RoomId,
+        message: NewMessage,
+        history_max: usize,
+    ) -> Result<Appended>;
+
+    /// Appends `batch` in order, exactly as [`RoomStore::append_message`] would one after another,
+    /// each with its own result in the same position; a failure of one leaves the others
+    /// standing. A backend may do it in one round trip (the Redis store pipelines them): it is
+    /// how a socket's burst of messages costs one store call. The default calls
+    /// `append_message` for each.
+    async fn append_messages(
+        &self,
+        batch: Vec<(RoomId, NewMessage)>,
+        history_max: usize,
+    ) -> Vec<Result<Appended>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for (room, message) in batch {
+            results.push(self.append_message(&room, message, history_max).await);
+        }
+        results
+    }
+
+    /// History, oldest first: the first `limit` strictly after `after`, or the latest `limit`.
+    async fn history(
+        &self,
+        room: &RoomId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage>;
+}
