@@ -26,9 +26,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Progress, Report, histogram};
-use crate::stats::{Observers, Window, cpu_delta, per};
+use crate::stats::{Observers, ProcReader, ProcSample, Window, cpu_delta, per};
 use crate::target::Target;
-use crate::users::{Plan, raise_nofile};
+use crate::users::{Plan, Population, raise_nofile};
 use crate::ws::{ErrorData, Incoming, MessageData, Ws};
 use crate::{CommonArgs, Result, secs};
 
@@ -223,32 +223,23 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     let target = Target::resolve(&args.common.url).await?;
     let observers = Observers::new(&args.common).await?;
 
+    // Setup: registered, paired users with their sockets open, and a reader on each socket.
     let users = args.pairs * 2;
-    let plan = Plan {
-        users,
-        per_addr: args.per_addr,
-        read_buffer: 16 << 10,
-        connect_concurrency: args.common.connect_concurrency,
-    };
-    let pop = crate::users::build(&target, &args.common, plan).await?;
+    let pop = populate(&target, &args, users).await?;
     let senders: Vec<usize> = (0..users).filter(|u| !args.one_way || u % 2 == 0).collect();
     let shared = Shared::new(users, load);
     let mut sockets = Sockets::start(pop.sockets, &shared);
     let _progress = progress(shared.clone());
 
     // Measurement window: from the first send to the end of the drain.
-    let own = crate::stats::ProcReader::new(std::process::id()).ok();
-    let own_start = own.as_ref().and_then(|o| o.sample().ok());
+    let own_cpu = OwnCpu::start();
     let meters_start = observers.sample().await?;
     let sent = send_and_drain(&args, load, &senders, &pop.rooms, &mut sockets, &shared).await?;
     let meters_end = observers.sample().await?;
-    let own_end = own.as_ref().and_then(|o| o.sample().ok());
-    let client_cpu = match (own_start, own_end) {
-        (Some(a), Some(b)) => Some(b.cpu_us.saturating_sub(a.cpu_us)),
-        _ => None,
-    };
-    let latency = sockets.finish().await?;
+    let client_cpu = own_cpu.elapsed_us();
 
+    // Collecting: the readers' latencies, then what was acked and never delivered.
+    let latency = sockets.finish().await?;
     let measured = Measured {
         senders: senders.len(),
         setup_secs: pop.setup_secs,
@@ -261,6 +252,41 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     };
     report(&args, load, &shared, &measured).print(args.common.json);
     Ok(())
+}
+
+/// Registers `users` users, pairs them into one room per pair and opens their sockets.
+async fn populate(target: &Target, args: &ChatArgs, users: usize) -> Result<Population> {
+    let plan = Plan {
+        users,
+        per_addr: args.per_addr,
+        read_buffer: 16 << 10,
+        connect_concurrency: args.common.connect_concurrency,
+    };
+    crate::users::build(target, &args.common, plan).await
+}
+
+/// This process's CPU time over the measurement window: the load generator shares the cores
+/// with the server, so its own cost is reported too. `None` where `/proc` cannot be read.
+struct OwnCpu {
+    reader: Option<ProcReader>,
+    start: Option<ProcSample>,
+}
+
+impl OwnCpu {
+    fn start() -> OwnCpu {
+        let reader = ProcReader::new(std::process::id()).ok();
+        let start = reader.as_ref().and_then(|r| r.sample().ok());
+        OwnCpu { reader, start }
+    }
+
+    /// CPU µs used since [`OwnCpu::start`].
+    fn elapsed_us(&self) -> Option<u64> {
+        let end = self.reader.as_ref().and_then(|r| r.sample().ok());
+        match (self.start, end) {
+            (Some(a), Some(b)) => Some(b.cpu_us.saturating_sub(a.cpu_us)),
+            _ => None,
+        }
+    }
 }
 
 /// The users' sockets, split: a reader task on each read half, and the write halves, which the
@@ -339,6 +365,15 @@ struct Sent {
     drain_secs: f64,
 }
 
+/// When the senders send: from `start` until `end` (`--duration` later). No wait of a sender
+/// outlasts `hard_end` (`--drain` after `end`), so a blocked socket cannot hold up the run.
+#[derive(Debug, Clone, Copy)]
+struct SendWindow {
+    start: tokio::time::Instant,
+    end: tokio::time::Instant,
+    hard_end: tokio::time::Instant,
+}
+
 /// Sends from now for `--duration` (a [`sender`] task for each of `senders`, paced by `load`),
 /// then waits up to `--drain` for what is still on its way.
 async fn send_and_drain(
@@ -352,52 +387,25 @@ async fn send_and_drain(
     let duration = secs(args.duration);
     let drain = secs(args.drain);
     let start = tokio::time::Instant::now();
-    let deadline = start + duration;
-    let mut sender_tasks = tokio::task::JoinSet::new();
-    let mut schedules = Vec::with_capacity(senders.len());
-    for &u in senders {
-        let Some(sink) = sockets.sinks[u].take() else {
-            continue;
-        };
-        let room = rooms[u / 2].clone();
-        let pace = match load {
-            Load::Open { .. } => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                schedules.push(tx);
-                Pace::Open(rx)
-            }
-            Load::Closed { .. } => Pace::Closed,
-        };
-        sender_tasks.spawn(sender(
-            sink,
-            u,
-            room,
-            shared.clone(),
-            pace,
-            deadline,
-            deadline + drain,
-            args.msg_bytes,
-        ));
-    }
-    let pacer = match load {
-        Load::Open { rate } => {
-            let (base, start, until) = (shared.base, start.into_std(), deadline.into_std());
-            Some(
-                std::thread::Builder::new()
-                    .name("pacer".into())
-                    .spawn(move || pace(schedules, base, start, rate, until))?,
-            )
-        }
-        Load::Closed { .. } => None,
+    let window = SendWindow {
+        start,
+        end: start + duration,
+        hard_end: start + duration + drain,
     };
-    tokio::time::sleep_until(deadline).await;
-    if let Some(pacer) = pacer {
-        // It ends at the deadline; joined off the runtime's threads.
-        let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
-    }
+    let mut sending = Sending::start(
+        args.msg_bytes,
+        load,
+        window,
+        senders,
+        rooms,
+        sockets,
+        shared,
+    )?;
+    tokio::time::sleep_until(window.end).await;
+    sending.stop_pacer().await;
     let delivered_in_window = shared.counters.delivered.load(Ordering::Relaxed);
     let sent_in_window = shared.counters.sent.load(Ordering::Relaxed);
-    while sender_tasks.join_next().await.is_some() {}
+    sending.join_senders().await;
     let send_end = tokio::time::Instant::now();
     wait_for_stragglers(&shared.counters, send_end + drain).await;
     Ok(Sent {
@@ -406,6 +414,80 @@ async fn send_and_drain(
         delivered_in_window,
         drain_secs: send_end.elapsed().as_secs_f64(),
     })
+}
+
+/// The running senders and, in the open loop, the [`pace`] thread that feeds them.
+struct Sending {
+    senders: tokio::task::JoinSet<()>,
+    pacer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sending {
+    /// Starts a [`sender`] for each user of `senders` on its socket's write half (taken from
+    /// `sockets`) and its pair's room; in the open loop, also the pacer thread.
+    fn start(
+        msg_bytes: usize,
+        load: Load,
+        window: SendWindow,
+        senders: &[usize],
+        rooms: &[String],
+        sockets: &mut Sockets,
+        shared: &Arc<Shared>,
+    ) -> Result<Sending> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut schedules = Vec::with_capacity(senders.len());
+        for &u in senders {
+            let Some(sink) = sockets.sinks[u].take() else {
+                continue;
+            };
+            let room = rooms[u / 2].clone();
+            let pace = match load {
+                Load::Open { .. } => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    schedules.push(tx);
+                    Pace::Open(rx)
+                }
+                Load::Closed { .. } => Pace::Closed,
+            };
+            tasks.spawn(sender(
+                sink,
+                u,
+                room,
+                shared.clone(),
+                pace,
+                window,
+                msg_bytes,
+            ));
+        }
+        let pacer = match load {
+            Load::Open { rate } => {
+                let (base, start, until) =
+                    (shared.base, window.start.into_std(), window.end.into_std());
+                Some(
+                    std::thread::Builder::new()
+                        .name("pacer".into())
+                        .spawn(move || pace(schedules, base, start, rate, until))?,
+                )
+            }
+            Load::Closed { .. } => None,
+        };
+        Ok(Sending {
+            senders: tasks,
+            pacer,
+        })
+    }
+
+    /// Waits for the pacer, which ends at the window's end; joined off the runtime's threads.
+    async fn stop_pacer(&mut self) {
+        if let Some(pacer) = self.pacer.take() {
+            let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+        }
+    }
+
+    /// Waits for every sender to end (each stops at the window's end, or when its socket fails).
+    async fn join_senders(mut self) {
+        while self.senders.join_next().await.is_some() {}
+    }
 }
 
 /// Waits until every sent message is answered (ack or error) and delivered (unless refused),
@@ -629,18 +711,17 @@ enum Pace {
     Closed,
 }
 
-/// Sends this user's messages until `deadline`; every wait is bounded by `hard_deadline`.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
+/// Sends this user's messages until `window.end`; every wait is bounded by `window.hard_end`.
 async fn sender(
     mut sink: SplitSink<Ws, Message>,
     me: usize,
     room: String,
     shared: Arc<Shared>,
     mut pace: Pace,
-    deadline: tokio::time::Instant,
-    hard_deadline: tokio::time::Instant,
+    window: SendWindow,
     msg_bytes: usize,
 ) {
+    let (deadline, hard_deadline) = (window.end, window.hard_end);
     let flow = &shared.flows[me];
     let mut frame = String::with_capacity(msg_bytes + room.len() + 96);
     let mut seq: u64 = 0;

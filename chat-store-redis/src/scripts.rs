@@ -1,8 +1,9 @@
-//! The Lua code: every store operation that reads and then writes, or writes more than one key,
-//! is one Lua function, so Redis runs it atomically and a failure leaves nothing half-written.
+//! The store's Redis function library: every store operation that reads and then writes, or
+//! writes more than one key, is one function of it (written in Lua), so Redis runs it
+//! atomically and a failure leaves nothing half-written.
 //!
-//! The functions form one Redis function library ([`Library`], `FUNCTION LOAD`, Redis 7.0+),
-//! called with `FCALL`. Redis compiles the library and runs its top level once, at load: the
+//! The library ([`Library`]) is loaded with `FUNCTION LOAD` (Redis 7.0+) and its functions
+//! are called with `FCALL`. Redis compiles the library and runs its top level once, at load: the
 //! shared helpers of the prelude (`src/lua/prelude.lua`) are defined then, not on every call
 //! (as an `EVAL` script that carries them must), which was half or more of a small script's
 //! cost.
