@@ -30,7 +30,7 @@
 /// impl Flaky {
 ///     fn check(&self) -> Result<()> {
 ///         if self.down.load(Ordering::SeqCst) {
-///             return Err(Error::StoreUnavailable);
+///             return Err(Error::unavailable("the store is down"));
 ///         }
 ///         Ok(())
 ///     }

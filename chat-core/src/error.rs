@@ -1,5 +1,9 @@
-//! The one error type of the domain. Each variant is one `code` of the wire contract; the
-//! adapters map a variant to an HTTP status or a socket `error` event in exactly one place each.
+//! The error type of the domain. Each variant is one `code` of the wire contract that the rules
+//! of the chat can produce; errors of a transport (an unknown route, a body over its limit, an
+//! unknown socket event) are the adapters' own, which wrap this one. Each adapter maps an error
+//! to an HTTP status or a socket `error` event in exactly one place.
+
+use std::sync::Arc;
 
 use crate::types::RoomId;
 
@@ -33,12 +37,6 @@ pub enum Error {
     /// The caller named someone else, or touched a room that is not theirs.
     #[error("{0}")]
     Forbidden(String),
-    /// Unknown route (HTTP only).
-    #[error("no such route")]
-    NotFound,
-    /// Known route, wrong method (HTTP only).
-    #[error("method not allowed")]
-    MethodNotAllowed,
     /// The recipient of a request is not registered or not online.
     #[error("user not found")]
     UserNotFound,
@@ -60,21 +58,16 @@ pub enum Error {
         /// The room they share.
         chat_id: RoomId,
     },
-    /// A body or frame over its limit.
-    #[error("payload too large")]
-    PayloadTooLarge,
     /// A rate limit was hit; retry after this many whole seconds.
     #[error("rate limited, retry in {retry_after_secs} s")]
     RateLimited {
         /// Seconds until a retry can succeed (at least 1).
         retry_after_secs: u64,
     },
-    /// A socket event name that the protocol does not have.
-    #[error("unknown event")]
-    UnknownEvent,
-    /// The store did not answer (in time).
+    /// The store did not answer (in time), or answered what it should not have. The cause is
+    /// kept for the logs (`source()`); clients see only the code.
     #[error("the store is unavailable, try again")]
-    StoreUnavailable,
+    StoreUnavailable(#[source] StoreFailure),
 }
 
 impl Error {
@@ -88,18 +81,14 @@ impl Error {
             Error::MessageTooLong { .. } => "message_too_long",
             Error::Unauthorized => "unauthorized",
             Error::Forbidden(_) => "forbidden",
-            Error::NotFound => "not_found",
-            Error::MethodNotAllowed => "method_not_allowed",
             Error::UserNotFound => "user_not_found",
             Error::RequestNotFound => "request_not_found",
             Error::RoomNotFound => "room_not_found",
             Error::PhoneInUse => "phone_in_use",
             Error::AlreadyPending => "already_pending",
             Error::RoomExists { .. } => "room_exists",
-            Error::PayloadTooLarge => "payload_too_large",
             Error::RateLimited { .. } => "rate_limited",
-            Error::UnknownEvent => "unknown_event",
-            Error::StoreUnavailable => "store_unavailable",
+            Error::StoreUnavailable(_) => "store_unavailable",
         }
     }
 
@@ -108,8 +97,98 @@ impl Error {
         Error::BadRequest(why.into())
     }
 
+    /// [`Error::StoreUnavailable`] for `cause`: a backend's error, or a text saying what went
+    /// wrong.
+    pub fn unavailable(cause: impl Into<StoreFailure>) -> Self {
+        Error::StoreUnavailable(cause.into())
+    }
+
+    /// Whether this is [`Error::StoreUnavailable`], whatever its cause.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::StoreUnavailable(_))
+    }
+
     /// Shorthand for [`Error::Forbidden`].
     pub fn forbidden(why: impl Into<String>) -> Self {
         Error::Forbidden(why.into())
+    }
+}
+
+/// Why a store call failed: the backend's own error (a Redis error, a timeout) or a text, kept
+/// as the `source` of [`Error::StoreUnavailable`] so logs show the cause.
+///
+/// Two failures compare equal whatever their causes: to the domain (and to clients) every store
+/// failure is the same answer, and that keeps [`Error`] comparable in tests.
+#[derive(Clone)]
+pub struct StoreFailure(Arc<dyn std::error::Error + Send + Sync>);
+
+impl StoreFailure {
+    /// A failure caused by `error`.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> StoreFailure {
+        StoreFailure(Arc::new(error))
+    }
+}
+
+impl PartialEq for StoreFailure {
+    fn eq(&self, _: &StoreFailure) -> bool {
+        true
+    }
+}
+
+impl Eq for StoreFailure {}
+
+impl std::fmt::Debug for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreFailure({})", self.0)
+    }
+}
+
+impl std::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for StoreFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<&str> for StoreFailure {
+    fn from(why: &str) -> StoreFailure {
+        StoreFailure(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            why,
+        )))
+    }
+}
+
+impl From<String> for StoreFailure {
+    fn from(why: String) -> StoreFailure {
+        StoreFailure(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            why,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_store_failure_keeps_its_cause_for_the_logs() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "redis did not answer");
+        let e = Error::unavailable(StoreFailure::new(io));
+        assert_eq!(e.code(), "store_unavailable");
+        assert_eq!(e.to_string(), "the store is unavailable, try again");
+        let cause = e.source().map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("redis did not answer"));
+        assert_eq!(
+            e,
+            Error::unavailable("another cause"),
+            "equal whatever the cause"
+        );
+        assert!(e.is_unavailable());
     }
 }

@@ -53,7 +53,7 @@ impl InstrumentedStore {
         let result = call.await;
         self.metrics.store_latency.observe(start.elapsed());
         // Only an unreachable store is a store error; the rest are answers (PhoneInUse, …).
-        if matches!(result, Err(Error::StoreUnavailable)) {
+        if matches!(result, Err(Error::StoreUnavailable(_))) {
             self.metrics
                 .store_errors_total
                 .fetch_add(1, Ordering::Relaxed);
@@ -75,7 +75,7 @@ crate::delegate_store!(InstrumentedStore, self => self.inner, (op, call) => self
         self.metrics.store_latency.observe(start.elapsed());
         let failed = results
             .iter()
-            .filter(|r| matches!(r, Err(Error::StoreUnavailable)))
+            .filter(|r| matches!(r, Err(Error::StoreUnavailable(_))))
             .count();
         if failed > 0 {
             self.metrics
@@ -108,7 +108,7 @@ mod tests {
             .rooms
             .expect_rooms_of()
             .times(1)
-            .returning(|_| Err(Error::StoreUnavailable));
+            .returning(|_| Err(Error::unavailable("test")));
         inner
             .sessions
             .expect_create_session()
@@ -118,7 +118,10 @@ mod tests {
         let store = InstrumentedStore::new(Arc::new(inner), metrics.clone());
 
         assert_eq!(store.presence(&phone()).await, Ok(None));
-        assert_eq!(store.rooms_of(&phone()).await, Err(Error::StoreUnavailable));
+        assert_eq!(
+            store.rooms_of(&phone()).await,
+            Err(Error::unavailable("test"))
+        );
         let session = Session {
             phone: phone(),
             name: None,

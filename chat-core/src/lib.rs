@@ -30,7 +30,7 @@ mod types;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StoreFailure};
 
 #[doc(hidden)]
 pub use async_trait::async_trait as __async_trait;

@@ -296,10 +296,9 @@ impl MemoryStore {
 
     fn state(&self) -> Result<MutexGuard<'_, State>> {
         // A poisoned lock means a bug panicked mid-operation; refuse rather than serve torn state.
-        self.shared
-            .state
-            .lock()
-            .map_err(|_| Error::StoreUnavailable)
+        self.shared.state.lock().map_err(|_| {
+            Error::unavailable("the in-memory store's lock is poisoned by an earlier panic")
+        })
     }
 
     /// How many records the store holds (sessions, requests, rooms, messages, timers), to

@@ -777,7 +777,11 @@ impl ChatService {
             .map(|refused| match refused {
                 Some(e) => Err(e),
                 // A store that answered fewer than it was given failed the rest.
-                None => Ok(self.count(appended.next().unwrap_or(Err(Error::StoreUnavailable))?)),
+                None => Ok(self.count(appended.next().unwrap_or_else(|| {
+                    Err(Error::unavailable(
+                        "the store answered fewer results than messages",
+                    ))
+                })?)),
             })
             .collect()
     }

@@ -115,7 +115,8 @@ impl Token {
     /// Draws a fresh token from the operating system's random source.
     pub fn generate() -> Result<Token> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|_| Error::StoreUnavailable)?;
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::unavailable(format!("the random source failed: {e}")))?;
         let mut s = String::with_capacity(64);
         for b in bytes {
             s.push(char::from(HEX[usize::from(b >> 4)]));

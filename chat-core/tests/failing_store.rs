@@ -35,7 +35,7 @@ fn silent_bus() -> MockEventBus {
 }
 
 fn down<T>() -> Result<T, Error> {
-    Err(Error::StoreUnavailable)
+    Err(Error::unavailable("down"))
 }
 
 fn a() -> Phone {
@@ -75,7 +75,7 @@ async fn register_with_store_down_publishes_nothing() {
     let chat = service(store, silent_bus());
     assert_eq!(
         chat.register("+14155550100", None, None).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -137,11 +137,11 @@ async fn authenticate_with_store_down_is_not_unauthorized() {
     let token = Token::generate().unwrap();
     assert_eq!(
         chat.authenticate(token.as_str()).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
     assert_eq!(
         chat.session(token.as_str()).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -180,7 +180,7 @@ async fn accept_with_store_down_publishes_no_request_accepted() {
     assert_eq!(
         chat.respond_request(&b(), "+14155550100", chat_core::Answer::Accept)
             .await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -196,11 +196,11 @@ async fn decline_and_cancel_with_store_down_publish_nothing() {
     assert_eq!(
         chat.respond_request(&b(), "+14155550100", chat_core::Answer::Decline)
             .await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
     assert_eq!(
         chat.cancel_request(&a(), "+14155550101").await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -222,7 +222,7 @@ async fn send_request_with_store_down_sends_no_chat_request() {
     let chat = service(store, silent_bus());
     assert_eq!(
         chat.send_request(&a(), "+14155550101").await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -260,7 +260,7 @@ async fn send_message_with_store_down_counts_no_message() {
     let got = chat
         .send_message(&a(), &RoomId::generate().to_string(), "hi".into(), None)
         .await;
-    assert_eq!(got, Err(Error::StoreUnavailable));
+    assert_eq!(got, Err(Error::unavailable("down")));
     assert_eq!(chat.metrics().messages_total.load(Ordering::Relaxed), 0);
 }
 
@@ -284,7 +284,10 @@ async fn send_messages_with_store_down_answers_each_unavailable() {
     let got = chat.send_messages(&a(), vec![out("one"), out("two")]).await;
     assert_eq!(
         got,
-        vec![Err(Error::StoreUnavailable), Err(Error::StoreUnavailable)]
+        vec![
+            Err(Error::unavailable("down")),
+            Err(Error::unavailable("down"))
+        ]
     );
     assert_eq!(chat.metrics().messages_total.load(Ordering::Relaxed), 0);
 }
@@ -307,7 +310,7 @@ async fn close_room_with_store_down_publishes_no_room_closed() {
     let chat = service(store, silent_bus());
     assert_eq!(
         chat.close_room(&a(), &id.to_string()).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -325,21 +328,24 @@ async fn history_and_rooms_with_store_down() {
     let id = RoomId::generate().to_string();
     assert_eq!(
         chat.history(&a(), &id, None, None).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
     assert_eq!(
         chat.join_room(&a(), &id, None).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
     assert_eq!(
         chat.typing(&a(), &id, true).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
-    assert_eq!(chat.active_rooms(&a()).await, Err(Error::StoreUnavailable));
-    assert_eq!(chat.requests(&a()).await, Err(Error::StoreUnavailable));
+    assert_eq!(
+        chat.active_rooms(&a()).await,
+        Err(Error::unavailable("down"))
+    );
+    assert_eq!(chat.requests(&a()).await, Err(Error::unavailable("down")));
     assert_eq!(
         chat.online_users(None, None).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -355,7 +361,7 @@ async fn connect_with_store_down_announces_nothing() {
     let conn = chat.new_conn();
     assert_eq!(
         chat.connect(&a(), &conn).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
 }
 
@@ -455,7 +461,7 @@ async fn tick_with_store_down_finishes_no_timer() {
     // The timer stays leased and comes back after its lease: the work is retried, not lost.
     store.timers.expect_finish_timer().never();
     let chat = service(store, silent_bus());
-    assert_eq!(chat.tick().await, Err(Error::StoreUnavailable));
+    assert_eq!(chat.tick().await, Err(Error::unavailable("down")));
 }
 
 #[tokio::test]
@@ -464,7 +470,7 @@ async fn tick_with_heartbeat_down_takes_no_timer() {
     store.nodes.expect_heartbeat().returning(|_, _| down());
     store.timers.expect_due_timers().never();
     let chat = service(store, silent_bus());
-    assert_eq!(chat.tick().await, Err(Error::StoreUnavailable));
+    assert_eq!(chat.tick().await, Err(Error::unavailable("down")));
 }
 
 #[tokio::test]

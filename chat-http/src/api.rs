@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use chat_core::{Error, Result, RoomSummary, SendResult};
 
 use crate::App;
+use crate::error::{HttpError, HttpResult};
 use crate::query;
 use crate::reply::{self, Resp};
 use crate::router::Route;
@@ -34,7 +35,7 @@ pub(crate) async fn read_body(
     headers: &HeaderMap,
     mut body: Incoming,
     timeout: Duration,
-) -> Result<Bytes> {
+) -> HttpResult<Bytes> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -45,19 +46,17 @@ pub(crate) async fn read_body(
         if !waiting && n <= MAX_BODY_BYTES as u64 + DRAIN_MAX_BYTES {
             drain(&mut body).await;
         }
-        return Err(Error::PayloadTooLarge);
+        return Err(HttpError::PayloadTooLarge);
     }
     let read = tokio::time::timeout(timeout, Limited::new(&mut body, MAX_BODY_BYTES).collect());
     match read.await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => {
             drain(&mut body).await;
-            Err(Error::PayloadTooLarge)
+            Err(HttpError::PayloadTooLarge)
         }
-        Ok(Err(_)) => Err(Error::bad_request("the request body could not be read")),
-        Err(_) => Err(Error::bad_request(
-            "the request body did not arrive in time",
-        )),
+        Ok(Err(_)) => Err(Error::bad_request("the request body could not be read").into()),
+        Err(_) => Err(Error::bad_request("the request body did not arrive in time").into()),
     }
 }
 
@@ -151,7 +150,7 @@ pub(crate) async fn handle(
     parts: Parts,
     body: Bytes,
     peer: IpAddr,
-) -> Result<Resp> {
+) -> HttpResult<Resp> {
     let service = app.service();
     if route == Route::RegisterUser {
         let refresh = bearer(&parts.headers);
@@ -274,7 +273,7 @@ pub(crate) async fn handle(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| {
                     tracing::error!(error = %e, "a stored message did not encode");
-                    Error::StoreUnavailable
+                    Error::unavailable(format!("a stored message did not encode: {e}"))
                 })?;
             Ok(reply::ok(json!({"messages": messages, "more": page.more})))
         }
@@ -302,7 +301,7 @@ pub(crate) async fn handle(
         | Route::Readyz
         | Route::Metrics
         | Route::OpenApi
-        | Route::Ws => Err(Error::NotFound),
+        | Route::Ws => Err(HttpError::NotFound),
     }
 }
 

@@ -32,6 +32,7 @@
 
 mod api;
 mod conn;
+mod error;
 mod metrics;
 mod openapi;
 mod pages;
@@ -58,6 +59,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use chat_core::{ChatService, Error, KeyedLimiter, Metrics, Result, Store};
+
+use crate::error::HttpResult;
 use chat_ws::Hub;
 
 use crate::conn::{ConnLimiter, CountedStream, Refusal};
@@ -66,6 +69,7 @@ use crate::reply::Resp;
 use crate::router::{Matched, Route};
 
 pub use api::MAX_BODY_BYTES;
+pub use error::HttpError;
 pub use ws::normalize_origin;
 
 /// Work that needs the store answers within this, else 503 `store_unavailable` (the contract
@@ -201,7 +205,10 @@ impl App {
         .await
         {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err(Error::StoreUnavailable),
+            Ok(Err(_)) => Err(Error::unavailable("the store's ping panicked")),
+            Err(_) => Err(Error::unavailable(format!(
+                "the store did not answer a ping within {READY_TIMEOUT:?}"
+            ))),
         }
     }
 
@@ -217,7 +224,7 @@ impl App {
             .inner
             .registrations
             .lock()
-            .map_err(|_| Error::StoreUnavailable)?;
+            .map_err(|_| Error::unavailable("the registration limiter's lock is poisoned"))?;
         if limiter.len() >= MAX_TRACKED_ADDRESSES {
             // Only a flood from this many addresses within a minute gets here. Forgetting
             // gives each address a fresh burst, which each new address had anyway.
@@ -241,9 +248,9 @@ impl App {
         let method = req.method().clone();
         let matched = router::route(&method, req.uri().path(), req.uri().query());
         let (pattern, resp) = match matched {
-            Matched::NotFound => (router::UNMATCHED, reply::error(&Error::NotFound)),
+            Matched::NotFound => (router::UNMATCHED, reply::error(HttpError::NotFound)),
             Matched::WrongMethod { pattern, allow } => {
-                let mut resp = reply::error(&Error::MethodNotAllowed);
+                let mut resp = reply::error(HttpError::MethodNotAllowed);
                 resp.headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
                 (pattern, resp)
@@ -266,13 +273,13 @@ impl App {
     }
 
     async fn dispatch(&self, route: Route, req: Request<Incoming>, peer: IpAddr) -> Resp {
-        let result = match route {
+        let result: HttpResult<Resp> = match route {
             Route::Index => Ok(pages::index()),
             Route::Static(asset) => Ok(asset.response()),
             Route::Chatroom(None) => Ok(pages::not_found()),
             Route::Chatroom(Some(id)) => {
                 let service = self.inner.service.clone();
-                guarded(async move { service.room_exists(&id).await })
+                guarded(async move { Ok::<_, HttpError>(service.room_exists(&id).await?) })
                     .await
                     .map(|exists| {
                         if exists {
@@ -301,7 +308,7 @@ impl App {
                 self.render_metrics(),
             )),
             Route::OpenApi => Ok(openapi::response()),
-            Route::Ws => ws::upgrade(self, req).await,
+            Route::Ws => ws::upgrade(self, req).await.map_err(HttpError::from),
             api_route => {
                 debug_assert!(api_route.is_api());
                 let (parts, body) = req.into_parts();
@@ -313,27 +320,32 @@ impl App {
                 }
             }
         };
-        result.unwrap_or_else(|e| reply::error(&e))
+        result.unwrap_or_else(reply::error)
     }
 }
 
 /// Runs `fut` on its own task and waits for it at most [`STORE_DEADLINE`]. A panic or a
 /// deadline becomes `StoreUnavailable` (503); the process and the connection live on, and a
 /// late task still finishes, so no request is cut off between two store steps.
-pub(crate) async fn guarded<T, F>(fut: F) -> Result<T>
+pub(crate) async fn guarded<T, E, F>(fut: F) -> std::result::Result<T, E>
 where
-    F: Future<Output = Result<T>> + Send + 'static,
+    F: Future<Output = std::result::Result<T, E>> + Send + 'static,
+    E: From<Error> + Send + 'static,
     T: Send + 'static,
 {
     match tokio::time::timeout(STORE_DEADLINE, tokio::spawn(fut)).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => {
             tracing::error!(error = %join, "request handler failed; answered 503");
-            Err(Error::StoreUnavailable)
+            Err(E::from(Error::unavailable(format!(
+                "the request's task failed: {join}"
+            ))))
         }
         Err(_) => {
             tracing::warn!("request not done within the store deadline; answered 503");
-            Err(Error::StoreUnavailable)
+            Err(E::from(Error::unavailable(format!(
+                "not done within the store deadline ({STORE_DEADLINE:?})"
+            ))))
         }
     }
 }
@@ -467,7 +479,9 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(error = %e, "request failed; answered 503");
-                        reply::error(&Error::StoreUnavailable)
+                        reply::error(Error::unavailable(format!(
+                            "the request's task failed: {e}"
+                        )))
                     }
                 };
                 Ok::<_, Infallible>(resp)

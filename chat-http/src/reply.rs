@@ -1,4 +1,4 @@
-//! Responses: the JSON envelope, and the one mapping of [`Error`] to an HTTP status.
+//! Responses: the JSON envelope, and the one mapping of an [`HttpError`] to an HTTP status.
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -7,6 +7,8 @@ use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use chat_core::Error;
+
+use crate::error::HttpError;
 
 /// Every response body is in memory: JSON answers, embedded pages, the metrics text.
 pub(crate) type Body = Full<Bytes>;
@@ -18,43 +20,45 @@ const JSON: &str = "application/json";
 const NOSNIFF: (&str, &str) = ("x-content-type-options", "nosniff");
 
 /// The status class of an error, as the contract's conventions assign them.
-pub(crate) fn status_of(e: &Error) -> StatusCode {
+pub(crate) fn status_of(e: &HttpError) -> StatusCode {
+    let e = match e {
+        HttpError::NotFound => return StatusCode::NOT_FOUND,
+        HttpError::MethodNotAllowed => return StatusCode::METHOD_NOT_ALLOWED,
+        HttpError::PayloadTooLarge => return StatusCode::PAYLOAD_TOO_LARGE,
+        HttpError::Domain(e) => e,
+    };
     match e {
         Error::BadRequest(_)
         | Error::InvalidPhone
         | Error::SelfRequest
         | Error::EmptyMessage
-        | Error::MessageTooLong { .. }
-        | Error::UnknownEvent => StatusCode::BAD_REQUEST,
+        | Error::MessageTooLong { .. } => StatusCode::BAD_REQUEST,
         Error::Unauthorized => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
-        Error::NotFound | Error::UserNotFound | Error::RequestNotFound | Error::RoomNotFound => {
-            StatusCode::NOT_FOUND
-        }
-        Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Error::UserNotFound | Error::RequestNotFound | Error::RoomNotFound => StatusCode::NOT_FOUND,
         Error::PhoneInUse | Error::AlreadyPending | Error::RoomExists { .. } => {
             StatusCode::CONFLICT
         }
-        Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
 /// The failure envelope `{"success": false, "error", "code"}` with its status (and
 /// `chat_id` / `Retry-After` where the error carries them).
-pub(crate) fn error(e: &Error) -> Resp {
+pub(crate) fn error(e: impl Into<HttpError>) -> Resp {
+    let e = e.into();
     let mut body = Map::new();
     body.insert("success".into(), Value::Bool(false));
     body.insert("error".into(), Value::String(e.to_string()));
     body.insert("code".into(), Value::String(e.code().into()));
-    if let Error::RoomExists { chat_id } = e {
+    if let HttpError::Domain(Error::RoomExists { chat_id }) = &e {
         body.insert("chat_id".into(), Value::String(chat_id.to_string()));
     }
-    let mut resp = json(status_of(e), Value::Object(body));
-    if let Error::RateLimited { retry_after_secs } = e {
+    let mut resp = json(status_of(&e), Value::Object(body));
+    if let HttpError::Domain(Error::RateLimited { retry_after_secs }) = e {
         resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
     }
     resp
 }
@@ -112,8 +116,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// One error of each kind the contract names (for the tests of this crate).
-    pub(crate) fn every_error() -> Vec<Error> {
-        vec![
+    pub(crate) fn every_error() -> Vec<HttpError> {
+        let domain = [
             Error::bad_request("x"),
             Error::InvalidPhone,
             Error::SelfRequest,
@@ -121,8 +125,6 @@ pub(crate) mod tests {
             Error::MessageTooLong { max: 1 },
             Error::Unauthorized,
             Error::forbidden("x"),
-            Error::NotFound,
-            Error::MethodNotAllowed,
             Error::UserNotFound,
             Error::RequestNotFound,
             Error::RoomNotFound,
@@ -131,13 +133,21 @@ pub(crate) mod tests {
             Error::RoomExists {
                 chat_id: chat_core::RoomId::generate(),
             },
-            Error::PayloadTooLarge,
             Error::RateLimited {
                 retry_after_secs: 3,
             },
-            Error::UnknownEvent,
-            Error::StoreUnavailable,
-        ]
+            Error::unavailable("down"),
+        ];
+        let transport = [
+            HttpError::NotFound,
+            HttpError::MethodNotAllowed,
+            HttpError::PayloadTooLarge,
+        ];
+        domain
+            .into_iter()
+            .map(HttpError::from)
+            .chain(transport)
+            .collect()
     }
 
     #[test]
@@ -147,7 +157,7 @@ pub(crate) mod tests {
             let s = status_of(e).as_u16();
             assert!((400..500).contains(&s) || s == 503, "{e:?} → {s}");
         }
-        let r = error(&Error::RateLimited {
+        let r = error(Error::RateLimited {
             retry_after_secs: 3,
         });
         assert_eq!(r.status(), 429);

@@ -24,7 +24,7 @@ use chat_core::{
     ChatService, EventBus, InstrumentedStore, MemoryStore, Metrics, NodeId, Store, SystemClock,
 };
 use chat_http::App;
-use chat_store_redis::{RedisStore, RedisTls};
+use chat_store_redis::{ConnectError, RedisStore, RedisTls};
 use chat_ws::Hub;
 
 use crate::flags::Flags;
@@ -114,13 +114,15 @@ async fn run(flags: Flags) -> ExitCode {
 
     let (store, bus) = match open_store(&flags, &node).await {
         Ok(parts) => parts,
-        Err(e @ chat_core::Error::BadRequest(_)) => {
-            // A flag the store refuses (URL, key prefix): a usage error, exit 2 like clap's.
+        Err(e @ ConnectError::Config(_)) => {
+            // A flag the store refuses (URL, key prefix, TLS files): a usage error, exit 2
+            // like clap's.
             tracing::error!(error = %e, "cannot open the store");
             return ExitCode::from(2);
         }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the store");
+        Err(ConnectError::Unavailable(e)) => {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            tracing::error!(error = %e, cause, "cannot open the store");
             return ExitCode::FAILURE;
         }
     };
@@ -181,7 +183,7 @@ async fn run(flags: Flags) -> ExitCode {
 async fn open_store(
     flags: &Flags,
     node: &NodeId,
-) -> chat_core::Result<(Arc<dyn Store>, Arc<dyn EventBus>)> {
+) -> Result<(Arc<dyn Store>, Arc<dyn EventBus>), ConnectError> {
     match &flags.redis_url {
         Some(url) => {
             let tls = RedisTls::from_files(

@@ -238,7 +238,7 @@ impl Bus {
         // command for it is decided from the counts again.
         tokio::time::timeout(OP_TIMEOUT, work)
             .await
-            .unwrap_or(Err(Error::StoreUnavailable))
+            .unwrap_or_else(|_| Err(Error::unavailable("a subscription change timed out")))
     }
 
     /// The watchdog's check: ping the subscriber connection (which reconnects it if needed);

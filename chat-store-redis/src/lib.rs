@@ -228,18 +228,18 @@ impl RedisTls {
         ca: Option<&std::path::Path>,
         cert: Option<&std::path::Path>,
         key: Option<&std::path::Path>,
-    ) -> Result<RedisTls> {
+    ) -> Result<RedisTls, ConnectError> {
         let read = |path: &std::path::Path, what: &str| {
             std::fs::read(path).map_err(|e| {
-                Error::bad_request(format!("cannot read the {what} {}: {e}", path.display()))
+                ConnectError::Config(format!("cannot read the {what} {}: {e}", path.display()))
             })
         };
         let client = match (cert, key) {
             (Some(c), Some(k)) => Some((read(c, "client certificate")?, read(k, "client key")?)),
             (None, None) => None,
             _ => {
-                return Err(Error::bad_request(
-                    "a client certificate and its key go together",
+                return Err(ConnectError::Config(
+                    "a client certificate and its key go together".into(),
                 ));
             }
         };
@@ -279,9 +279,13 @@ impl RedisStore {
     /// and its watchdog. Keys and channels are named under `key_prefix`. Must be called inside
     /// a Tokio runtime.
     ///
-    /// Fails with `BadRequest` for an unusable URL or prefix, `StoreUnavailable` when Redis
-    /// does not answer within a few seconds.
-    pub async fn connect(url: &str, key_prefix: &str, node: NodeId) -> Result<RedisStore> {
+    /// Fails with [`ConnectError::Config`] for an unusable URL or prefix, and
+    /// [`ConnectError::Unavailable`] when Redis does not answer within a few seconds.
+    pub async fn connect(
+        url: &str,
+        key_prefix: &str,
+        node: NodeId,
+    ) -> Result<RedisStore, ConnectError> {
         RedisStore::connect_with_tls(url, key_prefix, node, &RedisTls::default()).await
     }
 
@@ -292,10 +296,10 @@ impl RedisStore {
         key_prefix: &str,
         node: NodeId,
         tls: &RedisTls,
-    ) -> Result<RedisStore> {
+    ) -> Result<RedisStore, ConnectError> {
         if !tls.is_empty() && !url.starts_with("rediss://") {
-            return Err(Error::bad_request(
-                "TLS files were given but the Redis URL is not rediss://",
+            return Err(ConnectError::Config(
+                "TLS files were given but the Redis URL is not rediss://".into(),
             ));
         }
         // rustls needs a process-wide crypto provider (redis builds its configs from the
@@ -305,13 +309,14 @@ impl RedisStore {
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         if key_prefix.contains(['{', '}']) {
-            return Err(Error::bad_request(
-                "the key prefix must not contain '{' or '}' (they would change the hash slot)",
+            return Err(ConnectError::Config(
+                "the key prefix must not contain '{' or '}' (they would change the hash slot)"
+                    .into(),
             ));
         }
         let info = url
             .into_connection_info()
-            .map_err(|e| Error::bad_request(format!("invalid redis url: {e}")))?;
+            .map_err(|e| ConnectError::Config(format!("invalid redis url: {e}")))?;
         let settings = info.redis_settings().clone();
         let cmd_info = info
             .clone()
@@ -319,10 +324,10 @@ impl RedisStore {
         let sub_info = info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
         let cmd_client = tls
             .client(cmd_info)
-            .map_err(|e| Error::bad_request(format!("invalid redis url or TLS files: {e}")))?;
+            .map_err(|e| ConnectError::Config(format!("invalid redis url or TLS files: {e}")))?;
         let sub_client = tls
             .client(sub_info)
-            .map_err(|e| Error::bad_request(format!("invalid redis url or TLS files: {e}")))?;
+            .map_err(|e| ConnectError::Config(format!("invalid redis url or TLS files: {e}")))?;
 
         let stats = Arc::new(BusStats::default());
         let lost = Arc::new(AtomicU64::new(0));
@@ -344,8 +349,13 @@ impl RedisStore {
         };
         let (conn, pubsub, library) = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(Ok(parts)) => parts,
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => return Err(Error::StoreUnavailable),
+            Ok(Err(e)) => return Err(unavailable(e).into()),
+            Err(_) => {
+                return Err(Error::unavailable(format!(
+                    "redis did not answer within {CONNECT_TIMEOUT:?}"
+                ))
+                .into());
+            }
         };
 
         tokio::spawn(bus::dispatch(
@@ -419,9 +429,28 @@ pub(crate) async fn load_library(
 }
 
 /// The one mapping of Redis's errors: the store is unavailable. Logged here, once.
+/// Why [`RedisStore::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL, the key prefix or the TLS files cannot be used: the configuration is wrong,
+    /// and trying again will not help.
+    #[error("{0}")]
+    Config(String),
+    /// Redis did not answer, or refused (a wrong password, a missing permission): the cause
+    /// is the error's source.
+    #[error("redis is unavailable")]
+    Unavailable(#[source] Error),
+}
+
+impl From<Error> for ConnectError {
+    fn from(e: Error) -> ConnectError {
+        ConnectError::Unavailable(e)
+    }
+}
+
 pub(crate) fn unavailable(e: RedisError) -> Error {
     tracing::warn!(error = %e, "redis call failed");
-    Error::StoreUnavailable
+    Error::unavailable(chat_core::StoreFailure::new(e))
 }
 
 /// Bounds a Redis call by [`OP_TIMEOUT`] and maps its error.
@@ -433,7 +462,9 @@ pub(crate) async fn bounded<T>(
         Ok(Err(e)) => Err(unavailable(e)),
         Err(_) => {
             tracing::warn!("redis call timed out after {OP_TIMEOUT:?}");
-            Err(Error::StoreUnavailable)
+            Err(Error::unavailable(format!(
+                "redis did not answer within {OP_TIMEOUT:?}"
+            )))
         }
     }
 }

@@ -36,7 +36,7 @@ const CURSOR_PREFIX: &str = "o2.";
 /// prefix. Logged; the caller sees the store as unavailable rather than wrong data.
 fn bad_reply(what: &str) -> Error {
     tracing::error!("unexpected redis reply: {what}");
-    Error::StoreUnavailable
+    Error::unavailable(format!("unexpected redis reply: {what}"))
 }
 
 /// Socket encodings: in the user's set `<conn id>|<node>`, in the node's set `<phone>|<conn id>`
@@ -518,7 +518,9 @@ impl NodeStore for RedisStore {
     /// resubscribed after an outage, a message acknowledged now would reach no local socket.
     async fn ping(&self) -> Result<()> {
         if !self.inner.bus.serving() {
-            return Err(Error::StoreUnavailable);
+            return Err(Error::unavailable(
+                "the event bus is resubscribing after a loss",
+            ));
         }
         self.command(&redis::cmd("PING")).await.map(|_| ())
     }

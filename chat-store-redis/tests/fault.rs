@@ -113,7 +113,7 @@ async fn redis_killed_mid_traffic_fails_fast_recovers_and_loses_no_acked_message
                         i += 1;
                     }
                     Err(e) => {
-                        assert_eq!(e, Error::StoreUnavailable);
+                        assert_eq!(e, Error::unavailable("down"));
                         let n = {
                             let mut failures = failures.lock().expect("lock");
                             failures.push(started.elapsed());
@@ -165,7 +165,7 @@ async fn redis_killed_mid_traffic_fails_fast_recovers_and_loses_no_acked_message
             .await,
         ];
         for (name, took, result) in calls {
-            assert_eq!(result, Err(Error::StoreUnavailable), "{name} while down");
+            assert_eq!(result, Err(Error::unavailable("down")), "{name} while down");
             assert!(took < FAIL_FAST, "{name} took {took:?} to fail");
         }
     }
@@ -357,11 +357,11 @@ async fn ping_fails_until_the_subscriber_has_resubscribed() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(store.ping().await, Err(Error::StoreUnavailable));
+    assert_eq!(store.ping().await, Err(Error::unavailable("down")));
     // A subscribe meanwhile fails, and is counted: the watchdog subscribes it later.
     assert_eq!(
         store.subscribe(Audience::User(v.clone())).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
     // The watchdog tries again and again (its refusals are logged by Redis); ping keeps failing.
     // One refusal each so far: `u` on reconnection, `v` by the call above. The watchdog
@@ -370,10 +370,10 @@ async fn ping_fails_until_the_subscriber_has_resubscribed() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while channel_refusals(&mut con, &u_ch).await + channel_refusals(&mut con, &v_ch).await < 4 {
         assert!(Instant::now() < deadline, "the watchdog did not retry");
-        assert_eq!(store.ping().await, Err(Error::StoreUnavailable));
+        assert_eq!(store.ping().await, Err(Error::unavailable("down")));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(store.ping().await, Err(Error::StoreUnavailable));
+    assert_eq!(store.ping().await, Err(Error::unavailable("down")));
     assert_eq!(numsub(&mut con, &u_ch).await, 0);
 
     // Channels allowed again: the first ping that passes finds every wanted channel
@@ -408,11 +408,11 @@ async fn a_failed_subscribe_stays_counted_until_its_unsubscribe() {
     acl_default(&mut con, "resetchannels").await;
     assert_eq!(
         store.subscribe(audience.clone()).await,
-        Err(Error::StoreUnavailable)
+        Err(Error::unavailable("down"))
     );
     assert_eq!(
         store.ping().await,
-        Err(Error::StoreUnavailable),
+        Err(Error::unavailable("down")),
         "a wanted channel is not subscribed: not serving"
     );
 

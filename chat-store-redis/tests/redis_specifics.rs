@@ -13,9 +13,9 @@ use chat_core::{
     Appended, Audience, ChatRequest, ConnKey, Delivery, Error, Event, EventBus, EventSink,
     NewMessage, NewRoom, NodeId, Phone, RoomId, SendOutcome, Session, Token,
 };
-use chat_store_redis::RedisStore;
 use chat_store_redis::bus::DELIVERY_QUEUE;
 use chat_store_redis::test_server::RedisServer;
+use chat_store_redis::{ConnectError, RedisStore};
 use common::{Waiter, node, now, prefix, raw};
 use redis::aio::MultiplexedConnection;
 
@@ -692,17 +692,18 @@ async fn connect_refuses_bad_input_and_fails_fast_without_redis() {
     for (bad_url, prefix) in [("not a url", "chat:"), (url.as_str(), "chat:{x}:")] {
         assert!(matches!(
             RedisStore::connect(bad_url, prefix, NodeId::random()).await,
-            Err(Error::BadRequest(_))
+            Err(ConnectError::Config(_))
         ));
     }
     server.kill();
     let started = std::time::Instant::now();
-    assert_eq!(
-        RedisStore::connect(&url, "chat:", NodeId::random())
-            .await
-            .map(|_| ()),
-        Err(Error::StoreUnavailable)
-    );
+    let refused = RedisStore::connect(&url, "chat:", NodeId::random()).await;
+    let Err(ConnectError::Unavailable(cause)) = refused else {
+        panic!("connected to a killed redis, or refused otherwise");
+    };
+    assert!(cause.is_unavailable());
+    let why = std::error::Error::source(&cause).map(ToString::to_string);
+    assert!(why.is_some(), "the cause is kept for the logs: {cause:?}");
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "took {:?}",

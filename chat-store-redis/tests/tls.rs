@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use chat_core::NodeId;
 use chat_core::testing::Fixture;
-use chat_core::{Error, NodeId};
 use chat_store_redis::test_server::{RedisServer, RedisServerOptions, TlsFiles};
-use chat_store_redis::{ACL_COMMANDS, RedisStore, RedisTls};
+use chat_store_redis::{ACL_COMMANDS, ConnectError, RedisStore, RedisTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 const USER: &str = "chat";
@@ -112,7 +112,7 @@ async fn fixture() -> Fixture {
 chat_core::store_conformance!(tls, fixture());
 
 /// What a connection that must fail answers, within a bound.
-async fn refused(url: &str, tls: &RedisTls) -> Error {
+async fn refused(url: &str, tls: &RedisTls) -> ConnectError {
     let prefix = format!("{PREFIX_ROOT}refused:");
     let attempt = RedisStore::connect_with_tls(url, &prefix, NodeId::random(), tls);
     match tokio::time::timeout(Duration::from_secs(15), attempt).await {
@@ -126,21 +126,21 @@ async fn refused(url: &str, tls: &RedisTls) -> Error {
 async fn a_wrong_password_is_refused() {
     let server = tls_server();
     let e = refused(&url(&server, "wrong"), &trusting(&certs().ca())).await;
-    assert_eq!(e, Error::StoreUnavailable);
+    assert!(matches!(e, ConnectError::Unavailable(_)), "{e:?}");
 }
 
 #[tokio::test]
 async fn a_server_certificate_from_another_ca_is_refused() {
     let server = tls_server();
     let e = refused(&url(&server, PASSWORD), &trusting(&certs().stranger_ca)).await;
-    assert_eq!(e, Error::StoreUnavailable);
+    assert!(matches!(e, ConnectError::Unavailable(_)), "{e:?}");
 }
 
 #[tokio::test]
 async fn the_system_roots_do_not_trust_a_private_ca() {
     let server = tls_server();
     let e = refused(&url(&server, PASSWORD), &RedisTls::default()).await;
-    assert_eq!(e, Error::StoreUnavailable);
+    assert!(matches!(e, ConnectError::Unavailable(_)), "{e:?}");
 }
 
 #[tokio::test]
@@ -149,10 +149,10 @@ async fn tls_files_need_a_rediss_url() {
     let plain = format!("redis://{USER}:{PASSWORD}@127.0.0.1:{}/", server.port());
     assert!(matches!(
         refused(&plain, &trusting(&certs().ca())).await,
-        Error::BadRequest(_)
+        ConnectError::Config(_)
     ));
     let missing = RedisTls::from_files(Some(Path::new("/nonexistent/ca.crt")), None, None);
-    assert!(matches!(missing, Err(Error::BadRequest(_))));
+    assert!(matches!(missing, Err(ConnectError::Config(_))));
     let half = RedisTls::from_files(None, Some(&certs().ca()), None);
-    assert!(matches!(half, Err(Error::BadRequest(_))));
+    assert!(matches!(half, Err(ConnectError::Config(_))));
 }

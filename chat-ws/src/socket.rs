@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use crate::Hub;
 use crate::coalesce::Coalesced;
 use crate::registry::{BeginJoin, CloseReason, Completed, Conn};
-use crate::wire::{self, Ack, Command, MAX_BAD_FRAMES, Rejected, Request};
+use crate::wire::{self, Ack, Command, MAX_BAD_FRAMES, Rejected, Request, SocketError};
 
 /// A new socket of `session` on this node, not registered yet.
 pub(crate) fn new_conn(hub: &Hub, session: Session) -> Arc<Conn> {
@@ -196,7 +196,7 @@ impl Opened {
             Err(e) => {
                 tracing::warn!(error = %e, "socket not counted online; closing it");
                 conn.clear();
-                hub.reply(conn, wire::error_frame(None, &e));
+                hub.reply(conn, wire::error_frame(None, &e.into()));
                 conn.request_close(CloseReason::StoreDown);
             }
         }
@@ -660,12 +660,12 @@ impl Driver<'_> {
             let error = Error::RateLimited {
                 retry_after_secs: wait_ms.div_ceil(1000).max(1),
             };
-            return Action::Reply(wire::error_frame(ack.as_deref(), &error), false);
+            return Action::Reply(wire::error_frame(ack.as_deref(), &error.into()), false);
         }
         match wire::parse(text) {
             Err(Rejected { ack, error }) => Action::Reply(
                 wire::error_frame(ack.as_deref(), &error),
-                counts_as_bad(&error),
+                error.counts_as_bad(),
             ),
             Ok(Request { ack, command }) => match command {
                 Command::Ping => Action::Reply(wire::pong(ack.as_deref()), false),
@@ -675,7 +675,7 @@ impl Driver<'_> {
                         .check_caller(&self.conn.session, data.phone.as_deref())
                     {
                         Ok(()) => wire::user_registered(ack.as_deref()),
-                        Err(e) => wire::error_frame(ack.as_deref(), &e),
+                        Err(e) => wire::error_frame(ack.as_deref(), &e.into()),
                     };
                     Action::Reply(frame, false)
                 }
@@ -706,11 +706,6 @@ impl Driver<'_> {
     }
 }
 
-/// The answers that make up a run of bad frames.
-fn counts_as_bad(error: &Error) -> bool {
-    matches!(error, Error::BadRequest(_) | Error::UnknownEvent)
-}
-
 /// Handles a frame that needs the service; answers it, and says whether the answer was bad.
 async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -> Answers {
     let done = match command {
@@ -725,8 +720,9 @@ async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -
     Answers::one(match done {
         Ok(()) => false,
         Err(e) => {
+            let e = SocketError::from(e);
             hub.reply(&conn, wire::error_frame(ack.as_deref(), &e));
-            counts_as_bad(&e)
+            e.counts_as_bad()
         }
     })
 }
@@ -759,7 +755,11 @@ async fn handle_burst(
     let mut answers = Answers::default();
     for (ack, checked) in acks {
         let result = match checked {
-            Ok(()) => sent.next().unwrap_or(Err(Error::StoreUnavailable)),
+            Ok(()) => sent.next().unwrap_or_else(|| {
+                Err(Error::unavailable(
+                    "the store answered fewer results than messages",
+                ))
+            }),
             Err(e) => Err(e),
         };
         let ack = ack.as_deref();
@@ -771,8 +771,9 @@ async fn handle_burst(
                 answers.push(false);
             }
             Err(e) => {
+                let e = SocketError::from(e);
                 hub.reply(&conn, wire::error_frame(ack, &e));
-                answers.push(counts_as_bad(&e));
+                answers.push(e.counts_as_bad());
             }
         }
     }

@@ -1353,7 +1353,7 @@ struct Flaky {
 impl Flaky {
     fn check(&self) -> chat_core::Result<()> {
         if self.down.load(Ordering::SeqCst) {
-            Err(chat_core::Error::StoreUnavailable)
+            Err(chat_core::Error::unavailable("down"))
         } else {
             Ok(())
         }

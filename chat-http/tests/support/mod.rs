@@ -48,7 +48,7 @@ impl FlakyStore {
     async fn gate(&self) -> Result<()> {
         match self.mode.load(Ordering::SeqCst) {
             0 => Ok(()),
-            1 => Err(Error::StoreUnavailable),
+            1 => Err(Error::unavailable("down")),
             2 => panic!("the test store panics, as told"),
             _ => std::future::pending().await,
         }

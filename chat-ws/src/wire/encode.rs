@@ -1,11 +1,12 @@
 //! Server frames through serde: replies, errors and the events the hub delivers, each written
 //! once as text. The frames that carry messages are written by hand, in `json.rs`.
 
-use chat_core::{Error, Event, Names, RoomId};
+use chat_core::{Event, Names, RoomId};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::SocketError;
 use super::json::received_frame;
 
 /// `{"event", "ack"?, "data"}`: every server frame (the hand-written ones' tests compare with
@@ -44,7 +45,7 @@ struct ErrorData<'a> {
 }
 
 /// The one place a domain error becomes a socket `error` frame.
-pub(crate) fn error_frame(ack: Option<&RawValue>, error: &Error) -> Utf8Bytes {
+pub(crate) fn error_frame(ack: Option<&RawValue>, error: &SocketError) -> Utf8Bytes {
     let message = error.to_string();
     frame(
         "error",
@@ -281,7 +282,8 @@ mod tests {
         let ack: Ack = RawValue::from_string("7".into()).unwrap();
         let v: Value = serde_json::from_str(&ack_empty(&ack)).unwrap();
         assert_eq!(v, json!({"event": "ack", "ack": 7, "data": {}}));
-        let v: Value = serde_json::from_str(&error_frame(None, &Error::UnknownEvent)).unwrap();
+        let v: Value =
+            serde_json::from_str(&error_frame(None, &SocketError::UnknownEvent)).unwrap();
         assert_eq!(
             v,
             json!({"event": "error", "data": {"code": "unknown_event", "message": "unknown event"}})

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use chat_core::Error;
+
+use super::SocketError;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -42,7 +44,7 @@ pub(crate) struct Request {
 #[derive(Debug)]
 pub(crate) struct Rejected {
     pub ack: Option<Ack>,
-    pub error: Error,
+    pub error: SocketError,
 }
 
 /// The client events of the contract's table, with their data.
@@ -200,7 +202,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 pub(super) fn parse_in_two_steps(text: &str) -> Result<Request, Rejected> {
     let reject = |ack: Option<Ack>, why: &str| Rejected {
         ack,
-        error: Error::bad_request(why),
+        error: Error::bad_request(why).into(),
     };
     // An object: serde would also read a struct from an array (`["ping", {}, 7]`).
     let Object(envelope) = serde_json::from_str::<Object<Envelope<'_>>>(text).map_err(|_| {
@@ -234,11 +236,19 @@ pub(super) fn parse_in_two_steps(text: &str) -> Result<Request, Rejected> {
         "send_message" => data_of(data).map(Command::SendMessage),
         "typing" => data_of(data).map(Command::Typing),
         "ping" => data_of::<Empty>(data).map(|_| Command::Ping),
-        _ => Err(Error::UnknownEvent),
+        _ => {
+            return Err(Rejected {
+                ack,
+                error: SocketError::UnknownEvent,
+            });
+        }
     };
     match command {
         Ok(command) => Ok(Request { ack, command }),
-        Err(error) => Err(Rejected { ack, error }),
+        Err(error) => Err(Rejected {
+            ack,
+            error: error.into(),
+        }),
     }
 }
 

@@ -24,6 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value, json};
 
+use super::SocketError;
 use super::encode::{
     ack_empty, connection_status, error_frame, event_frame, pong, user_registered,
 };
@@ -1137,8 +1138,8 @@ fn check_ack(text: &str, got: Option<Value>, sent: Option<&RawValue>) {
     }
 }
 
-fn error() -> impl Strategy<Value = Error> {
-    prop_oneof![
+fn error() -> impl Strategy<Value = SocketError> {
+    let domain = prop_oneof![
         text().prop_map(Error::BadRequest),
         text().prop_map(Error::Forbidden),
         any::<usize>().prop_map(|max| Error::MessageTooLong { max }),
@@ -1149,17 +1150,17 @@ fn error() -> impl Strategy<Value = Error> {
             Error::SelfRequest,
             Error::EmptyMessage,
             Error::Unauthorized,
-            Error::NotFound,
-            Error::MethodNotAllowed,
             Error::UserNotFound,
             Error::RequestNotFound,
             Error::RoomNotFound,
             Error::PhoneInUse,
             Error::AlreadyPending,
-            Error::PayloadTooLarge,
-            Error::UnknownEvent,
-            Error::StoreUnavailable,
+            Error::unavailable("down"),
         ]),
+    ];
+    prop_oneof![
+        domain.prop_map(SocketError::Domain),
+        Just(SocketError::UnknownEvent),
     ]
 }
 
