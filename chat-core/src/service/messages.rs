@@ -30,8 +30,8 @@ impl ChatService {
 
     /// Sends a socket's burst of messages: each checked and answered exactly as
     /// [`ChatService::send_message`] would, in the order given, but the valid ones stored with
-    /// one store call ([`Store::append_messages`]), so they cost one round trip. The results
-    /// are in the order of `batch`.
+    /// one store call ([`RoomStore::append_messages`](crate::RoomStore::append_messages)), so
+    /// they cost one round trip. The results are in the order of `batch`.
     pub async fn send_messages(&self, me: &Phone, batch: Vec<Outgoing>) -> Vec<Result<Message>> {
         let now = self.now();
         // `None`: stored, its answer is the store's next one.
