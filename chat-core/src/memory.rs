@@ -17,7 +17,7 @@ use crate::types::{
     OnlinePage, Phone, Requests, Room, RoomId, Session, TokenDigest,
 };
 
-/// The in-memory [`Store`] and [`EventBus`]. Clones share state.
+/// The in-memory [`Store`](crate::Store) and [`EventBus`]. Clones share state.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -1,0 +1,103 @@
+//! Presence: sockets, who is online, and telling peers when a user comes or goes.
+
+use std::collections::BTreeSet;
+
+use crate::error::Result;
+use crate::event::{Delivery, Event};
+use crate::types::{ConnKey, Names, OnlinePage, Phone};
+
+use super::{ChatService, ONLINE_LIMIT, page_limit};
+
+impl ChatService {
+    /// One page of online users.
+    pub async fn online_users(
+        &self,
+        cursor: Option<String>,
+        limit: Option<&str>,
+    ) -> Result<OnlinePage> {
+        let limit = page_limit(limit, ONLINE_LIMIT)?;
+        self.store().online_page(cursor, limit, self.now()).await
+    }
+
+    /// Whether `phone` is online now.
+    pub async fn is_online(&self, phone: &Phone) -> Result<bool> {
+        let now = self.now();
+        Ok(self
+            .store()
+            .presence(phone)
+            .await?
+            .is_some_and(|p| p.online_at(now)))
+    }
+
+    /// A socket of `phone` opened on this node.
+    pub async fn connect(&self, phone: &Phone, conn: &ConnKey) -> Result<()> {
+        if self.store().add_conn(phone, conn).await? {
+            self.announce_presence(phone, true).await;
+        }
+        Ok(())
+    }
+
+    /// A socket of `phone` closed. Going offline (if this was the last) happens in `tick`.
+    pub async fn disconnect(&self, phone: &Phone, conn: &ConnKey) -> Result<()> {
+        let now = self.now();
+        self.store()
+            .remove_conn(phone, conn, now, self.grace_until(now))
+            .await
+    }
+
+    /// Users who share a pending request or a live room with `phone`.
+    async fn peers(&self, phone: &Phone) -> Result<BTreeSet<Phone>> {
+        let now = self.now();
+        let requests = self.store().requests(phone, now).await?;
+        let rooms = self.store().rooms_of(phone).await?;
+        let mut peers: BTreeSet<Phone> = requests.incoming.into_iter().collect();
+        peers.extend(requests.sent);
+        peers.extend(rooms.iter().filter_map(|r| r.other(phone).cloned()));
+        peers.remove(phone);
+        Ok(peers)
+    }
+
+    /// Tells the user's peers. Best effort, like [`ChatService::publish`]: it runs after the
+    /// presence change is stored, so failing the caller here would report as failed a change
+    /// that was made (a registration answered 503 yet holding the phone, a socket counted yet
+    /// never disconnected).
+    pub(super) async fn announce_presence(&self, phone: &Phone, online: bool) {
+        let peers = match self.peers(phone).await {
+            Ok(peers) => peers,
+            Err(e) => {
+                tracing::warn!(error = %e, %phone, online, "presence not announced");
+                return;
+            }
+        };
+        if peers.is_empty() {
+            return;
+        }
+        let names = match self.names(std::slice::from_ref(phone)).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, %phone, "presence announced without a name");
+                Names::new()
+            }
+        };
+        for peer in peers {
+            self.publish(Delivery::to_user(
+                peer,
+                Event::Presence {
+                    phone: phone.clone(),
+                    online,
+                    names: names.clone(),
+                },
+            ))
+            .await;
+        }
+    }
+
+    /// The display names of those of `phones` who have a live session with a name: what REST
+    /// answers listing users carry beside the phones.
+    pub async fn names(&self, phones: &[Phone]) -> Result<Names> {
+        if phones.is_empty() {
+            return Ok(Names::new());
+        }
+        self.store().names(phones).await
+    }
+}
