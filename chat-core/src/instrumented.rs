@@ -1,14 +1,14 @@
 //! A [`Store`] decorator that feeds `/metrics`: it times every call into
-//! [`Metrics::store_latency`] and counts calls that failed with [`Error::StoreUnavailable`] into
-//! [`Metrics::store_errors_total`], then returns the inner store's answer unchanged. It passes
+//! [`Metrics::store_latency`] and counts calls that failed with
+//! [`Error::StoreUnavailable`](crate::Error::StoreUnavailable) into
+//! [`Metrics::store_errors_total`], both labelled with the operation's name (`op`), then returns the inner store's answer unchanged. It passes
 //! the conformance suite like the store it wraps (tests/instrumented_conformance.rs).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::store::{Appended, Store};
 use crate::types::{NewMessage, RoomId};
@@ -44,20 +44,12 @@ impl InstrumentedStore {
         &self.metrics
     }
 
-    async fn timed<T>(
-        &self,
-        _op: &'static str,
-        call: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
+    async fn timed<T>(&self, op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
         let start = Instant::now();
         let result = call.await;
-        self.metrics.store_latency.observe(start.elapsed());
         // Only an unreachable store is a store error; the rest are answers (PhoneInUse, …).
-        if matches!(result, Err(Error::StoreUnavailable(_))) {
-            self.metrics
-                .store_errors_total
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        let unavailable = matches!(&result, Err(e) if e.is_unavailable());
+        self.metrics.observe_store(op, start.elapsed(), unavailable);
         result
     }
 }
@@ -72,16 +64,12 @@ crate::delegate_store!(InstrumentedStore, self => self.inner, (op, call) => self
         // item that failed as unavailable counted.
         let start = Instant::now();
         let results = self.inner.append_messages(batch, history_max).await;
-        self.metrics.store_latency.observe(start.elapsed());
         let failed = results
             .iter()
-            .filter(|r| matches!(r, Err(Error::StoreUnavailable(_))))
+            .filter(|r| matches!(r, Err(e) if e.is_unavailable()))
             .count();
-        if failed > 0 {
-            self.metrics
-                .store_errors_total
-                .fetch_add(failed as u64, Ordering::Relaxed);
-        }
+        self.metrics
+            .observe_store_batch("append_messages", start.elapsed(), failed as u64);
         results
     }
 });
@@ -89,6 +77,7 @@ crate::delegate_store!(InstrumentedStore, self => self.inner, (op, call) => self
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::store::{MockStore, PresenceStore, RoomStore, SessionStore};
     use crate::types::{Phone, Session};
 
@@ -135,10 +124,15 @@ mod tests {
         );
 
         assert_eq!(
-            metrics.store_errors_total.load(Ordering::Relaxed),
+            metrics.store_errors_total.get("rooms_of"),
             1,
             "only StoreUnavailable is a store error"
         );
+        assert_eq!(metrics.store_errors_total.total(), 1);
+        for op in ["presence", "rooms_of", "create_session"] {
+            let (_, _, count) = metrics.store_latency.snapshot_op(op);
+            assert_eq!(count, 1, "{op} is timed under its own label");
+        }
         let (buckets, _sum, count) = metrics.store_latency.snapshot();
         assert_eq!(count, 3, "every call is timed");
         assert_eq!(

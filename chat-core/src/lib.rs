@@ -40,7 +40,7 @@ pub use event::{Audience, Delivery, Event, EventBus, EventSink, Except, Recordin
 pub use instrumented::InstrumentedStore;
 pub use limits::{KeyedLimiter, TokenBucket};
 pub use memory::MemoryStore;
-pub use metrics::{Histogram, LATENCY_BUCKETS, Metrics};
+pub use metrics::{LATENCY_BUCKETS, Metrics, StoreErrors, StoreLatency, StoreOp};
 pub use service::{
     Answer, ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_CLIENT_ID_CHARS, MAX_NAME_CHARS,
     ONLINE_LIMIT, Outgoing, Registration, SendResult, TICKET_SECS, TickReport, page_limit,

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use chat_core::testing::Fixture;
 use chat_core::{
@@ -36,5 +35,5 @@ async fn the_service_store_calls_are_measured() {
     chat.authenticate(a.token.as_str()).await.unwrap();
     let (_, _, count) = metrics.store_latency.snapshot();
     assert!(count >= 2, "each store call is observed, got {count}");
-    assert_eq!(metrics.store_errors_total.load(Ordering::Relaxed), 0);
+    assert_eq!(metrics.store_errors_total.total(), 0);
 }

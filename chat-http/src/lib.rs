@@ -139,7 +139,8 @@ struct Inner {
     config: HttpConfig,
     /// The domain's counters (the service's own), exported on `/metrics`.
     metrics: Arc<Metrics>,
-    /// Requests by route and status.
+    /// This adapter's counters (requests by route and status, refusals, failed accepts),
+    /// exported on `/metrics` with `metrics`.
     http_metrics: HttpMetrics,
     /// Registration attempts per client address on this node. Bounded by
     /// `MAX_TRACKED_ADDRESSES`.
@@ -304,7 +305,7 @@ impl App {
             }),
             Route::Metrics => Ok(reply::text(
                 StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::CONTENT_TYPE,
                 self.render_metrics(),
             )),
             Route::OpenApi => Ok(openapi::response()),

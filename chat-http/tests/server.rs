@@ -127,8 +127,9 @@ async fn metrics_are_prometheus_text_by_route_pattern() {
         "# TYPE chat_store_errors_total counter",
         "# TYPE chat_store_latency_seconds histogram",
         "# TYPE chat_slow_consumers_closed_total counter",
-        "chat_store_latency_seconds_bucket{le=\"+Inf\"}",
-        "chat_store_latency_seconds_count",
+        "chat_store_latency_seconds_bucket{op=\"",
+        "le=\"+Inf\"}",
+        "chat_store_latency_seconds_count{op=\"",
     ] {
         assert!(text.contains(family), "{family} missing from\n{text}");
     }

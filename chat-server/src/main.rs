@@ -112,7 +112,7 @@ async fn run(flags: Flags) -> ExitCode {
     let node = flags.node_id.clone().map_or_else(NodeId::random, NodeId);
     let metrics = Arc::new(Metrics::default());
 
-    let (store, bus) = match open_store(&flags, &node).await {
+    let (store, bus) = match open_store(&flags, &node, &metrics).await {
         Ok(parts) => parts,
         Err(e @ ConnectError::Config(_)) => {
             // A flag the store refuses (URL, key prefix, TLS files): a usage error, exit 2
@@ -180,9 +180,12 @@ async fn run(flags: Flags) -> ExitCode {
 }
 
 /// The store and bus: Redis when `--redis-url` is given, else one in-memory store for both.
+/// The Redis bus's counters (deliveries dropped, disconnects, resubscriptions, …) are added to
+/// `metrics`, so `/metrics` shows them without chat-http knowing of Redis.
 async fn open_store(
     flags: &Flags,
     node: &NodeId,
+    metrics: &Metrics,
 ) -> Result<(Arc<dyn Store>, Arc<dyn EventBus>), ConnectError> {
     match &flags.redis_url {
         Some(url) => {
@@ -194,6 +197,7 @@ async fn open_store(
             let redis = Arc::new(
                 RedisStore::connect_with_tls(url, &flags.key_prefix, node.clone(), &tls).await?,
             );
+            metrics.register_collector(redis.bus_collector());
             Ok((redis.clone(), redis))
         }
         None => {

@@ -145,16 +145,17 @@ fn serves_on_port_0_and_stops_on_sigterm() {
     let r = s.request("POST", "/register_user", r#"{"phone":"+14155550100"}"#);
     assert_eq!(status_of(&r), 200, "{r}");
 
-    // The store is instrumented: its calls show in the latency histogram.
+    // The store is instrumented: its calls show in the latency histogram (one series per
+    // store operation).
     let r = s.request("GET", "/metrics", "");
     let count: u64 = r
         .lines()
-        .find_map(|l| l.strip_prefix("chat_store_latency_seconds_count "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+        .filter(|l| l.starts_with("chat_store_latency_seconds_count{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
     assert!(count > 0, "{r}");
+    // No Redis, no bus counters.
+    assert!(!r.contains("chat_bus_"), "{r}");
 
     let status = s.stop_with("TERM");
     assert_eq!(status.code(), Some(0), "{:#?}", s.log);
@@ -242,6 +243,21 @@ fn two_nodes_on_one_redis_share_sessions() {
     assert!(r.contains("phone_in_use"));
     let r = two.request("GET", "/readyz", "");
     assert_eq!(status_of(&r), 200, "{r}");
+    // The Redis bus's counters reach /metrics (wired by main.rs).
+    let r = two.request("GET", "/metrics", "");
+    for name in [
+        "chat_bus_delivered_total",
+        "chat_bus_dropped_total",
+        "chat_bus_undecodable_total",
+        "chat_bus_disconnects_total",
+        "chat_bus_losses_total",
+        "chat_bus_resubscriptions_total",
+    ] {
+        assert!(
+            r.contains(&format!("# TYPE {name} counter\n{name} ")),
+            "{name} missing from\n{r}"
+        );
+    }
     assert_eq!(one.stop_with("TERM").code(), Some(0));
     assert_eq!(two.stop_with("TERM").code(), Some(0));
 }

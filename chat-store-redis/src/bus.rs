@@ -39,6 +39,13 @@
 //! ([`BusStats::dropped`]) and logs: blocking instead would stall the reading of the Redis
 //! connection, and Redis would soon disconnect a subscriber that does not read (its pub/sub
 //! output buffer limit), losing more. Sockets that missed messages catch up from history.
+//!
+//! ## Metrics
+//!
+//! [`BusStats`] and the loss count reach `/metrics` through a [`BusCollector`]
+//! ([`RedisStore::bus_collector`](crate::RedisStore::bus_collector)), which chat-server adds to
+//! `chat_core::Metrics`; it reads the counters at each scrape, so the receive path keeps its
+//! plain atomics.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +53,9 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chat_core::{Audience, Delivery, Error, Event, Result, RoomId, SinkSlot};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
@@ -74,6 +84,69 @@ pub struct BusStats {
     pub undecodable: AtomicU64,
     /// Disconnects of the subscriber connection seen.
     pub disconnects: AtomicU64,
+    /// Times the watchdog subscribed every wanted channel again after a loss of the subscriber
+    /// connection.
+    pub resubscriptions: AtomicU64,
+}
+
+/// The bus's counters as a `prometheus-client` [`Collector`], read at each scrape. Names:
+/// `chat_bus_delivered_total`, `chat_bus_dropped_total`, `chat_bus_undecodable_total`,
+/// `chat_bus_disconnects_total`, `chat_bus_losses_total`, `chat_bus_resubscriptions_total`.
+#[derive(Debug, Clone)]
+pub struct BusCollector {
+    /// The receive path's counters.
+    stats: Arc<BusStats>,
+    /// The bus's loss count (disconnects and failed watchdog pings).
+    lost: Arc<AtomicU64>,
+}
+
+impl Collector for BusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        // Counter names without `_total`: the encoder appends it.
+        for (name, help, value) in [
+            (
+                "chat_bus_delivered",
+                "Deliveries received from Redis pub/sub and handed to this node's sockets.",
+                &s.delivered,
+            ),
+            (
+                "chat_bus_dropped",
+                "Deliveries dropped because the queue to this node's sockets was full.",
+                &s.dropped,
+            ),
+            (
+                "chat_bus_undecodable",
+                "Pub/sub payloads that were not a delivery.",
+                &s.undecodable,
+            ),
+            (
+                "chat_bus_disconnects",
+                "Disconnects of the pub/sub subscriber connection.",
+                &s.disconnects,
+            ),
+            (
+                "chat_bus_losses",
+                "Losses of the subscriber connection (disconnects and failed watchdog pings); \
+                 the node is not ready until the watchdog has resubscribed.",
+                &*self.lost,
+            ),
+            (
+                "chat_bus_resubscriptions",
+                "Times every wanted channel was subscribed again after a loss.",
+                &s.resubscriptions,
+            ),
+        ] {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// What this node wants subscribed, and where Redis may differ from it. Sets hold channels; the
@@ -140,6 +213,14 @@ impl Bus {
             // A loss before this point (during connect) leaves `synced` behind: resynced then.
             lost,
             synced: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters as a collector for `/metrics`.
+    pub(crate) fn collector(&self) -> BusCollector {
+        BusCollector {
+            stats: Arc::clone(&self.stats),
+            lost: Arc::clone(&self.lost),
         }
     }
 
@@ -279,6 +360,8 @@ impl Bus {
                     wanted.subscribed(ch);
                 }
             }
+            // Counted before `synced` moves, so whoever sees the node serving again sees it.
+            self.stats.resubscriptions.fetch_add(1, Ordering::SeqCst);
             // A loss after the PING above moved `lost` on: not synced, retried next round.
             self.synced.store(lost, Ordering::SeqCst);
             if !channels.is_empty() {

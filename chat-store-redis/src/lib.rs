@@ -143,7 +143,7 @@ mod store;
 #[cfg(feature = "test-server")]
 pub mod test_server;
 
-pub use bus::BusStats;
+pub use bus::{BusCollector, BusStats};
 
 use crate::bus::Bus;
 use crate::scripts::Library;
@@ -384,6 +384,12 @@ impl RedisStore {
     /// Counters of the bus's receive path (deliveries handed over, dropped, undecodable).
     pub fn bus_stats(&self) -> &BusStats {
         &self.inner.bus.stats
+    }
+
+    /// The bus's counters as a `prometheus-client` collector, for `/metrics`: hand it to
+    /// `chat_core::Metrics::register_collector` (chat-server does). See [`BusCollector`].
+    pub fn bus_collector(&self) -> BusCollector {
+        self.inner.bus.collector()
     }
 
     /// Deliveries dropped so far because the queue to the sink was full.

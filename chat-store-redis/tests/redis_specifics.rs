@@ -582,6 +582,12 @@ async fn a_full_delivery_queue_drops_and_counts_without_blocking_redis() {
         "every delivery handed over or counted"
     );
     assert!(delivered > DELIVERY_QUEUE as u64 / 2);
+    // The drops reach /metrics.
+    let text = bus_exposition(&store);
+    assert!(
+        text.contains(&format!("\nchat_bus_dropped_total {dropped}\n")),
+        "{dropped} dropped, but\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,6 +689,36 @@ async fn killed_connections_come_back_with_their_subscriptions() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // The bus's counters tell the story on /metrics: the loss, the resubscription, the
+    // deliveries.
+    let text = bus_exposition(&store);
+    for (name, at_least) in [
+        ("chat_bus_delivered_total", 1),
+        ("chat_bus_dropped_total", 0),
+        ("chat_bus_undecodable_total", 0),
+        ("chat_bus_disconnects_total", 1),
+        ("chat_bus_losses_total", 1),
+        ("chat_bus_resubscriptions_total", 1),
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+        assert!(
+            value.is_some_and(|v| v >= at_least),
+            "{name} missing or below {at_least} in\n{text}"
+        );
+        assert!(text.contains(&format!("# TYPE {name} counter\n")), "{text}");
+    }
+}
+
+/// The bus's collector rendered alone, as chat-server's `/metrics` renders it with the rest.
+fn bus_exposition(store: &RedisStore) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(store.bus_collector()));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encode");
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use chat_core::{ChatService, Config, Error, MemoryStore, NodeId, Result, SystemClock};
+use chat_core::{
+    ChatService, Config, Error, InstrumentedStore, MemoryStore, Metrics, NodeId, Result, Store,
+    SystemClock,
+};
 use chat_http::{App, HttpConfig};
 use chat_ws::{Hub, WsConfig};
 use serde_json::Value;
@@ -81,14 +84,20 @@ impl TestServer {
 
     pub async fn with(config: HttpConfig) -> TestServer {
         let store = FlakyStore::default();
-        let arc: Arc<FlakyStore> = Arc::new(store.clone());
+        // Instrumented as chat-server's store is, so `/metrics` shows store calls.
+        let metrics = Arc::new(Metrics::default());
+        let arc: Arc<dyn Store> = Arc::new(InstrumentedStore::new(
+            Arc::new(store.clone()),
+            Arc::clone(&metrics),
+        ));
         let service = ChatService::new(
             arc.clone(),
             Arc::new(store.inner.clone()),
             Arc::new(SystemClock),
             Config::default(),
             NodeId::random(),
-        );
+        )
+        .with_metrics(metrics);
         let hub = Hub::new(service.clone(), WsConfig::default());
         let app = App::new(service.clone(), hub, arc, config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
