@@ -23,7 +23,7 @@ pub fn phone(prefix: u32, index: usize) -> String {
 }
 
 #[derive(Deserialize)]
-struct Registered {
+struct SessionCreated {
     token: String,
 }
 
@@ -43,7 +43,7 @@ pub async fn register(client: &mut HttpClient, phone: &str) -> Result<String> {
     let resp = client
         .request("POST", "/register_user", None, Some(body.as_bytes()))
         .await?;
-    let r: Registered = ok_json("register_user", &resp)?;
+    let r: SessionCreated = ok_json("register_user", &resp)?;
     Ok(r.token)
 }
 

@@ -55,7 +55,7 @@ macro_rules! delegate_store {
                 session: $crate::Session,
                 refresh: ::core::option::Option<$crate::TokenDigest>,
                 http_until: $crate::Millis,
-            ) -> $crate::Result<$crate::store::Registered> {
+            ) -> $crate::Result<$crate::store::SessionCreated> {
                 let $call = $inner.create_session(session, refresh, http_until);
                 let $op: &'static str = "create_session";
                 $around
@@ -233,7 +233,7 @@ macro_rules! delegate_store {
                 &$this,
                 request: $crate::ChatRequest,
                 room: $crate::store::NewRoom,
-            ) -> $crate::Result<$crate::store::SendOutcome> {
+            ) -> $crate::Result<$crate::store::RequestOutcome> {
                 let $call = $inner.send_request(request, room);
                 let $op: &'static str = "send_request";
                 $around

@@ -10,21 +10,34 @@
 //!
 //! Embedding it with the in-memory store takes a few lines; see [`MemoryStore`].
 //!
-//! Features: `mocks` exports mockall mocks of the ports (`MockStore`, `MockEventBus`);
+//! ## Where things are
+//!
+//! - At the root: the service ([`ChatService`], its [`Config`] and what it answers), the
+//!   domain's values ([`Phone`], [`RoomId`], [`Message`], …), [`Error`], the ports ([`Store`],
+//!   [`EventBus`], [`EventSink`]) and their in-process implementation [`MemoryStore`], the
+//!   [`Clock`]s, and [`Metrics`] with the [`InstrumentedStore`] that feeds it.
+//! - [`store`]: the storage port in its six parts (sessions, presence, nodes, requests, rooms,
+//!   timers), the values their operations return, and [`delegate_store!`] for stores that
+//!   forward to another.
+//! - [`event`]: who an event is for ([`Audience`]) and the sinks that hand events to sockets.
+//! - [`metrics`], [`limits`], [`time`]: the metric families, the rate limiters the adapters
+//!   use, RFC 3339 formatting.
+//!
+//! Features: `mocks` exports mockall mocks of the ports (`store::MockStore`, `MockEventBus`);
 //! `testing` exports the conformance suite every store runs (the `testing` module).
 
 #![warn(missing_docs)]
 
 mod delegate;
 mod error;
-mod event;
+pub mod event;
 mod instrumented;
-mod limits;
+pub mod limits;
 mod memory;
-mod metrics;
+pub mod metrics;
 mod service;
 pub mod store;
-mod time;
+pub mod time;
 mod types;
 
 #[cfg(any(test, feature = "testing"))]
@@ -36,22 +49,16 @@ pub use error::{Error, Result, StoreFailure};
 pub use async_trait::async_trait as __async_trait;
 #[cfg(any(test, feature = "mocks"))]
 pub use event::MockEventBus;
-pub use event::{Audience, Delivery, Event, EventBus, EventSink, Except, RecordingSink, SinkSlot};
+pub use event::{Audience, Delivery, Event, EventBus, EventSink, Except};
 pub use instrumented::InstrumentedStore;
-pub use limits::{KeyedLimiter, TokenBucket};
 pub use memory::MemoryStore;
-pub use metrics::{LATENCY_BUCKETS, Metrics, StoreErrors, StoreLatency, StoreOp};
+pub use metrics::Metrics;
 pub use service::{
     Answer, ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_CLIENT_ID_CHARS, MAX_NAME_CHARS,
-    ONLINE_LIMIT, Outgoing, Registration, SendResult, TICKET_SECS, TickReport, page_limit,
+    ONLINE_LIMIT, Outgoing, PageLimit, Registration, RequestSent, TICKET_SECS, TickReport,
 };
-#[cfg(any(test, feature = "mocks"))]
-pub use store::MockStore;
-pub use store::{
-    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore, Registered,
-    RequestStore, RoomStore, SendOutcome, SessionStore, Store, Timer, TimerStore, Touched,
-};
-pub use time::{Clock, ManualClock, SystemClock, push_rfc3339, rfc3339};
+pub use store::Store;
+pub use time::{Clock, ManualClock, SystemClock};
 pub use types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
     OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token, TokenDigest,

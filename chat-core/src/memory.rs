@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::event::{Audience, Delivery, Event, EventBus, EventSink, SinkSlot};
 use crate::store::{
-    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore, Registered,
-    RequestStore, RoomStore, SendOutcome, SessionStore, Timer, TimerStore, Touched,
+    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore,
+    RequestOutcome, RequestStore, RoomStore, SessionCreated, SessionStore, Timer, TimerStore,
+    Touched,
 };
 use crate::types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
@@ -329,7 +330,7 @@ impl SessionStore for MemoryStore {
         session: Session,
         refresh: Option<TokenDigest>,
         http_until: Millis,
-    ) -> Result<Registered> {
+    ) -> Result<SessionCreated> {
         let mut s = self.state()?;
         if let Some(existing) = s.sessions.get(&session.phone) {
             if refresh.as_ref() != Some(&existing.token_digest) {
@@ -337,7 +338,7 @@ impl SessionStore for MemoryStore {
             }
             let existing = existing.clone();
             let came_online = s.touch(&existing.phone, http_until);
-            return Ok(Registered {
+            return Ok(SessionCreated {
                 session: existing,
                 refreshed: true,
                 came_online,
@@ -348,7 +349,7 @@ impl SessionStore for MemoryStore {
         s.presence
             .insert(session.phone.clone(), Presence::default());
         s.touch(&session.phone, http_until);
-        Ok(Registered {
+        Ok(SessionCreated {
             session,
             refreshed: false,
             came_online: true,
@@ -596,7 +597,7 @@ impl NodeStore for MemoryStore {
 
 #[async_trait::async_trait]
 impl RequestStore for MemoryStore {
-    async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome> {
+    async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<RequestOutcome> {
         let mut s = self.state()?;
         let (from, to, now) = (&request.from, &request.to, request.created_at);
         let online = s.presence.get(to).is_some_and(|p| p.state().online_at(now));
@@ -604,17 +605,17 @@ impl RequestStore for MemoryStore {
             return Err(Error::UserNotFound);
         }
         if let Some(id) = s.pair_room.get(&pair(from, to)) {
-            return Ok(SendOutcome::RoomExists(*id));
+            return Ok(RequestOutcome::RoomExists(*id));
         }
         if s.request_live(to, from, now) {
             let (from, to) = (to.clone(), from.clone());
             let names = room.names.clone();
             let room = s.make_room(&from, &to, room);
             self.announce_room(&room, &names);
-            return Ok(SendOutcome::Accepted(room));
+            return Ok(RequestOutcome::Accepted(room));
         }
         if s.request_live(from, to, now) {
-            return Ok(SendOutcome::AlreadyPending);
+            return Ok(RequestOutcome::AlreadyPending);
         }
         s.incoming
             .entry(to.clone())
@@ -636,7 +637,7 @@ impl RequestStore for MemoryStore {
             .sink
             .deliver(&Delivery::chat_request(from, to, now, &room.names));
         s.requests.insert((from.clone(), to.clone()), request);
-        Ok(SendOutcome::Sent)
+        Ok(RequestOutcome::Sent)
     }
 
     async fn accept_request(

@@ -208,11 +208,10 @@ impl RoomId {
         RoomId(uuid::Uuid::new_v4())
     }
 
-    /// Parses a client-supplied id; anything that is not a UUID is a room that does not exist.
-    pub fn parse(s: &str) -> Result<RoomId> {
-        uuid::Uuid::parse_str(s)
-            .map(RoomId)
-            .map_err(|_| Error::RoomNotFound)
+    /// Parses a room id; `None` for anything that is not a UUID. (The service answers a
+    /// client's malformed id as a room that does not exist: `room_not_found`.)
+    pub fn parse(s: &str) -> Option<RoomId> {
+        uuid::Uuid::parse_str(s).ok().map(RoomId)
     }
 }
 

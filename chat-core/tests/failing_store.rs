@@ -8,10 +8,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use chat_core::store::{
+    DueTimer, MockStore, PresenceState, RequestOutcome, SessionCreated, Timer, Touched,
+};
 use chat_core::{
-    ChatService, Config, DueTimer, Error, ManualClock, MockEventBus, MockStore, Names, NodeId,
-    Outgoing, Phone, PresenceState, Registered, Room, RoomId, SendOutcome, SendResult, Session,
-    Timer, Token, Touched,
+    ChatService, Config, Error, ManualClock, MockEventBus, Names, NodeId, Outgoing, Phone,
+    RequestSent, Room, RoomId, Session, Token,
 };
 use mockall::predicate::eq;
 
@@ -86,7 +88,7 @@ async fn register_that_was_stored_is_not_reported_failed() {
     // is the one with peers to tell.)
     let mut store = MockStore::new();
     store.sessions.expect_create_session().returning(|s, _, _| {
-        Ok(Registered {
+        Ok(SessionCreated {
             session: s,
             refreshed: true,
             came_online: true,
@@ -113,7 +115,7 @@ async fn a_new_session_looks_for_no_peers() {
         .expect_create_session()
         .times(1)
         .returning(|s, _, _| {
-            Ok(Registered {
+            Ok(SessionCreated {
                 session: s,
                 refreshed: false,
                 came_online: true,
@@ -136,11 +138,11 @@ async fn authenticate_with_store_down_is_not_unauthorized() {
     let chat = service(store, silent_bus());
     let token = Token::generate().unwrap();
     assert_eq!(
-        chat.authenticate(token.as_str()).await,
+        chat.authenticate_request(token.as_str()).await,
         Err(Error::unavailable("down"))
     );
     assert_eq!(
-        chat.session(token.as_str()).await,
+        chat.authenticate_socket(token.as_str()).await,
         Err(Error::unavailable("down"))
     );
 }
@@ -160,7 +162,7 @@ async fn authenticate_that_touched_is_not_reported_failed() {
     let chat = service(store, silent_bus());
     // The mock finds the session whatever the token.
     let token = Token::generate().unwrap();
-    assert_eq!(chat.authenticate(token.as_str()).await, Ok(me));
+    assert_eq!(chat.authenticate_request(token.as_str()).await, Ok(me));
 }
 
 #[tokio::test]
@@ -408,7 +410,7 @@ async fn requests_and_accepts_are_published_by_the_store_not_again() {
         .requests
         .expect_send_request()
         .times(1)
-        .returning(|_, _| Ok(SendOutcome::Sent));
+        .returning(|_, _| Ok(RequestOutcome::Sent));
     let r = room();
     let id = r.id;
     store
@@ -421,7 +423,7 @@ async fn requests_and_accepts_are_published_by_the_store_not_again() {
     let chat = service(store, bus);
     assert_eq!(
         chat.send_request(&a(), "+14155550101").await,
-        Ok(SendResult::Sent)
+        Ok(RequestSent::Sent)
     );
     assert_eq!(
         chat.respond_request(&b(), a().as_str(), chat_core::Answer::Accept)

@@ -32,7 +32,7 @@ async fn the_service_store_calls_are_measured() {
     )
     .with_metrics(metrics.clone());
     let a = chat.register("+14155550100", None, None).await.unwrap();
-    chat.authenticate(a.token.as_str()).await.unwrap();
+    chat.authenticate_request(a.token.as_str()).await.unwrap();
     let (_, _, count) = metrics.store_latency.snapshot();
     assert!(count >= 2, "each store call is observed, got {count}");
     assert_eq!(metrics.store_errors_total.total(), 0);

@@ -9,10 +9,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use chat_core::event::RecordingSink;
 use chat_core::{
     Audience, ChatService, Config, ConnKey, Delivery, Error, Event, EventBus, Except,
     HISTORY_LIMIT, JOIN_HISTORY, ManualClock, MemoryStore, Message, Names, NodeId, Outgoing, Phone,
-    RecordingSink, RoomId, SendResult, Session, Token, page_limit,
+    RequestSent, RoomId, Session, Token,
 };
 use tokio::task::JoinSet;
 
@@ -228,7 +229,7 @@ async fn register_gives_a_token_and_expires_in() {
     let token = r.token.as_str();
     assert_eq!(token.len(), 64, "256 bits as hex");
     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!(h.chat.authenticate(token).await.unwrap(), r.session);
+    assert_eq!(h.chat.authenticate_request(token).await.unwrap(), r.session);
     // Two sessions never share a token.
     let other = h.register("+14155550101").await;
     assert_ne!(other.token, r.token);
@@ -268,7 +269,7 @@ async fn register_live_phone_is_phone_in_use() {
         );
     }
     assert_eq!(
-        h.chat.authenticate(a.token.as_str()).await.unwrap(),
+        h.chat.authenticate_request(a.token.as_str()).await.unwrap(),
         a.session
     );
 }
@@ -299,11 +300,14 @@ async fn unknown_token_is_unauthorized() {
     let stranger = "ab".repeat(32);
     for token in ["", "nonsense", stranger.as_str()] {
         assert_eq!(
-            h.chat.authenticate(token).await,
+            h.chat.authenticate_request(token).await,
             Err(Error::Unauthorized),
             "{token:?}"
         );
-        assert_eq!(h.chat.session(token).await, Err(Error::Unauthorized));
+        assert_eq!(
+            h.chat.authenticate_socket(token).await,
+            Err(Error::Unauthorized)
+        );
     }
 }
 
@@ -334,13 +338,13 @@ async fn session_ends_after_session_idle_and_frees_everything() {
     assert!(!h.chat.is_online(&a.phone).await.unwrap());
     h.pass(21_599).await;
     assert!(
-        h.chat.session(a.token.as_str()).await.is_ok(),
+        h.chat.authenticate_socket(a.token.as_str()).await.is_ok(),
         "still alive"
     );
     h.clear();
     h.pass(1).await;
     assert_eq!(
-        h.chat.session(a.token.as_str()).await,
+        h.chat.authenticate_socket(a.token.as_str()).await,
         Err(Error::Unauthorized),
         "the session ended"
     );
@@ -380,7 +384,7 @@ async fn session_lives_while_online() {
     let conn = h.connect(&a.phone).await;
     h.pass(600 + 21_600 + 10).await;
     assert_eq!(
-        h.chat.authenticate(a.token.as_str()).await.unwrap(),
+        h.chat.authenticate_request(a.token.as_str()).await.unwrap(),
         a.session
     );
     assert_eq!(
@@ -391,10 +395,10 @@ async fn session_lives_while_online() {
     // cuts the HTTP window the request above opened), then the session's idle time.
     h.chat.disconnect(&a.phone, &conn).await.unwrap();
     h.pass(h.config.presence_grace_secs + 21_599).await;
-    assert!(h.chat.session(a.token.as_str()).await.is_ok());
+    assert!(h.chat.authenticate_socket(a.token.as_str()).await.is_ok());
     h.pass(2).await;
     assert_eq!(
-        h.chat.session(a.token.as_str()).await,
+        h.chat.authenticate_socket(a.token.as_str()).await,
         Err(Error::Unauthorized)
     );
 }
@@ -409,7 +413,7 @@ async fn register_ends_a_due_session_not_yet_swept() {
     let fresh = h.register("+14155550100").await;
     assert_ne!(fresh.token, a.token);
     assert_eq!(
-        h.chat.session(a.token.as_str()).await,
+        h.chat.authenticate_socket(a.token.as_str()).await,
         Err(Error::Unauthorized)
     );
 }
@@ -441,7 +445,7 @@ async fn presence_online_by_http_window() {
     let b = h.register("+14155550101").await;
     h.pass(300).await;
     // An API request extends A's window.
-    h.chat.authenticate(a.token.as_str()).await.unwrap();
+    h.chat.authenticate_request(a.token.as_str()).await.unwrap();
     h.pass(299).await;
     assert!(h.chat.is_online(&b.phone).await.unwrap());
     h.pass(1).await;
@@ -463,10 +467,10 @@ async fn presence_online_by_http_window() {
             .is_empty()
     );
     // The WebSocket upgrade's authentication does not count as presence.
-    h.chat.session(a.token.as_str()).await.unwrap();
+    h.chat.authenticate_socket(a.token.as_str()).await.unwrap();
     assert!(!h.chat.is_online(&a.phone).await.unwrap());
     // An API request does.
-    h.chat.authenticate(a.token.as_str()).await.unwrap();
+    h.chat.authenticate_request(a.token.as_str()).await.unwrap();
     assert!(h.chat.is_online(&a.phone).await.unwrap());
 }
 
@@ -532,7 +536,7 @@ async fn presence_events_on_window_end_last_socket_and_return() {
     );
     // An API request brings A back.
     h.clear();
-    h.chat.authenticate(a.token.as_str()).await.unwrap();
+    h.chat.authenticate_request(a.token.as_str()).await.unwrap();
     assert_eq!(h.events(&b.phone), vec![presence(&a.phone, true)]);
     // B hears only about A; A hears nothing about itself.
     assert!(
@@ -615,11 +619,8 @@ async fn online_users_pages_and_limits() {
     // Over 1000 is cut to 1000, not refused.
     let page = h.chat.online_users(None, Some("5000")).await.unwrap();
     assert_eq!(page.phones.len(), 7);
-    assert_eq!(
-        page_limit(Some("5000"), chat_core::ONLINE_LIMIT).unwrap(),
-        1000
-    );
-    assert_eq!(page_limit(None, chat_core::ONLINE_LIMIT).unwrap(), 100);
+    assert_eq!(chat_core::ONLINE_LIMIT.apply(Some("5000")).unwrap(), 1000);
+    assert_eq!(chat_core::ONLINE_LIMIT.apply(None).unwrap(), 100);
 }
 
 // ----------------------------------------------------------------------------- requests
@@ -665,7 +666,7 @@ async fn send_request_notifies_recipient_and_refuses_a_repeat() {
     h.clock.advance(1234);
     assert_eq!(
         h.chat.send_request(&a.phone, "+14155550101").await,
-        Ok(SendResult::Sent)
+        Ok(RequestSent::Sent)
     );
     assert_eq!(
         h.events(&b.phone),
@@ -712,7 +713,7 @@ async fn crossed_request_accepts_and_tells_both() {
     h.chat.send_request(&a.phone, "+14155550101").await.unwrap();
     h.clear();
     let got = h.chat.send_request(&b.phone, "+14155550100").await.unwrap();
-    let SendResult::Accepted(room) = got else {
+    let RequestSent::Accepted(room) = got else {
         panic!("a crossed request accepts: {got:?}");
     };
     assert_eq!(
@@ -769,7 +770,7 @@ async fn request_expires_silently() {
     // It can be sent again.
     assert_eq!(
         h.chat.send_request(&a.phone, "+14155550101").await,
-        Ok(SendResult::Sent)
+        Ok(RequestSent::Sent)
     );
 }
 
@@ -973,7 +974,7 @@ async fn accept_racing_a_crossed_request_makes_one_room() {
         let (accept, cross) = (accept.await.unwrap(), cross.await.unwrap());
         match (&accept, &cross) {
             (Ok(Some(room)), Err(Error::RoomExists { chat_id })) => assert_eq!(room, chat_id),
-            (Err(Error::RequestNotFound), Ok(SendResult::Accepted(_))) => {}
+            (Err(Error::RequestNotFound), Ok(RequestSent::Accepted(_))) => {}
             other => panic!("two answers that are not one room: {other:?}"),
         }
         assert_eq!(h.chat.active_rooms(&a.phone).await.unwrap().len(), 1);
@@ -1039,7 +1040,7 @@ async fn room_survives_idle_when_a_member_returns() {
     h.pass(600).await; // both offline now
     assert!(!h.chat.is_online(&a.phone).await.unwrap());
     h.pass(200).await;
-    h.chat.authenticate(a.token.as_str()).await.unwrap(); // A is back before 300 s
+    h.chat.authenticate_request(a.token.as_str()).await.unwrap(); // A is back before 300 s
     h.pass(200).await;
     assert!(h.chat.room_exists(&room.to_string()).await.unwrap());
     // A's new window ends 600 s after the request; then 300 s more.
@@ -1413,19 +1414,16 @@ async fn history_pages_after_limit_and_more() {
 async fn page_limit_parsing() {
     for bad in ["0", "-1", "abc", "", "00", "1.5", " 5"] {
         assert!(
-            matches!(
-                page_limit(Some(bad), HISTORY_LIMIT),
-                Err(Error::BadRequest(_))
-            ),
+            matches!(HISTORY_LIMIT.apply(Some(bad)), Err(Error::BadRequest(_))),
             "{bad:?}"
         );
     }
-    assert_eq!(page_limit(None, HISTORY_LIMIT), Ok(50));
-    assert_eq!(page_limit(Some("7"), HISTORY_LIMIT), Ok(7));
-    assert_eq!(page_limit(Some("500"), HISTORY_LIMIT), Ok(500));
-    assert_eq!(page_limit(Some("5000"), HISTORY_LIMIT), Ok(500));
+    assert_eq!(HISTORY_LIMIT.apply(None), Ok(50));
+    assert_eq!(HISTORY_LIMIT.apply(Some("7")), Ok(7));
+    assert_eq!(HISTORY_LIMIT.apply(Some("500")), Ok(500));
+    assert_eq!(HISTORY_LIMIT.apply(Some("5000")), Ok(500));
     assert_eq!(
-        page_limit(Some("99999999999999999999999999"), HISTORY_LIMIT),
+        HISTORY_LIMIT.apply(Some("99999999999999999999999999")),
         Ok(500)
     );
 }
@@ -1671,7 +1669,7 @@ async fn churn_leaves_nothing_behind() {
         );
         for u in &users {
             assert_eq!(
-                h.chat.session(u.token.as_str()).await,
+                h.chat.authenticate_socket(u.token.as_str()).await,
                 Err(Error::Unauthorized)
             );
         }
@@ -1857,7 +1855,7 @@ async fn the_last_socket_closing_ends_presence_within_the_grace() {
 
     // An API request after that opens a full window again.
     h.clear();
-    h.chat.authenticate(a.token.as_str()).await.unwrap();
+    h.chat.authenticate_request(a.token.as_str()).await.unwrap();
     h.pass(500).await;
     assert!(h.chat.is_online(&a.phone).await.unwrap());
     assert_eq!(h.events(&b.phone), vec![presence(&a.phone, true)]);

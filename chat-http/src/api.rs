@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use chat_core::{Error, Result, RoomSummary, SendResult};
+use chat_core::{Error, RequestSent, Result, RoomSummary};
 
 use crate::App;
 use crate::error::{HttpError, HttpResult};
@@ -166,7 +166,7 @@ pub(crate) async fn handle(
     }
 
     let token = bearer(&parts.headers).ok_or(Error::Unauthorized)?;
-    let session = service.authenticate(token).await?;
+    let session = service.authenticate_request(token).await?;
     let me = &session.phone;
     let raw_query = parts.uri.query();
     query::validate(raw_query)?;
@@ -206,8 +206,8 @@ pub(crate) async fn handle(
             service.check_caller(&session, named.as_deref())?;
             service.check_caller(&session, b.phone1.as_deref())?;
             Ok(match service.send_request(me, &b.phone2).await? {
-                SendResult::Sent => reply::ok(json!({"message": "Request sent successfully"})),
-                SendResult::Accepted(room) => reply::ok(json!({
+                RequestSent::Sent => reply::ok(json!({"message": "Request sent successfully"})),
+                RequestSent::Accepted(room) => reply::ok(json!({
                     "message": {"accepted": true, "chat_id": room.to_string()},
                 })),
             })

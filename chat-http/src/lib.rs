@@ -58,7 +58,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use chat_core::{ChatService, Error, KeyedLimiter, Metrics, Result, Store};
+use chat_core::limits::KeyedLimiter;
+use chat_core::{ChatService, Error, Metrics, Result, Store};
 
 use crate::error::HttpResult;
 use chat_ws::Hub;

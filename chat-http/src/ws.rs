@@ -71,7 +71,7 @@ pub(crate) async fn upgrade(app: &App, mut req: Request<Incoming>) -> Result<Res
     let service = app.service().clone();
     let session = crate::guarded(async move {
         match credential {
-            Credential::Token(token) => service.session(&token).await,
+            Credential::Token(token) => service.authenticate_socket(&token).await,
             Credential::Ticket(ticket) => service.ticket_session(&ticket).await,
         }
     })

@@ -450,7 +450,7 @@ async fn rooms_and_messages() {
     assert_eq!(m["sender"], A);
     assert_eq!(m["message"], "hello");
     assert_eq!(m["client_id"], "c1");
-    assert_eq!(m["timestamp"], chat_core::rfc3339(first.timestamp));
+    assert_eq!(m["timestamp"], chat_core::time::rfc3339(first.timestamp));
     assert!(m["timestamp"].as_str().unwrap().ends_with('Z'));
     let r = s
         .call("GET", &format!("{path}?after={}", first.id), Some(&b), None)

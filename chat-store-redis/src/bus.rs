@@ -52,7 +52,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chat_core::{Audience, Delivery, Error, Event, Result, RoomId, SinkSlot};
+use chat_core::event::SinkSlot;
+use chat_core::{Audience, Delivery, Error, Event, Result, RoomId};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -501,7 +502,7 @@ fn decode(room_channel: &str, received: &Received) -> Option<Delivery> {
         .channel
         .strip_prefix(room_channel.as_bytes())
         .and_then(|id| std::str::from_utf8(id).ok())
-        .and_then(|id| RoomId::parse(id).ok())?;
+        .and_then(RoomId::parse)?;
     let message = crate::entry::decode_payload(room, &received.payload)?;
     Some(Delivery::to_room(room, Event::ReceiveMessage(message)))
 }

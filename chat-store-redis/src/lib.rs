@@ -131,7 +131,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chat_core::{Error, NodeId, Result, SinkSlot};
+use chat_core::event::SinkSlot;
+use chat_core::{Error, NodeId, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
 use tokio::sync::mpsc;

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use chat_core::store::{
-    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore, Registered,
-    RequestStore, RoomStore, SendOutcome, SessionStore, Timer, TimerStore, Touched,
+    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore,
+    RequestOutcome, RequestStore, RoomStore, SessionCreated, SessionStore, Timer, TimerStore,
+    Touched,
 };
 use chat_core::{
     Audience, ChatRequest, ConnKey, Delivery, Error, EventBus, EventSink, HistoryPage, Message,
@@ -238,7 +239,7 @@ impl SessionStore for RedisStore {
         session: Session,
         refresh: Option<TokenDigest>,
         http_until: Millis,
-    ) -> Result<Registered> {
+    ) -> Result<SessionCreated> {
         let (has_name, name) = match &session.name {
             Some(n) => ("1", n.as_str()),
             None => ("0", ""),
@@ -259,7 +260,7 @@ impl SessionStore for RedisStore {
             .await?;
         match reply {
             CreateReply::InUse => Err(Error::PhoneInUse),
-            CreateReply::Created => Ok(Registered {
+            CreateReply::Created => Ok(SessionCreated {
                 session,
                 refreshed: false,
                 came_online: true,
@@ -269,7 +270,7 @@ impl SessionStore for RedisStore {
                 token,
                 created_at,
                 name,
-            } => Ok(Registered {
+            } => Ok(SessionCreated {
                 session: Session {
                     phone: session.phone,
                     name,
@@ -528,7 +529,7 @@ impl NodeStore for RedisStore {
 
 #[async_trait::async_trait]
 impl RequestStore for RedisStore {
-    async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<SendOutcome> {
+    async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<RequestOutcome> {
         let (from, to) = (&request.from, &request.to);
         let asked = self.event(&Delivery::chat_request(
             from,
@@ -562,10 +563,10 @@ impl RequestStore for RedisStore {
             .await?;
         match reply {
             SendReply::NoUser => Err(Error::UserNotFound),
-            SendReply::Sent => Ok(SendOutcome::Sent),
-            SendReply::Pending => Ok(SendOutcome::AlreadyPending),
-            SendReply::Exists(id) => Ok(SendOutcome::RoomExists(id)),
-            SendReply::Accepted(room) => Ok(SendOutcome::Accepted(room)),
+            SendReply::Sent => Ok(RequestOutcome::Sent),
+            SendReply::Pending => Ok(RequestOutcome::AlreadyPending),
+            SendReply::Exists(id) => Ok(RequestOutcome::RoomExists(id)),
+            SendReply::Accepted(room) => Ok(RequestOutcome::Accepted(room)),
         }
     }
 

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chat_core::store::NewRoom;
 use chat_core::store::prelude::*;
 use chat_core::{
-    Audience, ChatRequest, Delivery, Error, Event, EventBus, Message, NewMessage, NewRoom, Phone,
-    RoomId, Session, Token,
+    Audience, ChatRequest, Delivery, Error, Event, EventBus, Message, NewMessage, Phone, RoomId,
+    Session, Token,
 };
 use chat_store_redis::test_server::RedisServer;
 use common::{node, now, prefix, raw};

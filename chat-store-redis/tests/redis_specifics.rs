@@ -9,9 +9,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chat_core::store::prelude::*;
+use chat_core::store::{Appended, NewRoom, RequestOutcome};
 use chat_core::{
-    Appended, Audience, ChatRequest, ConnKey, Delivery, Error, Event, EventBus, EventSink,
-    NewMessage, NewRoom, NodeId, Phone, RoomId, SendOutcome, Session, Token,
+    Audience, ChatRequest, ConnKey, Delivery, Error, Event, EventBus, EventSink, NewMessage,
+    NodeId, Phone, RoomId, Session, Token,
 };
 use chat_store_redis::bus::DELIVERY_QUEUE;
 use chat_store_redis::test_server::RedisServer;
@@ -58,7 +59,7 @@ async fn make_room(store: &RedisStore, a: &Phone, b: &Phone, t: u64, ttl: u64) -
             .send_request(req, new_room.clone())
             .await
             .expect("send"),
-        SendOutcome::Sent
+        RequestOutcome::Sent
     );
     store
         .accept_request(a, b, new_room, t)
@@ -915,7 +916,7 @@ async fn a_new_session_inherits_nothing_redis_expired_under_its_phone() {
     };
     assert_eq!(
         store.send_request(request, spare).await.expect("send"),
-        SendOutcome::Sent
+        RequestOutcome::Sent
     );
     // Redis frees a's session keys (their expiry came first) while its requests, rooms, timers
     // and indexes are still there.

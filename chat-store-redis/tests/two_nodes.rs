@@ -6,10 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_core::store::Appended;
 use chat_core::store::prelude::*;
 use chat_core::{
-    Appended, Audience, ChatService, Config, ConnKey, Delivery, Event, EventBus, ManualClock,
-    NewMessage, NodeId, Phone, Session, Store, Token,
+    Audience, ChatService, Config, ConnKey, Delivery, Event, EventBus, ManualClock, NewMessage,
+    NodeId, Phone, Session, Store, Token,
 };
 use chat_store_redis::test_server::RedisServer;
 use common::{node, now, prefix, raw};
@@ -134,7 +135,7 @@ async fn both_nodes_see_a_rooms_messages_in_history_order() {
         created_at: t,
         expires_at: t + 60_000,
     };
-    let new_room = chat_core::NewRoom {
+    let new_room = chat_core::store::NewRoom {
         id: chat_core::RoomId::generate(),
         created_at: t,
         expires_at: t + 600_000,

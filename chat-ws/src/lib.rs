@@ -162,7 +162,7 @@ pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 fn largest_server_frame(max_message_chars: usize) -> usize {
     const FIELDS: usize = 1024;
     chat_core::HISTORY_LIMIT
-        .1
+        .max
         .saturating_mul(max_message_chars.saturating_mul(6).saturating_add(FIELDS))
         .saturating_add(FIELDS)
 }

@@ -15,7 +15,8 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use chat_core::{Audience, Error, MessageId, Outgoing, RoomId, Session, TokenBucket};
+use chat_core::limits::TokenBucket;
+use chat_core::{Audience, Error, MessageId, Outgoing, RoomId, Session};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -800,7 +801,7 @@ async fn join_room(
     // queued, so a message sent meanwhile is neither lost nor shown twice. An id that is not
     // a room's is left to the service to refuse.
     let mut joining = None;
-    if let Ok(room) = RoomId::parse(&data.room) {
+    if let Some(room) = RoomId::parse(&data.room) {
         let begun = hub.write().begin_join(conn, room);
         match begun {
             BeginJoin::Closing => return Ok(()),
@@ -861,7 +862,7 @@ async fn leave_room(
     data: wire::LeaveRoom,
 ) -> Result<(), Error> {
     check_callers(hub, conn, [data.phone.as_deref(), data.user.as_deref()])?;
-    let room = RoomId::parse(&data.room)?;
+    let room = RoomId::parse(&data.room).ok_or(Error::RoomNotFound)?;
     let left = hub.write().leave(conn, room);
     if let Some(last) = left {
         hub.service()

@@ -58,7 +58,7 @@ async fn upgrade(mut tcp: TcpStream, service: ChatService, hub: Hub) {
         .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
         .unwrap();
     let accept = Hub::accept_key(key).unwrap();
-    let session = service.session(token).await.unwrap();
+    let session = service.authenticate_socket(token).await.unwrap();
     tcp.write_all(
         format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -127,7 +127,7 @@ async fn idle_socket_memory() {
     // The socket task's own size (its future, before any boxed work).
     let probe = hub.serve(
         tokio::io::duplex(64).0,
-        service.session(&tokens[0]).await.unwrap(),
+        service.authenticate_socket(&tokens[0]).await.unwrap(),
     );
     println!("serve future: {} bytes", std::mem::size_of_val(&probe));
     drop(probe);

@@ -46,7 +46,7 @@ async fn upgrade(mut tcp: TcpStream, service: ChatService, hub: Hub) {
         })
         .unwrap();
     let accept = Hub::accept_key(key).expect("a valid key");
-    let session = service.session(token).await.unwrap();
+    let session = service.authenticate_socket(token).await.unwrap();
     tcp.write_all(
         format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

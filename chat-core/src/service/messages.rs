@@ -30,7 +30,7 @@ impl ChatService {
 
     /// Sends a socket's burst of messages: each checked and answered exactly as
     /// [`ChatService::send_message`] would, in the order given, but the valid ones stored with
-    /// one store call ([`RoomStore::append_messages`](crate::RoomStore::append_messages)), so
+    /// one store call ([`RoomStore::append_messages`](crate::store::RoomStore::append_messages)), so
     /// they cost one round trip. The results are in the order of `batch`.
     pub async fn send_messages(&self, me: &Phone, batch: Vec<Outgoing>) -> Vec<Result<Message>> {
         let now = self.now();
@@ -85,7 +85,7 @@ impl ChatService {
             self.room_if_member(me, room).await?;
             return Err(invalid);
         }
-        let id = RoomId::parse(room)?;
+        let id = RoomId::parse(room).ok_or(Error::RoomNotFound)?;
         let message = NewMessage {
             sender: me.clone(),
             message: text,

@@ -63,11 +63,48 @@ impl Default for Config {
 pub const MAX_NAME_CHARS: usize = 64;
 /// Longest `client_id`, in characters.
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
-/// Default and largest page of `/online_users`.
-pub const ONLINE_LIMIT: (usize, usize) = (100, 1000);
-/// Default and largest page of `/chatrooms/{id}/messages`.
-pub const HISTORY_LIMIT: (usize, usize) = (50, 500);
-/// `join_room` sends the last this many, or up to `HISTORY_LIMIT.1` after `since`.
+/// The size of a page a client may ask for with `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// The page size when the client gives no `limit`.
+    pub default: usize,
+    /// The largest page; a larger `limit` gets this many.
+    pub max: usize,
+}
+
+impl PageLimit {
+    /// Applies a client's `limit`: absent → the default, over the maximum → the maximum, not
+    /// a positive integer → `bad_request`.
+    pub fn apply(self, limit: Option<&str>) -> Result<usize> {
+        let Some(raw) = limit else {
+            return Ok(self.default);
+        };
+        let bad = || Error::bad_request("limit must be a positive integer");
+        let digits = raw.strip_prefix('+').unwrap_or(raw);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        if digits.bytes().all(|b| b == b'0') {
+            return Err(bad());
+        }
+        // All digits and not zero: anything too long to parse is over the maximum anyway.
+        Ok(digits
+            .parse::<usize>()
+            .map_or(self.max, |n| n.min(self.max)))
+    }
+}
+
+/// Pages of `/online_users`.
+pub const ONLINE_LIMIT: PageLimit = PageLimit {
+    default: 100,
+    max: 1000,
+};
+/// Pages of `/chatrooms/{id}/messages`.
+pub const HISTORY_LIMIT: PageLimit = PageLimit {
+    default: 50,
+    max: 500,
+};
+/// `join_room` sends the last this many, or up to `HISTORY_LIMIT.max` after `since`.
 pub const JOIN_HISTORY: usize = 50;
 /// How long a WebSocket ticket ([`ChatService::ws_ticket`]) stays valid, in seconds.
 pub const TICKET_SECS: u64 = 30;
@@ -114,7 +151,7 @@ impl std::str::FromStr for Answer {
 
 /// The answer to `send_request`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendResult {
+pub enum RequestSent {
     /// Pending now.
     Sent,
     /// A crossed request was accepted: this is the new room.
@@ -257,22 +294,4 @@ impl ChatService {
             tracing::warn!(error = %e, "event not published");
         }
     }
-}
-
-/// Applies a page `limit`: absent → default, over the maximum → the maximum, not a positive
-/// integer → `bad_request`.
-pub fn page_limit(limit: Option<&str>, (default, max): (usize, usize)) -> Result<usize> {
-    let Some(raw) = limit else {
-        return Ok(default);
-    };
-    let bad = || Error::bad_request("limit must be a positive integer");
-    let digits = raw.strip_prefix('+').unwrap_or(raw);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    if digits.bytes().all(|b| b == b'0') {
-        return Err(bad());
-    }
-    // All digits and not zero: anything too long to parse is over the maximum anyway.
-    Ok(digits.parse::<usize>().map_or(max, |n| n.min(max)))
 }

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::event::{Delivery, Event};
 use crate::types::{ConnKey, Names, OnlinePage, Phone};
 
-use super::{ChatService, ONLINE_LIMIT, page_limit};
+use super::{ChatService, ONLINE_LIMIT};
 
 impl ChatService {
     /// One page of online users.
@@ -15,7 +15,7 @@ impl ChatService {
         cursor: Option<String>,
         limit: Option<&str>,
     ) -> Result<OnlinePage> {
-        let limit = page_limit(limit, ONLINE_LIMIT)?;
+        let limit = ONLINE_LIMIT.apply(limit)?;
         self.store().online_page(cursor, limit, self.now()).await
     }
 

@@ -2,14 +2,14 @@
 
 use crate::error::{Error, Result};
 use crate::event::{Delivery, Event};
-use crate::store::{NewRoom, SendOutcome};
+use crate::store::{NewRoom, RequestOutcome};
 use crate::types::{ChatRequest, Millis, Names, Phone, Requests, RoomId};
 
-use super::{Answer, ChatService, SendResult, secs};
+use super::{Answer, ChatService, RequestSent, secs};
 
 impl ChatService {
     /// `me` asks `to` for a chat.
-    pub async fn send_request(&self, me: &Phone, to: &str) -> Result<SendResult> {
+    pub async fn send_request(&self, me: &Phone, to: &str) -> Result<RequestSent> {
         let to = Phone::parse(to)?;
         if &to == me {
             return Err(Error::SelfRequest);
@@ -30,10 +30,10 @@ impl ChatService {
             .send_request(request, self.new_room(now, names))
             .await?
         {
-            SendOutcome::Sent => Ok(SendResult::Sent),
-            SendOutcome::Accepted(room) => Ok(SendResult::Accepted(room.id)),
-            SendOutcome::AlreadyPending => Err(Error::AlreadyPending),
-            SendOutcome::RoomExists(chat_id) => Err(Error::RoomExists { chat_id }),
+            RequestOutcome::Sent => Ok(RequestSent::Sent),
+            RequestOutcome::Accepted(room) => Ok(RequestSent::Accepted(room.id)),
+            RequestOutcome::AlreadyPending => Err(Error::AlreadyPending),
+            RequestOutcome::RoomExists(chat_id) => Err(Error::RoomExists { chat_id }),
         }
     }
 

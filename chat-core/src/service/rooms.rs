@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::event::{Delivery, Event, Except};
 use crate::types::{ConnKey, HistoryPage, MessageId, Phone, Room, RoomId, RoomSummary, Session};
 
-use super::{ChatService, HISTORY_LIMIT, JOIN_HISTORY, page_limit};
+use super::{ChatService, HISTORY_LIMIT, JOIN_HISTORY};
 
 impl ChatService {
     /// The caller's live rooms.
@@ -29,8 +29,8 @@ impl ChatService {
     /// Whether a room exists (for the public chatroom page).
     pub async fn room_exists(&self, room: &str) -> Result<bool> {
         match RoomId::parse(room) {
-            Ok(id) => Ok(self.store().room(&id).await?.is_some()),
-            Err(_) => Ok(false),
+            Some(id) => Ok(self.store().room(&id).await?.is_some()),
+            None => Ok(false),
         }
     }
 
@@ -45,7 +45,7 @@ impl ChatService {
     /// room (a non-UUID id included). Lets callers check field values between the two answers,
     /// as the contract orders them.
     pub(super) async fn room_if_member(&self, me: &Phone, room: &str) -> Result<Option<Room>> {
-        let Ok(id) = RoomId::parse(room) else {
+        let Some(id) = RoomId::parse(room) else {
             return Ok(None);
         };
         match self.store().room(&id).await? {
@@ -66,7 +66,7 @@ impl ChatService {
     ) -> Result<HistoryPage> {
         // The contract's order: identity (403), then field values (400), then state (404).
         let found = self.room_if_member(me, room).await?;
-        let limit = page_limit(limit, HISTORY_LIMIT)?;
+        let limit = HISTORY_LIMIT.apply(limit)?;
         let after = after.map(MessageId::parse).transpose()?;
         let room = found.ok_or(Error::RoomNotFound)?;
         self.store().history(&room.id, after, limit).await
@@ -85,7 +85,7 @@ impl ChatService {
         let since = since.map(MessageId::parse).transpose()?;
         let room = found.ok_or(Error::RoomNotFound)?;
         let limit = if since.is_some() {
-            HISTORY_LIMIT.1
+            HISTORY_LIMIT.max
         } else {
             JOIN_HISTORY
         };

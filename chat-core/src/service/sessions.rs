@@ -65,8 +65,10 @@ impl ChatService {
         })
     }
 
-    /// Authenticates an HTTP API request and counts it as presence.
-    pub async fn authenticate(&self, token: &str) -> Result<Session> {
+    /// Authenticates an HTTP API request by its bearer token, and counts it as presence: the
+    /// user is online for the HTTP presence window from now. See
+    /// [`ChatService::authenticate_socket`] for the WebSocket upgrade, which does not count.
+    pub async fn authenticate_request(&self, token: &str) -> Result<Session> {
         let token = Token::from_client(token).ok_or(Error::Unauthorized)?;
         let now = self.now();
         let touched = self
@@ -80,8 +82,9 @@ impl ChatService {
         Ok(touched.session)
     }
 
-    /// Authenticates a WebSocket upgrade (not counted as presence).
-    pub async fn session(&self, token: &str) -> Result<Session> {
+    /// Authenticates a WebSocket upgrade by its token. Not counted as presence: the socket
+    /// itself is, once [`ChatService::connect`] counts it.
+    pub async fn authenticate_socket(&self, token: &str) -> Result<Session> {
         let token = Token::from_client(token).ok_or(Error::Unauthorized)?;
         self.store()
             .session(&token.digest())

@@ -36,13 +36,13 @@ pub use presence::MockPresenceStore;
 pub use presence::{PresenceState, PresenceStore};
 #[cfg(any(test, feature = "mocks"))]
 pub use requests::MockRequestStore;
-pub use requests::{NewRoom, RequestStore, SendOutcome};
+pub use requests::{NewRoom, RequestOutcome, RequestStore};
 #[cfg(any(test, feature = "mocks"))]
 pub use rooms::MockRoomStore;
 pub use rooms::{Appended, RoomStore};
 #[cfg(any(test, feature = "mocks"))]
 pub use sessions::MockSessionStore;
-pub use sessions::{EndedSession, Registered, SessionStore, Touched};
+pub use sessions::{EndedSession, SessionCreated, SessionStore, Touched};
 #[cfg(any(test, feature = "mocks"))]
 pub use timers::MockTimerStore;
 pub use timers::{DueTimer, Timer, TimerStore};

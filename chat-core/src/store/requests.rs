@@ -19,7 +19,7 @@ pub struct NewRoom {
 
 /// What [`RequestStore::send_request`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendOutcome {
+pub enum RequestOutcome {
     /// The request is now pending.
     Sent,
     /// The recipient had a pending request to the sender: it was accepted, making this room.
@@ -52,7 +52,7 @@ pub trait RequestStore: Send + Sync + 'static {
     /// same atomic step: a request to a session that ended, or went offline, a moment before must
     /// not be kept (nor kept for whoever registers that phone next), and the caller needs no
     /// round trip of its own to check first.
-    async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<SendOutcome>;
+    async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<RequestOutcome>;
 
     /// Accepts the pending request `from → to`: removes it (and any `to → from`) and creates
     /// `room` with members `[from, to]`, scheduling `Timer::RoomExpiry`. `None` when no such

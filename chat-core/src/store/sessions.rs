@@ -6,7 +6,7 @@ use crate::types::{Millis, Names, Phone, Requests, Room, Session, TokenDigest};
 
 /// What [`SessionStore::create_session`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registered {
+pub struct SessionCreated {
     /// The live session (the existing one on a refresh).
     pub session: Session,
     /// An existing session was refreshed with its own token.
@@ -50,7 +50,7 @@ pub trait SessionStore: Send + Sync + 'static {
         session: Session,
         refresh: Option<TokenDigest>,
         http_until: Millis,
-    ) -> Result<Registered>;
+    ) -> Result<SessionCreated>;
 
     /// The session a token names, if any.
     async fn session(&self, token: &TokenDigest) -> Result<Option<Session>>;

@@ -42,7 +42,7 @@ impl Timer {
     pub fn decode(s: &str) -> Result<Timer> {
         let bad = || Error::bad_request(format!("not a timer: {s}"));
         let (kind, rest) = s.split_once('|').ok_or_else(bad)?;
-        let room = |r: &str| RoomId::parse(r).map_err(|_| bad());
+        let room = |r: &str| RoomId::parse(r).ok_or_else(bad);
         Ok(match kind {
             "p" => Timer::Presence(Phone::parse(rest)?),
             "s" => Timer::SessionEnd(Phone::parse(rest)?),

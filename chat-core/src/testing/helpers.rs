@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::store::{Appended, DueTimer, NewRoom, SendOutcome, Timer};
+use crate::store::{Appended, DueTimer, NewRoom, RequestOutcome, Timer};
 use crate::types::{
     ChatRequest, ConnKey, Message, Millis, Names, NewMessage, NodeId, Phone, Room, RoomId, Session,
     Token,
@@ -72,7 +72,7 @@ pub(super) async fn room_between(fx: &Fixture, a: &Phone, b: &Phone) -> Room {
         .send_request(request(fx, a, b), new_room(fx))
         .await
         .expect("send_request");
-    assert_eq!(sent, SendOutcome::Sent);
+    assert_eq!(sent, RequestOutcome::Sent);
     fx.store
         .accept_request(a, b, new_room(fx), fx.now())
         .await

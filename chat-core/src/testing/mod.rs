@@ -193,7 +193,7 @@ impl Fixture {
     pub async fn wait_for_events(&self, audience: &Audience, n: usize) -> Vec<Event> {
         let deadline = tokio::time::Instant::now() + self.event_timeout;
         loop {
-            // Registered before looking, so a delivery between the look and the wait is not lost.
+            // SessionCreated before looking, so a delivery between the look and the wait is not lost.
             let mut woken = std::pin::pin!(self.delivered.notified());
             woken.as_mut().enable();
             let got = self.events.events_for(audience);

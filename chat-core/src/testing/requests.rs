@@ -4,7 +4,7 @@ use tokio::task::JoinSet;
 
 use crate::error::Error;
 use crate::event::{Audience, Event};
-use crate::store::{NewRoom, SendOutcome, Timer};
+use crate::store::{NewRoom, RequestOutcome, Timer};
 use crate::types::{Names, NodeId, Phone, Room};
 
 use super::Fixture;
@@ -21,14 +21,14 @@ pub async fn send_request_then_already_pending(fx: Fixture) {
         .send_request(request(&fx, &a, &b), new_room(&fx))
         .await
         .expect("send_request");
-    assert_eq!(sent, SendOutcome::Sent);
+    assert_eq!(sent, RequestOutcome::Sent);
     fx.advance(10);
     let again = fx
         .store
         .send_request(request(&fx, &a, &b), new_room(&fx))
         .await
         .expect("send_request");
-    assert_eq!(again, SendOutcome::AlreadyPending);
+    assert_eq!(again, RequestOutcome::AlreadyPending);
     let ra = fx.store.requests(&a, fx.now()).await.expect("requests");
     assert_eq!((ra.incoming, ra.sent), (vec![], vec![b.clone()]));
     let rb = fx.store.requests(&b, fx.now()).await.expect("requests");
@@ -74,7 +74,7 @@ pub async fn crossed_send_request_accepts(fx: Fixture) {
         created_at: nr.created_at,
         expires_at: nr.expires_at,
     };
-    assert_eq!(got, SendOutcome::Accepted(expected.clone()));
+    assert_eq!(got, RequestOutcome::Accepted(expected.clone()));
     assert_eq!(
         fx.store.room(&nr.id).await.expect("room"),
         Some(expected.clone())
@@ -106,7 +106,7 @@ pub async fn send_request_to_room_partner_is_room_exists(fx: Fixture) {
             .send_request(request(&fx, from, to), new_room(&fx))
             .await
             .expect("send_request");
-        assert_eq!(got, SendOutcome::RoomExists(room.id));
+        assert_eq!(got, RequestOutcome::RoomExists(room.id));
     }
     let r = fx.store.requests(&b, fx.now()).await.expect("requests");
     assert!(r.incoming.is_empty() && r.sent.is_empty());
@@ -175,7 +175,7 @@ pub async fn send_request_to_phone_without_session_is_user_not_found(fx: Fixture
             .send_request(request(&fx, &a, &b), new_room(&fx))
             .await
             .expect("send_request"),
-        SendOutcome::Sent
+        RequestOutcome::Sent
     );
 }
 
@@ -205,13 +205,13 @@ pub async fn requests_and_accepts_are_published(fx: Fixture) {
     let created_at = ab.created_at;
     assert_eq!(
         fx.store.send_request(ab, named(&fx)).await,
-        Ok(SendOutcome::Sent)
+        Ok(RequestOutcome::Sent)
     );
     assert_eq!(
         fx.store
             .send_request(request(&fx, &a, &b), new_room(&fx))
             .await,
-        Ok(SendOutcome::AlreadyPending)
+        Ok(RequestOutcome::AlreadyPending)
     );
     let first = fx.wait_for_events(&Audience::User(b.clone()), 1).await;
     assert_eq!(
@@ -265,7 +265,7 @@ pub async fn requests_and_accepts_are_published(fx: Fixture) {
     let crossed_id = crossed.id;
     assert!(matches!(
         fx.store.send_request(request(&fx, &a, &c), crossed).await,
-        Ok(SendOutcome::Accepted(r)) if r.id == crossed_id
+        Ok(RequestOutcome::Accepted(r)) if r.id == crossed_id
     ));
     let to_a = fx.wait_for_events(&Audience::User(a.clone()), 3).await;
     assert!(
@@ -307,7 +307,7 @@ pub async fn send_request_to_offline_user_is_user_not_found(fx: Fixture) {
         fx.store
             .send_request(request(&fx, &a, &b), new_room(&fx))
             .await,
-        Ok(SendOutcome::Sent),
+        Ok(RequestOutcome::Sent),
         "a socket makes the user reachable"
     );
     fx.store
@@ -376,14 +376,14 @@ pub async fn expired_request_counts_as_absent(fx: Fixture) {
             .send_request(request(&fx, &a, &b), new_room(&fx))
             .await
             .expect("send_request"),
-        SendOutcome::Sent
+        RequestOutcome::Sent
     );
     let c_to_a_expired = fx
         .store
         .send_request(request(&fx, &a, &c), new_room(&fx))
         .await
         .expect("send_request");
-    assert_eq!(c_to_a_expired, SendOutcome::Sent);
+    assert_eq!(c_to_a_expired, RequestOutcome::Sent);
     assert!(fx.store.rooms_of(&a).await.expect("rooms_of").is_empty());
 }
 
@@ -475,7 +475,7 @@ pub async fn remove_request_reports_pending(fx: Fixture) {
             .send_request(request(&fx, &a, &b), new_room(&fx))
             .await
             .expect("send_request"),
-        SendOutcome::Sent
+        RequestOutcome::Sent
     );
 }
 
@@ -541,7 +541,7 @@ pub async fn crossed_send_race_makes_one_room(fx: Fixture) {
             tasks.spawn(async move { store.send_request(r, nr).await });
         }
     }
-    let outcomes: Vec<SendOutcome> = tasks
+    let outcomes: Vec<RequestOutcome> = tasks
         .join_all()
         .await
         .into_iter()
@@ -549,9 +549,12 @@ pub async fn crossed_send_race_makes_one_room(fx: Fixture) {
         .collect();
     let accepted = outcomes
         .iter()
-        .filter(|o| matches!(o, SendOutcome::Accepted(_)))
+        .filter(|o| matches!(o, RequestOutcome::Accepted(_)))
         .count();
-    let sent = outcomes.iter().filter(|o| **o == SendOutcome::Sent).count();
+    let sent = outcomes
+        .iter()
+        .filter(|o| **o == RequestOutcome::Sent)
+        .count();
     assert_eq!((accepted, sent), (10, 10), "{outcomes:?}");
     for p in &phones {
         assert_eq!(
@@ -572,7 +575,7 @@ pub async fn crossed_send_race_makes_one_room(fx: Fixture) {
         let (store, r, nr) = (fx.store.clone(), request(&fx, from, to), new_room(&fx));
         tasks.spawn(async move { store.send_request(r, nr).await });
     }
-    let outcomes: Vec<SendOutcome> = tasks
+    let outcomes: Vec<RequestOutcome> = tasks
         .join_all()
         .await
         .into_iter()
@@ -581,7 +584,7 @@ pub async fn crossed_send_race_makes_one_room(fx: Fixture) {
     let rooms: Vec<&Room> = outcomes
         .iter()
         .filter_map(|o| match o {
-            SendOutcome::Accepted(r) => Some(r),
+            RequestOutcome::Accepted(r) => Some(r),
             _ => None,
         })
         .collect();

@@ -6,7 +6,7 @@ use tokio::task::JoinSet;
 
 use crate::error::Error;
 use crate::event::{Audience, Event};
-use crate::store::{Appended, SendOutcome, Timer};
+use crate::store::{Appended, RequestOutcome, Timer};
 use crate::types::{Message, MessageId, NewMessage, RoomId};
 
 use super::Fixture;
@@ -62,7 +62,7 @@ pub async fn room_lookup_and_delete(fx: Fixture) {
             .send_request(request(&fx, &a, &b), new_room(&fx))
             .await
             .expect("send_request"),
-        SendOutcome::Sent
+        RequestOutcome::Sent
     );
 }
 

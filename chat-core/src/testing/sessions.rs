@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::error::Error;
-use crate::store::{SendOutcome, Timer};
+use crate::store::{RequestOutcome, Timer};
 use crate::types::{Names, NodeId, Session, Token};
 
 use super::Fixture;
@@ -524,7 +524,7 @@ pub async fn end_session_deletes_everything(fx: Fixture) {
             .send_request(request(&fx, a, b), new_room(&fx))
             .await
             .expect("send_request"),
-        SendOutcome::Sent,
+        RequestOutcome::Sent,
         "no room is inherited"
     );
 }

@@ -6,9 +6,8 @@
 //! A reply that does not decode is a bug or foreign data under our prefix: [`decode`] logs why
 //! and the caller sees the store as unavailable rather than wrong data.
 
-use chat_core::{
-    Message, MessageId, Millis, Phone, PresenceState, Result, Room, RoomId, Session, TokenDigest,
-};
+use chat_core::store::PresenceState;
+use chat_core::{Message, MessageId, Millis, Phone, Result, Room, RoomId, Session, TokenDigest};
 use redis::{FromRedisValue, ParsingError, Value};
 
 use super::bad_reply;
@@ -76,7 +75,7 @@ macro_rules! from_text {
 
 from_text! {
     Phone: "a phone", |s| Phone::parse(s).ok();
-    RoomId: "a room id", |s| RoomId::parse(s).ok();
+    RoomId: "a room id", RoomId::parse;
     MessageId: "a stream id", |s| MessageId::parse(s).ok();
     TokenDigest: "a token digest", TokenDigest::from_hex;
 }

@@ -129,7 +129,7 @@ fn push_message(out: &mut String, m: &Message) {
     out.push_str(",\"message\":");
     push_json_str(out, &m.message);
     out.push_str(",\"timestamp\":\"");
-    chat_core::push_rfc3339(out, m.timestamp);
+    chat_core::time::push_rfc3339(out, m.timestamp);
     out.push_str("\",\"client_id\":");
     match &m.client_id {
         Some(c) => push_json_str(out, c),
@@ -215,7 +215,8 @@ mod tests {
     use super::*;
     use crate::wire::encode::{Frame, event_frame};
     use crate::wire::parse::Ack;
-    use chat_core::{Event, Phone, rfc3339};
+    use chat_core::time::rfc3339;
+    use chat_core::{Event, Phone};
     use serde::Serialize;
 
     /// The serde form of a `<message>`: what the hand-written encoder must write, byte for byte.

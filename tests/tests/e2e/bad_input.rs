@@ -455,7 +455,7 @@ async fn keep_alive_connections_serve_several_requests() {
 /// absent.
 async fn queries_are_form_encoded(b: Backend) {
     let app = App::start(b, &[]).await;
-    // Registered as a person types it; `"name": null` is the same as no name.
+    // SessionCreated as a person types it; `"name": null` is the same as no name.
     let me = app
         .post(
             "/register_user",

@@ -29,7 +29,7 @@ const A: &str = "+14155550301";
 const B: &str = "+14155550302";
 const C: &str = "+14155550303";
 const D: &str = "+14155550304";
-/// Registered by nobody.
+/// SessionCreated by nobody.
 const NOBODY: &str = "+14155550399";
 /// A UUID no room has.
 const NO_ROOM: &str = "00000000-0000-4000-8000-000000000000";
