@@ -272,16 +272,22 @@ impl Collector for Core {
                 &m.slow_consumers_closed_total,
             ),
         ] {
-            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
+            encode_counter(&mut encoder, name, help, value)?;
         }
         Ok(())
     }
+}
+
+/// Encodes a plain atomic as a counter `name` (without `_total`: the encoder appends it), for
+/// collectors of counters kept as atomics on a hot path (the core's, the Redis bus's).
+pub fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: &AtomicU64,
+) -> Result<(), fmt::Error> {
+    let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
 /// A collector added with [`Metrics::register_collector`], registered by handle.

@@ -55,8 +55,7 @@ use std::time::Duration;
 use chat_core::event::SinkSlot;
 use chat_core::{Audience, Delivery, Error, Event, Result, RoomId};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
@@ -138,13 +137,7 @@ impl Collector for BusCollector {
                 &s.resubscriptions,
             ),
         ] {
-            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
+            chat_core::metrics::encode_counter(&mut encoder, name, help, value)?;
         }
         Ok(())
     }
