@@ -198,7 +198,7 @@ impl Delivery {
 }
 
 /// The entries of `names` for `phones`: what an event naming those users carries.
-pub fn names_of<'a>(names: &Names, phones: impl IntoIterator<Item = &'a Phone>) -> Names {
+pub(crate) fn names_of<'a>(names: &Names, phones: impl IntoIterator<Item = &'a Phone>) -> Names {
     phones
         .into_iter()
         .filter_map(|p| Some((p.clone(), names.get(p)?.clone())))
