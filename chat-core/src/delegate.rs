@@ -328,6 +328,35 @@ macro_rules! delegate_store {
                 $around
             }
 
+            async fn mark_read(
+                &$this,
+                room: &$crate::RoomId,
+                phone: &$crate::Phone,
+                id: $crate::MessageId,
+            ) -> $crate::Result<bool> {
+                let $call = $inner.mark_read(room, phone, id);
+                let $op: &'static str = "mark_read";
+                $around
+            }
+
+            async fn read_marks(
+                &$this,
+                room: &$crate::RoomId,
+            ) -> $crate::Result<::core::option::Option<$crate::ReadMarks>> {
+                let $call = $inner.read_marks(room);
+                let $op: &'static str = "read_marks";
+                $around
+            }
+
+            async fn room_overviews(
+                &$this,
+                phone: &$crate::Phone,
+            ) -> $crate::Result<::std::vec::Vec<$crate::store::RoomOverview>> {
+                let $call = $inner.room_overviews(phone);
+                let $op: &'static str = "room_overviews";
+                $around
+            }
+
             $($($extra)*)?
         }
     };

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::types::{ConnKey, Message, Millis, Names, Phone, RoomId};
+use crate::types::{ConnKey, Message, MessageId, Millis, Names, Phone, RoomId};
 
 /// Something a user's sockets are told. Names follow the wire contract; the wire encoding
 /// itself belongs to the socket adapter.
@@ -106,6 +106,16 @@ pub enum Event {
         user: Phone,
         /// Started (true) or stopped.
         typing: bool,
+    },
+    /// A member's read mark moved forward (told to the other member's sockets joined to the
+    /// room).
+    Read {
+        /// The room.
+        room: RoomId,
+        /// Whose mark moved.
+        user: Phone,
+        /// The id of the last message they have read.
+        id: MessageId,
     },
 }
 

@@ -61,5 +61,5 @@ pub use store::Store;
 pub use time::{Clock, ManualClock, SystemClock};
 pub use types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, RoomSummary, Session, Token, TokenDigest,
+    OnlinePage, Phone, ReadMarks, Requests, Room, RoomId, RoomSummary, Session, Token, TokenDigest,
 };

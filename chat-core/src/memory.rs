@@ -10,12 +10,12 @@ use crate::error::{Error, Result};
 use crate::event::{Audience, Delivery, Event, EventBus, EventSink, SinkSlot};
 use crate::store::{
     Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore,
-    RequestOutcome, RequestStore, RoomStore, SessionCreated, SessionStore, Timer, TimerStore,
-    Touched,
+    RequestOutcome, RequestStore, RoomOverview, RoomStore, SessionCreated, SessionStore, Timer,
+    TimerStore, Touched, UNREAD_MAX,
 };
 use crate::types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
-    OnlinePage, Phone, Requests, Room, RoomId, Session, TokenDigest,
+    OnlinePage, Phone, ReadMarks, Requests, Room, RoomId, Session, TokenDigest,
 };
 
 /// The in-memory [`Store`](crate::Store) and [`EventBus`]. Clones share state.
@@ -132,6 +132,33 @@ struct RoomState {
     client_ids: HashMap<(Phone, String), MessageId>,
     /// The last id handed out (ids keep growing even when history is trimmed).
     last_id: MessageId,
+    /// Each member's read mark, in the order of `room.members`.
+    read: [Option<MessageId>; 2],
+}
+
+impl RoomState {
+    /// The position of `phone` in `room.members`.
+    fn member_index(&self, phone: &Phone) -> Option<usize> {
+        self.room.members.iter().position(|m| m == phone)
+    }
+
+    /// `phone`'s overview: messages of the other member after `phone`'s mark (at most
+    /// `UNREAD_MAX`) and the newest message.
+    fn overview(&self, phone: &Phone) -> RoomOverview {
+        let mark = self.member_index(phone).and_then(|i| self.read[i]);
+        let start = mark.map_or(0, |mark| self.messages.partition_point(|m| m.id <= mark));
+        let unread = self
+            .messages
+            .range(start..)
+            .filter(|m| m.sender != *phone)
+            .take(UNREAD_MAX as usize)
+            .count();
+        RoomOverview {
+            room: self.room.clone(),
+            unread: u32::try_from(unread).unwrap_or(UNREAD_MAX),
+            last_message: self.messages.back().cloned(),
+        }
+    }
 }
 
 fn pair(a: &Phone, b: &Phone) -> (Phone, Phone) {
@@ -192,6 +219,7 @@ impl State {
                 messages: VecDeque::new(),
                 client_ids: HashMap::new(),
                 last_id: MessageId { ms: 0, seq: 0 },
+                read: [None, None],
             },
         );
     }
@@ -788,6 +816,44 @@ impl RoomStore for MemoryStore {
             messages: msgs.range(start..end).cloned().collect(),
             more,
         })
+    }
+
+    async fn mark_read(&self, room: &RoomId, phone: &Phone, id: MessageId) -> Result<bool> {
+        let mut s = self.state()?;
+        let r = s.rooms.get_mut(room).ok_or(Error::RoomNotFound)?;
+        let Some(i) = r.member_index(phone) else {
+            return Err(Error::forbidden("you are not a member of this room"));
+        };
+        if r.messages.binary_search_by_key(&id, |m| m.id).is_err() {
+            return Err(Error::bad_request("not the id of a message of this room"));
+        }
+        if r.read[i].is_some_and(|mark| id <= mark) {
+            return Ok(false);
+        }
+        r.read[i] = Some(id);
+        Ok(true)
+    }
+
+    async fn read_marks(&self, room: &RoomId) -> Result<Option<ReadMarks>> {
+        let s = self.state()?;
+        Ok(s.rooms.get(room).map(|r| {
+            r.room
+                .members
+                .iter()
+                .cloned()
+                .zip(r.read)
+                .collect::<ReadMarks>()
+        }))
+    }
+
+    async fn room_overviews(&self, phone: &Phone) -> Result<Vec<RoomOverview>> {
+        let s = self.state()?;
+        Ok(s.user_rooms
+            .get(phone)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| s.rooms.get(id).map(|r| r.overview(phone)))
+            .collect())
     }
 }
 

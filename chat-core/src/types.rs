@@ -15,6 +15,11 @@ pub type Millis = u64;
 /// the wire an object `{"<phone>": "<name>"}`, shown as text, never as markup.
 pub type Names = std::collections::BTreeMap<Phone, String>;
 
+/// The read marks of a room's two members: each member's phone with the id of the last message
+/// they have read, or `None` before their first `mark_read`. On the wire
+/// `{"<phone>": "<id>"|null}`.
+pub type ReadMarks = std::collections::BTreeMap<Phone, Option<MessageId>>;
+
 /// A normalised phone number: an optional `+` then 7 to 15 ASCII digits.
 ///
 /// The normalised form is the identity everywhere: `+14155550100` and `14155550100` are two
@@ -428,6 +433,11 @@ pub struct RoomSummary {
     pub other_user: Phone,
     /// When it ends at the latest.
     pub expires_at: Millis,
+    /// Messages from the other member after the caller's read mark, counted exactly up to
+    /// [`UNREAD_MAX`](crate::store::UNREAD_MAX) and reported as that beyond.
+    pub unread: u32,
+    /// The room's newest message, if it has any.
+    pub last_message: Option<Message>,
 }
 
 #[cfg(test)]

@@ -321,6 +321,8 @@ async fn history_and_rooms_with_store_down() {
     let mut store = MockStore::new();
     store.rooms.expect_room().returning(|_| down());
     store.rooms.expect_rooms_of().returning(|_| down());
+    store.rooms.expect_room_overviews().returning(|_| down());
+    store.rooms.expect_mark_read().returning(|_, _, _| down());
     store.requests.expect_requests().returning(|_, _| down());
     store
         .presence
@@ -338,6 +340,15 @@ async fn history_and_rooms_with_store_down() {
     );
     assert_eq!(
         chat.typing(&a(), &id, true).await,
+        Err(Error::unavailable("down"))
+    );
+    // The silent bus panics on a publish: a mark that failed tells nobody.
+    assert_eq!(
+        chat.mark_read(&a(), &id, "1-0").await,
+        Err(Error::unavailable("down"))
+    );
+    assert_eq!(
+        chat.join_room_with_reads(&a(), &id, None).await,
         Err(Error::unavailable("down"))
     );
     assert_eq!(

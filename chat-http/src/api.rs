@@ -121,17 +121,34 @@ struct CloseRoomBody {
     chat_id: String,
 }
 
-fn rooms_json(rooms: &[RoomSummary]) -> Value {
+/// `active_chatrooms` entries (also `reconnect`'s `chatrooms`): with the caller's `unread`
+/// count and the room's newest `<message>` or null.
+fn rooms_json(rooms: &[RoomSummary]) -> Result<Value> {
     rooms
         .iter()
         .map(|r| {
-            json!({
+            let last_message = r
+                .last_message
+                .as_ref()
+                .map(|m| {
+                    chat_ws::message_json(m)
+                        .and_then(|raw| serde_json::from_str::<Value>(raw.get()))
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "a stored message did not encode");
+                            Error::unavailable(format!("a stored message did not encode: {e}"))
+                        })
+                })
+                .transpose()?;
+            Ok(json!({
                 "chat_id": r.chat_id.to_string(),
                 "other_user": r.other_user.as_str(),
                 "expires_at": r.expires_at,
-            })
+                "unread": r.unread,
+                "last_message": last_message,
+            }))
         })
-        .collect()
+        .collect::<Result<Vec<Value>>>()
+        .map(Value::Array)
 }
 
 /// The names of the other members of `rooms`.
@@ -197,7 +214,7 @@ pub(crate) async fn handle(
             let rooms = service.active_rooms(me).await?;
             let names = room_names(service, &rooms).await?;
             Ok(reply::ok(json!({
-                "data": {"status": "reconnected", "chatrooms": rooms_json(&rooms)},
+                "data": {"status": "reconnected", "chatrooms": rooms_json(&rooms)?},
                 "names": names,
             })))
         }
@@ -253,7 +270,7 @@ pub(crate) async fn handle(
             let rooms = service.active_rooms(me).await?;
             let names = room_names(service, &rooms).await?;
             Ok(reply::ok(
-                json!({"chatrooms": rooms_json(&rooms), "names": names}),
+                json!({"chatrooms": rooms_json(&rooms)?, "names": names}),
             ))
         }
         Route::Messages(room) => {

@@ -42,7 +42,7 @@
 //! | `P in:<phone>` / `P out:<phone>` | set | requesters of / recipients of the user's requests | longest entry's expiry |
 //! | `P ur:<phone>` | set | the user's room ids | longest room's expiry |
 //! | `P pr:<a>:<b>` | string | the room two users share (`a` < `b` bytewise) | room's expiry |
-//! | `P {<room>}:m` | hash | room meta: `a`, `b` (members, requester first), `c` created_at, `x` expires_at | `x` + `MARGIN` |
+//! | `P {<room>}:m` | hash | room meta: `a`, `b` (members, requester first), `c` created_at, `x` expires_at; `ra`, `rb` the read marks of `a` and `b` (message ids, absent before the first `mark_read`) | `x` + `MARGIN` |
 //! | `P {<room>}:h` | stream | history; one field `v`: `<sender>\|<timestamp>\|<client id length, empty if none>\|[<client_id>\|]<text>` (entries of older versions, fields `s`, `m`, `t`, `c`, are still read) | as `:m` (set when the first message creates it) |
 //! | `P {<room>}:d` | hash | dedupe, newer generation: `<sender>\|<client_id>` → message id; at `history_max` fields it becomes `:o` | as `:m` (set when created) |
 //! | `P {<room>}:o` | hash | dedupe, older generation (the previous `:d`, whole) | as `:m` |
@@ -88,6 +88,9 @@
 //! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
 //! | `append_messages` | a pipeline of `append_message` functions: one write, one round trip, run in order |
 //! | `history` | `MULTI`, `EXISTS` (room check), `XRANGE (after` / `XREVRANGE`, `EXEC`: one round trip, atomic, no Lua |
+//! | `mark_read` | one function: `HMGET` (membership, current mark), `XRANGE id id` (the history holds the id), `HSET` when the mark moves |
+//! | `read_marks` | `HMGET` |
+//! | `room_overviews` | one function for all the user's rooms: per room `HMGET`, `XRANGE (mark` in chunks until `UNREAD_MAX` of the other member's messages are counted or the history ends, `XREVRANGE + - COUNT 1` |
 //! | `schedule` | `ZADD` |
 //! | `due_timers`, `finish_timer` | one function each |
 //! | `ping` | `PING`, once the bus is serving (else none: `StoreUnavailable` at once) |

@@ -101,6 +101,8 @@ functions! {
     DueTimers = "due_timers";
     FinishTimer = "finish_timer";
     Append = "append", keyed;
+    MarkRead = "mark_read", keyed;
+    RoomOverviews = "room_overviews";
 }
 
 /// Shared helpers, defined once when the library loads.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use chat_core::store::{
     Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore,
-    RequestOutcome, RequestStore, RoomStore, SessionCreated, SessionStore, Timer, TimerStore,
-    Touched,
+    RequestOutcome, RequestStore, RoomOverview, RoomStore, SessionCreated, SessionStore, Timer,
+    TimerStore, Touched, UNREAD_MAX,
 };
 use chat_core::{
     Audience, ChatRequest, ConnKey, Delivery, Error, EventBus, EventSink, HistoryPage, Message,
-    MessageId, Millis, Names, NewMessage, NodeId, OnlinePage, Phone, Requests, Result, Room,
-    RoomId, Session, TokenDigest,
+    MessageId, Millis, Names, NewMessage, NodeId, OnlinePage, Phone, ReadMarks, Requests, Result,
+    Room, RoomId, Session, TokenDigest,
 };
 use redis::{FromRedisValue, Value};
 
@@ -22,8 +22,8 @@ use crate::{RedisStore, bounded, entry};
 mod reply;
 
 use reply::{
-    AppendReply, CreateReply, EndReply, OnlineReply, Phones, PresenceReply, RoomMeta, RoomReply,
-    Rooms, SendReply, SessionReply, StreamEntry, TouchReply, decode,
+    AppendReply, CreateReply, EndReply, MarksReply, OnlineReply, Overviews, Phones, PresenceReply,
+    RoomMeta, RoomReply, Rooms, SendReply, SessionReply, StreamEntry, TouchReply, decode,
 };
 
 /// How long after its deadline Redis frees a WebSocket ticket nobody took.
@@ -743,6 +743,61 @@ impl RoomStore for RedisStore {
             messages.reverse();
         }
         Ok(HistoryPage { messages, more })
+    }
+
+    async fn mark_read(&self, room_: &RoomId, phone: &Phone, id: MessageId) -> Result<bool> {
+        let p = self.inner.prefix.as_str();
+        let function = self.inner.library.name(Function::MarkRead);
+        let id = id.to_string();
+        let len = 2 * (p.len() + RoomKey::ROOM_LEN + 8) + phone.as_str().len() + id.len();
+        let mut cmd = fcall(function, 2, 4, len);
+        let mut key = RoomKey::new(p, room_);
+        cmd.arg(key.part("m"))
+            .arg(key.part("h"))
+            .arg(phone.as_str())
+            .arg(&id);
+        let outcome: i64 = decode(self.invoke(&cmd).await?)?;
+        match outcome {
+            0 => Err(Error::RoomNotFound),
+            1 => Err(Error::forbidden("you are not a member of this room")),
+            2 => Err(Error::bad_request("not the id of a message of this room")),
+            3 => Ok(false),
+            4 => Ok(true),
+            _ => Err(bad_reply("mark_read outcome")),
+        }
+    }
+
+    async fn read_marks(&self, room_: &RoomId) -> Result<Option<ReadMarks>> {
+        let mut key = RoomKey::new(&self.inner.prefix, room_);
+        let MarksReply(marks) = decode(
+            self.command(
+                redis::cmd("HMGET")
+                    .arg(key.part("m"))
+                    .arg(&["a", "b", "ra", "rb"]),
+            )
+            .await?,
+        )?;
+        Ok(marks)
+    }
+
+    async fn room_overviews(&self, phone: &Phone) -> Result<Vec<RoomOverview>> {
+        let Overviews(rooms) = self
+            .run(
+                Function::RoomOverviews,
+                &[phone.as_str(), &UNREAD_MAX.to_string()],
+            )
+            .await?;
+        rooms
+            .into_iter()
+            .map(|(room, unread, last)| {
+                let last_message = last.map(|e| e.message(room.id)).transpose()?;
+                Ok(RoomOverview {
+                    room,
+                    unread: unread.min(UNREAD_MAX),
+                    last_message,
+                })
+            })
+            .collect()
     }
 }
 

@@ -715,6 +715,7 @@ async fn handle(hub: Hub, conn: Arc<Conn>, ack: Option<Ack>, command: Command) -
         Command::JoinRoom(d) => join_room(&hub, &conn, ack.as_deref(), d).await,
         Command::LeaveRoom(d) => leave_room(&hub, &conn, ack.as_deref(), d).await,
         Command::Typing(d) => typing(&hub, &conn, ack.as_deref(), d).await,
+        Command::MarkRead(d) => mark_read(&hub, &conn, ack.as_deref(), d).await,
         // Answered without the service, in `Driver::on_text`.
         Command::Ping | Command::RegisterUserSocket(_) => Ok(()),
     };
@@ -816,7 +817,7 @@ async fn join_room(
     }
     let me = conn.phone();
     match service
-        .join_room(me, &data.room, data.since.as_deref())
+        .join_room_with_reads(me, &data.room, data.since.as_deref())
         .await
     {
         Err(e) => {
@@ -828,13 +829,13 @@ async fn join_room(
             }
             Err(e)
         }
-        Ok((room, page)) => {
+        Ok((room, page, read)) => {
             let seen = page
                 .messages
                 .last()
                 .map(|m| m.id)
                 .or_else(|| data.since.as_deref().and_then(|s| MessageId::parse(s).ok()));
-            let history = wire::room_history(ack, &room, &page);
+            let history = wire::room_history(ack, &room, &page, &read);
             let completed = hub.write().complete_join(conn, room, history, seen);
             match completed {
                 Completed::Joined(offer) => {
@@ -887,6 +888,22 @@ async fn typing(
     check_callers(hub, conn, [data.phone.as_deref(), data.user.as_deref()])?;
     hub.service()
         .typing(conn.phone(), &data.room, data.typing)
+        .await?;
+    if let Some(ack) = ack {
+        hub.reply(conn, wire::ack_empty(ack));
+    }
+    Ok(())
+}
+
+/// `mark_read`: acked with `{}` whether the mark moved or was already at or past the id.
+async fn mark_read(
+    hub: &Hub,
+    conn: &Arc<Conn>,
+    ack: Option<&RawValue>,
+    data: wire::MarkRead,
+) -> Result<(), Error> {
+    hub.service()
+        .mark_read(conn.phone(), &data.room, &data.id)
         .await?;
     if let Some(ack) = ack {
         hub.reply(conn, wire::ack_empty(ack));

@@ -565,7 +565,7 @@ async fn room_events_reach_joined_sockets_only_with_their_exceptions() {
         assert_eq!(v["ack"], 1);
         assert_eq!(
             v["data"],
-            json!({"room": room.to_string(), "messages": [], "more": false})
+            json!({"room": room.to_string(), "messages": [], "more": false, "read": {A: null, B: null}})
         );
         assert_eq!(
             c.json().await,
@@ -609,6 +609,38 @@ async fn room_events_reach_joined_sockets_only_with_their_exceptions() {
             json!({"event": "receive_message", "data": m})
         );
     }
+    lurker.only_then_pong(&[]).await;
+
+    // A read mark goes to the other member's joined sockets only; acked with `{}`; a repeat
+    // tells nobody; a bad id is `bad_request`.
+    let read = json!({"event": "mark_read", "data": {"room": room.to_string(), "id": m["id"]}, "ack": "r"});
+    a1.send_json(read.clone());
+    assert_eq!(
+        a1.json().await,
+        json!({"event": "ack", "ack": "r", "data": {}})
+    );
+    assert_eq!(
+        b1.json().await,
+        json!({"event": "read", "data": {"room": room.to_string(), "user": A, "id": m["id"]}})
+    );
+    a2.send_json(read);
+    assert_eq!(
+        a2.json().await,
+        json!({"event": "ack", "ack": "r", "data": {}})
+    );
+    a2.send_json(
+        json!({"event": "mark_read", "data": {"room": room.to_string(), "id": "1-0"}, "ack": "x"}),
+    );
+    let bad = a2.json().await;
+    assert_eq!(
+        (&bad["event"], &bad["ack"], &bad["data"]["code"]),
+        (&json!("error"), &json!("x"), &json!("bad_request"))
+    );
+    a2.send_json(json!({"event": "mark_read", "data": {"room": room.to_string()}, "ack": "y"}));
+    assert_eq!(a2.json().await["data"]["code"], "bad_request");
+    a1.only_then_pong(&[]).await;
+    a2.only_then_pong(&[]).await;
+    b1.only_then_pong(&[]).await;
     lurker.only_then_pong(&[]).await;
 
     // Leaving: the others hear it, the leaver does not.

@@ -4,6 +4,7 @@
 
 mod messages;
 mod presence;
+mod reads;
 mod requests;
 mod rooms;
 mod sessions;

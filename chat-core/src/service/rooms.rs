@@ -7,18 +7,21 @@ use crate::types::{ConnKey, HistoryPage, MessageId, Phone, Room, RoomId, RoomSum
 use super::{ChatService, HISTORY_LIMIT, JOIN_HISTORY};
 
 impl ChatService {
-    /// The caller's live rooms.
+    /// The caller's live rooms, each with the caller's `unread` count and its newest message
+    /// (one store call).
     pub async fn active_rooms(&self, me: &Phone) -> Result<Vec<RoomSummary>> {
         let mut rooms: Vec<RoomSummary> = self
             .store()
-            .rooms_of(me)
+            .room_overviews(me)
             .await?
             .into_iter()
-            .filter_map(|r| {
+            .filter_map(|o| {
                 Some(RoomSummary {
-                    chat_id: r.id,
-                    other_user: r.other(me)?.clone(),
-                    expires_at: r.expires_at,
+                    chat_id: o.room.id,
+                    other_user: o.room.other(me)?.clone(),
+                    expires_at: o.room.expires_at,
+                    unread: o.unread,
+                    last_message: o.last_message,
                 })
             })
             .collect();

@@ -39,7 +39,7 @@ pub use requests::MockRequestStore;
 pub use requests::{NewRoom, RequestOutcome, RequestStore};
 #[cfg(any(test, feature = "mocks"))]
 pub use rooms::MockRoomStore;
-pub use rooms::{Appended, RoomStore};
+pub use rooms::{Appended, RoomOverview, RoomStore, UNREAD_MAX};
 #[cfg(any(test, feature = "mocks"))]
 pub use sessions::MockSessionStore;
 pub use sessions::{EndedSession, SessionCreated, SessionStore, Touched};

@@ -2,7 +2,7 @@
 //! and reading history.
 
 use crate::error::Result;
-use crate::types::{HistoryPage, Message, MessageId, NewMessage, Phone, Room, RoomId};
+use crate::types::{HistoryPage, Message, MessageId, NewMessage, Phone, ReadMarks, Room, RoomId};
 
 /// What [`RoomStore::append_message`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,23 @@ impl Appended {
             Appended::New(m) | Appended::Duplicate(m) => m,
         }
     }
+}
+
+/// `unread` counts the other member's messages after a read mark exactly up to this many, and
+/// reports this many beyond: the count costs at most this many of the other member's messages
+/// read, whatever the room holds.
+pub const UNREAD_MAX: u32 = 1000;
+
+/// One of a user's live rooms as [`RoomStore::room_overviews`] sees it for that user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomOverview {
+    /// The room.
+    pub room: Room,
+    /// Messages from the other member after this user's read mark (all of the other member's
+    /// messages the room holds when the user has no mark), at most [`UNREAD_MAX`].
+    pub unread: u32,
+    /// The room's newest message, if it has any.
+    pub last_message: Option<Message>,
 }
 
 /// Rooms and their message history.
@@ -72,4 +89,19 @@ pub trait RoomStore: Send + Sync + 'static {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<HistoryPage>;
+
+    /// Moves `phone`'s read mark in `room` forward to `id`, in one atomic step: `RoomNotFound`
+    /// for no room, `Forbidden` for a non-member, `BadRequest` when `id` is not the id of a
+    /// message the room holds (its history, within `history_max`). `Ok(true)` when the mark
+    /// moved; `Ok(false)` (nothing changed) when `id` is at or before the current mark. A mark
+    /// never moves back, and it ends with the room.
+    async fn mark_read(&self, room: &RoomId, phone: &Phone, id: MessageId) -> Result<bool>;
+
+    /// Both members' read marks; `None` when there is no such room.
+    async fn read_marks(&self, room: &RoomId) -> Result<Option<ReadMarks>>;
+
+    /// The user's live rooms (as [`RoomStore::rooms_of`]), each with the user's `unread` count
+    /// and the room's newest message, in one call. Never reads more than [`UNREAD_MAX`] of the
+    /// other member's messages per room to count.
+    async fn room_overviews(&self, phone: &Phone) -> Result<Vec<RoomOverview>>;
 }

@@ -35,6 +35,7 @@ mod bus;
 mod helpers;
 mod nodes;
 mod presence;
+mod reads;
 mod requests;
 mod rooms;
 mod sessions;
@@ -43,6 +44,7 @@ mod timers;
 pub use bus::*;
 pub use nodes::*;
 pub use presence::*;
+pub use reads::*;
 pub use requests::*;
 pub use rooms::*;
 pub use sessions::*;
@@ -282,6 +284,12 @@ macro_rules! store_conformance {
             crossed_send_race_makes_one_room,
             concurrent_appends_get_unique_increasing_ids,
             concurrent_create_session_one_wins,
+            mark_read_moves_forward_only,
+            mark_read_checks_room_member_and_id,
+            room_overviews_count_unread_and_last_message,
+            unread_is_exact_up_to_the_bound,
+            read_marks_end_with_the_room,
+            concurrent_marks_end_at_the_largest,
         );
     };
 }

@@ -7,7 +7,9 @@
 //! and the caller sees the store as unavailable rather than wrong data.
 
 use chat_core::store::PresenceState;
-use chat_core::{Message, MessageId, Millis, Phone, Result, Room, RoomId, Session, TokenDigest};
+use chat_core::{
+    Message, MessageId, Millis, Phone, ReadMarks, Result, Room, RoomId, Session, TokenDigest,
+};
 use redis::{FromRedisValue, ParsingError, Value};
 
 use super::bad_reply;
@@ -176,6 +178,49 @@ impl FromRedisValue for RoomMeta {
             f.next()?,
             f.next()?,
         ))))
+    }
+}
+
+/// `HMGET <room meta> a b ra rb`: both members with their read marks; `None` when the room is
+/// gone.
+pub(super) struct MarksReply(pub(super) Option<ReadMarks>);
+
+impl FromRedisValue for MarksReply {
+    fn from_redis_value(v: Value) -> Parsed<Self> {
+        let mut f = Fields::of(v)?;
+        if matches!(f.0.as_slice().first(), None | Some(Value::Nil)) {
+            return Ok(MarksReply(None));
+        }
+        let members: [Phone; 2] = [f.text()?, f.text()?];
+        let marks = [
+            f.next::<Option<Text<MessageId>>>()?,
+            f.next::<Option<Text<MessageId>>>()?,
+        ];
+        Ok(MarksReply(Some(
+            members
+                .into_iter()
+                .zip(marks.into_iter().map(|m| m.map(|t| t.0)))
+                .collect(),
+        )))
+    }
+}
+
+/// `room_overviews`: `{{id, a, b, created_at, expires_at, unread, last}...}`, `last` a stream
+/// entry or nil; sorted by room id.
+pub(super) struct Overviews(pub(super) Vec<(Room, u32, Option<StreamEntry>)>);
+
+impl FromRedisValue for Overviews {
+    fn from_redis_value(v: Value) -> Parsed<Self> {
+        let mut out = Vec::new();
+        for one in Vec::<Value>::from_redis_value(v)? {
+            let mut f = Fields::of(one)?;
+            let room = RoomReply::read(&mut f)?;
+            let unread: u32 = f.next()?;
+            let last: Option<StreamEntry> = f.next()?;
+            out.push((room, unread, last));
+        }
+        out.sort_by_key(|(r, _, _)| r.id);
+        Ok(Overviews(out))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Server frames through serde: replies, errors and the events the hub delivers, each written
 //! once as text. The frames that carry messages are written by hand, in `json.rs`.
 
-use chat_core::{Event, Names, RoomId};
+use chat_core::{Event, MessageId, Names, RoomId};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -155,6 +155,12 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
         room: &'a RoomId,
     }
     #[derive(Serialize)]
+    struct ReadData<'a> {
+        room: &'a RoomId,
+        user: &'a str,
+        id: &'a MessageId,
+    }
+    #[derive(Serialize)]
     struct TypingData<'a> {
         room: &'a RoomId,
         user: &'a str,
@@ -266,6 +272,15 @@ pub(crate) fn event_frame(event: &Event) -> Utf8Bytes {
                 typing: *typing,
             },
         ),
+        Event::Read { room, user, id } => frame(
+            "read",
+            None,
+            &ReadData {
+                room,
+                user: user.as_str(),
+                id,
+            },
+        ),
     }
 }
 
@@ -312,8 +327,18 @@ mod tests {
             messages: vec![m],
             more: true,
         };
-        let v: Value = serde_json::from_str(&room_history(Some(&ack), &room, &page)).unwrap();
+        let a = Phone::parse("+14155550100").unwrap();
+        let b = Phone::parse("+14155550101").unwrap();
+        let read = [(a.clone(), Some(page.messages[0].id)), (b, None)]
+            .into_iter()
+            .collect();
+        let v: Value =
+            serde_json::from_str(&room_history(Some(&ack), &room, &page, &read)).unwrap();
         assert_eq!(v["event"], "room_history");
+        assert_eq!(
+            v["data"]["read"],
+            json!({"+14155550100": "1795628400123-2", "+14155550101": null})
+        );
         assert_eq!(v["ack"], 7);
         assert_eq!(v["data"]["more"], true);
         assert_eq!(v["data"]["messages"][0]["id"], "1795628400123-2");
@@ -326,6 +351,16 @@ mod tests {
         assert_eq!(
             v,
             json!({"event": "typing", "data": {"room": room.to_string(), "user": "+14155550100", "typing": true}})
+        );
+        let v: Value = serde_json::from_str(&event_frame(&Event::Read {
+            room,
+            user: a,
+            id: MessageId { ms: 17, seq: 3 },
+        }))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "read", "data": {"room": room.to_string(), "user": "+14155550100", "id": "17-3"}})
         );
     }
 }

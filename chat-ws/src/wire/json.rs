@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 
-use chat_core::{HistoryPage, Message, MessageId, RoomId};
+use chat_core::{HistoryPage, Message, MessageId, ReadMarks, RoomId};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -65,11 +65,17 @@ pub(crate) fn message_ack(ack: &RawValue, m: &Message) -> Utf8Bytes {
     message_frame("ack", Some(ack), m)
 }
 
-/// The `room_history` reply to `join_room`.
-pub(crate) fn room_history(ack: Option<&RawValue>, room: &RoomId, page: &HistoryPage) -> Utf8Bytes {
+/// The `room_history` reply to `join_room`, with both members' read marks
+/// (`"read": {"<phone>": "<id>"|null}`).
+pub(crate) fn room_history(
+    ack: Option<&RawValue>,
+    room: &RoomId,
+    page: &HistoryPage,
+    read: &ReadMarks,
+) -> Utf8Bytes {
     let ack_len = ack.map_or(0, |a| a.get().len());
     let body: usize = page.messages.iter().map(|m| message_capacity(m) + 1).sum();
-    let mut out = String::with_capacity(112 + ack_len + body);
+    let mut out = String::with_capacity(112 + ack_len + body + 96 * read.len());
     frame_head(&mut out, "room_history", ack);
     out.push_str("{\"room\":");
     push_room(&mut out, room);
@@ -82,7 +88,25 @@ pub(crate) fn room_history(ack: Option<&RawValue>, room: &RoomId, page: &History
     }
     out.push_str("],\"more\":");
     out.push_str(if page.more { "true" } else { "false" });
-    out.push_str("}}");
+    out.push_str(",\"read\":{");
+    for (i, (phone, mark)) in read.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, phone.as_str());
+        out.push(':');
+        match mark {
+            Some(id) => {
+                out.push('"');
+                push_u64(&mut out, id.ms);
+                out.push('-');
+                push_u64(&mut out, id.seq);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+    }
+    out.push_str("}}}");
     Utf8Bytes::from(out)
 }
 
@@ -248,6 +272,7 @@ mod tests {
         room: &'a RoomId,
         messages: Vec<SerdeMessage<'a>>,
         more: bool,
+        read: &'a ReadMarks,
     }
 
     fn tricky_messages() -> Vec<Message> {
@@ -367,7 +392,20 @@ mod tests {
         let messages = tricky_messages();
         let room = messages[0].room;
         let ack: Ack = RawValue::from_string("\"j\"".into()).unwrap();
-        for n in [0, 1, messages.len()] {
+        let phones = [
+            Phone::parse("+14155550100").unwrap(),
+            Phone::parse("14155550101").unwrap(),
+        ];
+        let reads: [ReadMarks; 3] = [
+            ReadMarks::new(),
+            phones.iter().map(|p| (p.clone(), None)).collect(),
+            phones
+                .iter()
+                .cloned()
+                .zip([Some(messages[0].id), None])
+                .collect(),
+        ];
+        for (n, read) in [0, 1, messages.len()].into_iter().zip(reads) {
             for more in [false, true] {
                 let page = HistoryPage {
                     messages: messages[..n].to_vec(),
@@ -381,10 +419,11 @@ mod tests {
                             room: &room,
                             messages: page.messages.iter().map(SerdeMessage::new).collect(),
                             more,
+                            read: &read,
                         },
                     })
                     .unwrap();
-                    assert_eq!(&*room_history(ack, &room, &page), serde.as_str());
+                    assert_eq!(&*room_history(ack, &room, &page, &read), serde.as_str());
                 }
             }
         }

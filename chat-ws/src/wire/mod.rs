@@ -20,8 +20,8 @@ pub use error::SocketError;
 pub use json::message_json;
 pub(crate) use json::{message_ack, room_history};
 pub(crate) use parse::{
-    Ack, Command, JoinRoom, LeaveRoom, MAX_BAD_FRAMES, Rejected, Request, SendMessage, Typing,
-    parse, peek_ack,
+    Ack, Command, JoinRoom, LeaveRoom, MAX_BAD_FRAMES, MarkRead, Rejected, Request, SendMessage,
+    Typing, parse, peek_ack,
 };
 
 #[cfg(test)]

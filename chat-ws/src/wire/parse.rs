@@ -55,6 +55,7 @@ pub(crate) enum Command {
     LeaveRoom(LeaveRoom),
     SendMessage(SendMessage),
     Typing(Typing),
+    MarkRead(MarkRead),
     Ping,
 }
 
@@ -107,6 +108,13 @@ pub(crate) struct Typing {
     pub phone: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// `mark_read` data: the room and the id of the last message read.
+#[derive(Debug, Deserialize, PartialEq)]
+pub(crate) struct MarkRead {
+    pub room: String,
+    pub id: String,
 }
 
 /// `ping` data: no fields (extra ones are ignored, like everywhere).
@@ -235,6 +243,7 @@ pub(super) fn parse_in_two_steps(text: &str) -> Result<Request, Rejected> {
         "leave_room" => data_of(data).map(Command::LeaveRoom),
         "send_message" => data_of(data).map(Command::SendMessage),
         "typing" => data_of(data).map(Command::Typing),
+        "mark_read" => data_of(data).map(Command::MarkRead),
         "ping" => data_of::<Empty>(data).map(|_| Command::Ping),
         _ => {
             return Err(Rejected {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chat_core::time::rfc3339;
-use chat_core::{Error, Event, HistoryPage, Message, MessageId, Names, Phone, RoomId};
+use chat_core::{Error, Event, HistoryPage, Message, MessageId, Names, Phone, ReadMarks, RoomId};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
@@ -891,6 +891,13 @@ fn event() -> impl Strategy<Value = Event> {
             user,
             typing
         }),
+        (room_id(), phone(), any::<u64>(), any::<u64>()).prop_map(|(room, user, ms, seq)| {
+            Event::Read {
+                room,
+                user,
+                id: MessageId { ms, seq },
+            }
+        }),
     ]
 }
 
@@ -1120,6 +1127,14 @@ fn decode_event(text: &str) -> Event {
                     .unwrap_or_else(|| panic!("typing: {d}")),
             }
         }
+        "read" => {
+            let m = fields(&d, &["room", "user", "id"]);
+            Event::Read {
+                room: decode_room(&m["room"]),
+                user: decode_phone(&m["user"]),
+                id: MessageId::parse(&string(&m["id"])).unwrap_or_else(|e| panic!("id: {e}")),
+            }
+        }
         other => panic!("not an event of the contract: {other}"),
     }
 }
@@ -1196,6 +1211,7 @@ proptest! {
         messages in prop::collection::vec(message(), 0..4),
         more in any::<bool>(),
         error in error(),
+        marks in prop::collection::btree_map(phone(), prop::option::of((any::<u64>(), any::<u64>())), 0..3),
     ) {
         let ack = ack.as_deref();
         let text = connection_status(me.as_str());
@@ -1238,11 +1254,26 @@ proptest! {
         }
 
         let page = HistoryPage { messages, more };
-        let text = room_history(ack, &room, &page);
+        let read: ReadMarks = marks
+            .into_iter()
+            .map(|(p, m)| (p, m.map(|(ms, seq)| MessageId { ms, seq })))
+            .collect();
+        let text = room_history(ack, &room, &page, &read);
         let (name, got, data) = decode_frame(&text);
         prop_assert_eq!(name, "room_history");
         check_ack(&text, got, ack);
-        let d = fields(&data, &["room", "messages", "more"]);
+        let d = fields(&data, &["room", "messages", "more", "read"]);
+        let decoded_read: ReadMarks = d["read"]
+            .as_object()
+            .expect("read")
+            .iter()
+            .map(|(p, m)| {
+                let id = m.as_str().map(|s| MessageId::parse(s).expect("an id"));
+                assert!(id.is_some() || m.is_null(), "{m}");
+                (Phone::parse(p).expect("a phone"), id)
+            })
+            .collect();
+        prop_assert_eq!(decoded_read, read);
         prop_assert_eq!(decode_room(&d["room"]), room);
         prop_assert_eq!(d["more"].as_bool(), Some(more));
         let decoded: Vec<Message> = d["messages"]

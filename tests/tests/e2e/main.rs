@@ -13,6 +13,7 @@ mod openapi;
 mod pages;
 mod people;
 mod races;
+mod reads;
 mod secrets;
 mod socket;
 mod timed;

@@ -171,7 +171,10 @@ async fn join_room_history_and_user_joined(b: Backend) {
     let mut a2 = f.app.ws(&f.a).await;
     let mut b1 = f.app.ws(&f.b).await;
     let h = a1.join(&f.room).await;
-    assert_eq!(h, json!({"room": f.room, "messages": [], "more": false}));
+    assert_eq!(
+        h,
+        json!({"room": f.room, "messages": [], "more": false, "read": {A: null, B: null}})
+    );
     // A second socket of the same user, with the optional caller fields.
     let h = a2
         .join_with(json!({"room": f.room, "phone": A, "user": "+1 415 555 0121"}))
