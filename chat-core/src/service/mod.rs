@@ -3,11 +3,14 @@
 //! and the raw field values, and map its [`Error`]s onto the wire.
 
 mod messages;
+mod notify;
 mod presence;
 mod requests;
 mod rooms;
 mod sessions;
 mod time;
+
+pub use notify::NOTIFY_QUEUE_MAX;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,6 +197,8 @@ struct Inner {
     next_conn: AtomicU64,
     /// Counters exported on `/metrics`.
     metrics: Arc<Metrics>,
+    /// Offline notifications, when enabled ([`ChatService::with_notifications`]).
+    notify: Option<notify::Notifications>,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -227,6 +232,7 @@ impl ChatService {
                 node,
                 next_conn: AtomicU64::new(1),
                 metrics: Arc::default(),
+                notify: None,
             }),
         }
     }
