@@ -19,6 +19,7 @@ use redis::{FromRedisValue, Value};
 use crate::scripts::Function;
 use crate::{RedisStore, bounded, entry};
 
+mod notifications;
 mod reply;
 
 use reply::{
