@@ -16,6 +16,7 @@ mod races;
 mod secrets;
 mod socket;
 mod timed;
+mod webhooks;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
