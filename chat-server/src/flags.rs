@@ -119,7 +119,7 @@ pub struct Flags {
     #[arg(long, env = "CHAT_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
-    /// Sign offline notifications with this secret (X-Chat-Signature: sha256=<HMAC-SHA256>).
+    /// Sign offline notifications with this secret (X-Chat-Signature: `sha256=<HMAC-SHA256>`).
     /// Prefer CHAT_WEBHOOK_SECRET: a flag shows in the process list.
     #[arg(
         long,

@@ -1,5 +1,5 @@
 //! Offline notifications, delivered: the worker that leases due notifications from the store's
-//! queue ([`NotificationStore`]) and POSTs each to `--webhook-url` as JSON, signed with
+//! queue ([`NotificationStore`](chat_core::store::NotificationStore)) and POSTs each to `--webhook-url` as JSON, signed with
 //! `--webhook-secret` when there is one.
 //!
 //! Delivery is at least once, and once per event across the nodes: the queue is the store's
@@ -62,7 +62,8 @@ pub struct WebhookConfig {
     /// How long a node owns a notification it took before another node may take it (longer
     /// than `timeout`, so a live node's attempt ends before anyone else's begins).
     pub lease: Duration,
-    /// How often the queue is polled for due notifications.
+    /// How often the queue is polled for due notifications (what this node queues is looked
+    /// for at once, see [`ChatService::notification_queued`]).
     pub poll: Duration,
     /// POSTs in flight at most.
     pub concurrency: usize,
@@ -273,6 +274,7 @@ pub async fn run(
                 continue;
             }
             _ = poll.tick() => {}
+            () = service.notification_queued() => {}
             Some(_) = tasks.join_next() => continue,
         }
         let free = slots.available_permits();

@@ -9,6 +9,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+
 use crate::store::{Enqueued, OfflineEvent};
 use crate::types::{Message, Millis, Phone};
 
@@ -24,6 +26,8 @@ pub(super) struct Notifications {
     max_queue: usize,
     /// Notifications dropped because the queue was full.
     dropped: AtomicU64,
+    /// Woken when this node queues one, so its worker need not wait for its next poll.
+    queued: Notify,
 }
 
 impl ChatService {
@@ -35,6 +39,7 @@ impl ChatService {
                 inner.notify = Some(Notifications {
                     max_queue,
                     dropped: AtomicU64::new(0),
+                    queued: Notify::new(),
                 })
             }
             None => tracing::warn!("with_notifications called on a shared service; ignored"),
@@ -53,6 +58,17 @@ impl ChatService {
             .notify
             .as_ref()
             .map_or(0, |n| n.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Resolves when this node has queued a notification since the last call returned (at
+    /// once if it has meanwhile); never while notifications are off. A delivery worker waits on
+    /// it as well as polling the queue (which other nodes fill too), so what this node queues
+    /// goes out without waiting for the next poll.
+    pub async fn notification_queued(&self) {
+        match &self.inner.notify {
+            Some(n) => n.queued.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Queues a `message` notification for the other member of the room of a message just
@@ -106,6 +122,7 @@ impl ChatService {
                     );
                 }
             }
+            Ok(Enqueued::Queued) => settings.queued.notify_one(),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "offline notification not queued"),
         }

@@ -431,8 +431,13 @@ async fn nothing_for_a_user_with_a_socket(b: Backend) {
         v["event"] == "presence" && v["data"]["phone"] == B && v["data"]["online"] == false
     })
     .await;
+    let sent = Instant::now();
     a_ws.say(&room, "after B left").await;
     let got = rx.delivered(1).await;
+    eprintln!(
+        "delivery delay (send_message to the receiver, {b:?}): {:?}",
+        got[0].when - sent
+    );
     assert_eq!(got[0].json["preview"], "after B left");
     assert_eq!(rx.got().len(), 1, "{:#?}", rx.got());
 }
