@@ -115,7 +115,7 @@ pub struct Flags {
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", default_value = "any")]
     pub allowed_origins: String,
 
-    /// POST offline notifications (for users with no open socket) to this http:// URL.
+    /// POST offline notifications (for users with no open socket) to this http(s):// URL.
     #[arg(long, env = "CHAT_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 

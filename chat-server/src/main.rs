@@ -139,9 +139,19 @@ async fn run(flags: Flags) -> ExitCode {
     )
     .with_metrics(Arc::clone(&metrics));
     // Checked by `Flags::check` at start.
-    let webhook = flags.webhook().ok().flatten();
+    let webhook = match flags.webhook().ok().flatten().map(|config| {
+        let client = webhook::client(&config)?;
+        Ok::<_, String>((config, client))
+    }) {
+        None => None,
+        Some(Ok(parts)) => Some(parts),
+        Some(Err(why)) => {
+            tracing::error!("{why}");
+            return ExitCode::FAILURE;
+        }
+    };
     let service = match &webhook {
-        Some(w) => service.with_notifications(w.queue_max),
+        Some((w, _)) => service.with_notifications(w.queue_max),
         None => service,
     };
     let hub = Hub::new(service.clone(), flags.ws_config());
@@ -170,7 +180,7 @@ async fn run(flags: Flags) -> ExitCode {
 
     let stop_ticking = CancellationToken::new();
     let ticker = tokio::spawn(lifetimes(service.clone(), stop_ticking.clone()));
-    let notifier = webhook.map(|config| {
+    let notifier = webhook.map(|(config, client)| {
         let stats = Arc::new(webhook::WebhookStats::default());
         metrics.register_collector(webhook::WebhookCollector {
             stats: Arc::clone(&stats),
@@ -179,6 +189,7 @@ async fn run(flags: Flags) -> ExitCode {
         tokio::spawn(webhook::run(
             service.clone(),
             Arc::clone(&store),
+            client,
             config,
             stats,
             stop_ticking.clone(),
