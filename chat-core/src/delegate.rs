@@ -1,6 +1,6 @@
 //! One way to write a store that forwards to another: decorators (the
 //! [`InstrumentedStore`](crate::InstrumentedStore)) and test stores (a store that fails on
-//! demand, the [`MockStore`](crate::store) of the `mocks` feature) implement the six parts of
+//! demand, the [`MockStore`](crate::store) of the `mocks` feature) implement the seven parts of
 //! the port with [`delegate_store!`](crate::delegate_store) instead of forwarding their methods
 //! by hand, so an operation added to the port is forwarded everywhere by adding it here once.
 
@@ -44,7 +44,7 @@
 ///
 /// Each part can also be forwarded alone, to a different inner store:
 /// `delegate_store!(@sessions Type, self => inner, (op, call) => around)` (and `@presence`,
-/// `@nodes`, `@requests`, `@rooms`, `@timers`); the mocks are built that way.
+/// `@nodes`, `@requests`, `@rooms`, `@timers`, `@notifications`); the mocks are built that way.
 #[macro_export]
 macro_rules! delegate_store {
     (@sessions $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
@@ -395,6 +395,61 @@ macro_rules! delegate_store {
         }
     };
 
+    (@notifications $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
+        #[$crate::__async_trait]
+        impl $crate::store::NotificationStore for $ty {
+            async fn enqueue_notification(
+                &$this,
+                event: $crate::store::OfflineEvent,
+                now: $crate::Millis,
+                max_queue: usize,
+            ) -> $crate::Result<$crate::store::Enqueued> {
+                let $call = $inner.enqueue_notification(event, now, max_queue);
+                let $op: &'static str = "enqueue_notification";
+                $around
+            }
+
+            async fn due_notifications(
+                &$this,
+                now: $crate::Millis,
+                lease_until: $crate::Millis,
+                limit: usize,
+            ) -> $crate::Result<::std::vec::Vec<$crate::store::LeasedNotification>> {
+                let $call = $inner.due_notifications(now, lease_until, limit);
+                let $op: &'static str = "due_notifications";
+                $around
+            }
+
+            async fn ack_notification(
+                &$this,
+                leased: &$crate::store::LeasedNotification,
+                now: $crate::Millis,
+            ) -> $crate::Result<bool> {
+                let $call = $inner.ack_notification(leased, now);
+                let $op: &'static str = "ack_notification";
+                $around
+            }
+
+            async fn retry_notification(
+                &$this,
+                leased: &$crate::store::LeasedNotification,
+                at: $crate::Millis,
+            ) -> $crate::Result<bool> {
+                let $call = $inner.retry_notification(leased, at);
+                let $op: &'static str = "retry_notification";
+                $around
+            }
+
+            async fn notification_queue_len(&$this) -> $crate::Result<u64> {
+                let $call = $inner.notification_queue_len();
+                let $op: &'static str = "notification_queue_len";
+                $around
+            }
+
+            $($($extra)*)?
+        }
+    };
+
     ($ty:ty, $this:ident => $inner:expr, $call:ident => $around:expr $(, rooms { $($rooms:tt)* })? $(,)?) => {
         $crate::delegate_store!(
             $ty, $this => $inner, (_op, $call) => $around $(, rooms { $($rooms)* })?
@@ -410,5 +465,6 @@ macro_rules! delegate_store {
             @rooms $ty, $this => $inner, ($op, $call) => $around $(, { $($rooms)* })?
         );
         $crate::delegate_store!(@timers $ty, $this => $inner, ($op, $call) => $around);
+        $crate::delegate_store!(@notifications $ty, $this => $inner, ($op, $call) => $around);
     };
 }

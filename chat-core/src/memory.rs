@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::event::{Audience, Delivery, Event, EventBus, EventSink, SinkSlot};
 use crate::store::{
-    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore,
+    Appended, DueTimer, EndedSession, Enqueued, LeasedNotification, NewRoom, NodeStore,
+    Notification, NotificationKind, NotificationStore, OfflineEvent, PresenceState, PresenceStore,
     RequestOutcome, RequestStore, RoomOverview, RoomStore, SessionCreated, SessionStore, Timer,
     TimerStore, Touched, UNREAD_MAX,
 };
@@ -105,6 +106,50 @@ struct State {
     timers: BTreeSet<(Millis, Timer)>,
     /// Timer → its deadline.
     timer_at: HashMap<Timer, Millis>,
+    /// The offline notification queue.
+    notifications: NotificationQueue,
+}
+
+/// The offline notifications: a queue per recipient, and the recipients in due order.
+/// Invariant: a recipient is in `due` (once) exactly when its queue is not empty.
+#[derive(Default)]
+struct NotificationQueue {
+    /// Recipient → its queue.
+    queues: HashMap<Phone, RecipientQueue>,
+    /// (due at, recipient): when the head of each non-empty queue may be handed out.
+    due: BTreeSet<(Millis, Phone)>,
+    /// Entries in all queues.
+    len: usize,
+    /// The last entry number handed out.
+    seq: u64,
+}
+
+struct RecipientQueue {
+    /// (seq, notification), oldest first.
+    entries: VecDeque<(u64, Notification)>,
+    /// Failed attempts of the head.
+    attempts: u32,
+    /// The key of this recipient in `NotificationQueue::due`.
+    due_at: Millis,
+}
+
+impl NotificationQueue {
+    /// Moves `to`'s due time to `at`.
+    fn set_due(&mut self, to: &Phone, at: Millis) {
+        if let Some(q) = self.queues.get_mut(to) {
+            self.due.remove(&(q.due_at, to.clone()));
+            q.due_at = at;
+            self.due.insert((at, to.clone()));
+        }
+    }
+
+    /// The head of `to`'s queue, if it is entry `seq`.
+    fn head_is(&self, to: &Phone, seq: u64) -> bool {
+        self.queues
+            .get(to)
+            .and_then(|q| q.entries.front())
+            .is_some_and(|(s, _)| *s == seq)
+    }
 }
 
 #[derive(Default)]
@@ -894,6 +939,148 @@ impl TimerStore for MemoryStore {
             s.timers.remove(&(due.lease_until, due.timer.clone()));
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl NotificationStore for MemoryStore {
+    async fn enqueue_notification(
+        &self,
+        event: OfflineEvent,
+        now: Millis,
+        max_queue: usize,
+    ) -> Result<Enqueued> {
+        let mut s = self.state()?;
+        let notification = match event {
+            OfflineEvent::Message {
+                room,
+                from,
+                id,
+                preview,
+                at,
+            } => {
+                let Some(r) = s.rooms.get(&room) else {
+                    return Ok(Enqueued::NoRecipient);
+                };
+                let Some(to) = r.room.other(&from).cloned() else {
+                    return Ok(Enqueued::NoRecipient);
+                };
+                Notification {
+                    to,
+                    from,
+                    kind: NotificationKind::Message { room, id, preview },
+                    at,
+                }
+            }
+            OfflineEvent::ChatRequest { from, to, at } => Notification {
+                to,
+                from,
+                kind: NotificationKind::ChatRequest,
+                at,
+            },
+        };
+        if s.presence
+            .get(&notification.to)
+            .is_some_and(|p| !p.conns.is_empty())
+        {
+            return Ok(Enqueued::Online);
+        }
+        let q = &mut s.notifications;
+        if q.len >= max_queue {
+            return Ok(Enqueued::Dropped);
+        }
+        q.seq += 1;
+        q.len += 1;
+        let seq = q.seq;
+        let to = notification.to.clone();
+        match q.queues.get_mut(&to) {
+            Some(queue) => queue.entries.push_back((seq, notification)),
+            None => {
+                q.queues.insert(
+                    to.clone(),
+                    RecipientQueue {
+                        entries: VecDeque::from([(seq, notification)]),
+                        attempts: 0,
+                        due_at: now,
+                    },
+                );
+                q.due.insert((now, to));
+            }
+        }
+        Ok(Enqueued::Queued)
+    }
+
+    async fn due_notifications(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<LeasedNotification>> {
+        let mut s = self.state()?;
+        let q = &mut s.notifications;
+        let due: Vec<Phone> = q
+            .due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, to)| to.clone())
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for to in due {
+            q.set_due(&to, lease_until);
+            if let Some(queue) = q.queues.get(&to)
+                && let Some((seq, n)) = queue.entries.front()
+            {
+                out.push(LeasedNotification {
+                    seq: *seq,
+                    attempts: queue.attempts,
+                    notification: n.clone(),
+                    lease_until,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack_notification(&self, leased: &LeasedNotification, now: Millis) -> Result<bool> {
+        let mut s = self.state()?;
+        let q = &mut s.notifications;
+        let to = &leased.notification.to;
+        if !q.head_is(to, leased.seq) {
+            return Ok(false);
+        }
+        q.len = q.len.saturating_sub(1);
+        let Some(queue) = q.queues.get_mut(to) else {
+            return Ok(false);
+        };
+        queue.entries.pop_front();
+        queue.attempts = 0;
+        if queue.entries.is_empty() {
+            let at = queue.due_at;
+            q.queues.remove(to);
+            q.due.remove(&(at, to.clone()));
+        } else {
+            q.set_due(to, now);
+        }
+        Ok(true)
+    }
+
+    async fn retry_notification(&self, leased: &LeasedNotification, at: Millis) -> Result<bool> {
+        let mut s = self.state()?;
+        let q = &mut s.notifications;
+        let to = &leased.notification.to;
+        if !q.head_is(to, leased.seq) {
+            return Ok(false);
+        }
+        if let Some(queue) = q.queues.get_mut(to) {
+            queue.attempts = queue.attempts.saturating_add(1);
+        }
+        q.set_due(to, at);
+        Ok(true)
+    }
+
+    async fn notification_queue_len(&self) -> Result<u64> {
+        Ok(u64::try_from(self.state()?.notifications.len).unwrap_or(u64::MAX))
     }
 }
 

@@ -114,6 +114,36 @@ pub struct Flags {
     /// Comma-separated origins a WebSocket upgrade may come from, or `any`.
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", default_value = "any")]
     pub allowed_origins: String,
+
+    /// POST offline notifications (for users with no open socket) to this http(s):// URL.
+    #[arg(long, env = "CHAT_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Sign offline notifications with this secret (X-Chat-Signature: `sha256=<HMAC-SHA256>`).
+    /// Prefer CHAT_WEBHOOK_SECRET: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "CHAT_WEBHOOK_SECRET",
+        hide_env_values = true,
+        requires = "webhook_url"
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// (testing) Delay before the first retry of a notification, in ms; it doubles per retry.
+    #[arg(long, env = "CHAT_WEBHOOK_BACKOFF_MS", default_value_t = 1000, value_parser = positive, hide = true)]
+    pub webhook_backoff_ms: u64,
+
+    /// (testing) How long the receiver has to answer 2xx, in ms.
+    #[arg(long, env = "CHAT_WEBHOOK_TIMEOUT_MS", default_value_t = 5000, value_parser = positive, hide = true)]
+    pub webhook_timeout_ms: u64,
+
+    /// (testing) How long a node owns a notification it took before another may, in ms.
+    #[arg(long, env = "CHAT_WEBHOOK_LEASE_MS", default_value_t = 30_000, value_parser = positive, hide = true)]
+    pub webhook_lease_ms: u64,
+
+    /// (testing) The notification queue's bound.
+    #[arg(long, env = "CHAT_WEBHOOK_QUEUE_MAX", default_value_t = 10_000, value_parser = positive, hide = true)]
+    pub webhook_queue_max: u64,
 }
 
 /// Zero is meaningless for every number of the table (a lifetime of nothing, a rate of
@@ -147,7 +177,30 @@ impl Flags {
         if self.key_prefix.chars().any(char::is_whitespace) {
             return Err("--key-prefix must not contain white space".into());
         }
-        self.origins().map(|_| ())
+        self.origins()?;
+        self.webhook().map(|_| ())
+    }
+
+    /// The offline notification worker's settings, if `--webhook-url` is set.
+    pub fn webhook(&self) -> Result<Option<crate::webhook::WebhookConfig>, String> {
+        let Some(raw) = &self.webhook_url else {
+            return Ok(None);
+        };
+        let url = crate::webhook::parse_url(raw)?;
+        if self.webhook_lease_ms <= self.webhook_timeout_ms {
+            return Err("--webhook-lease-ms must be longer than --webhook-timeout-ms".into());
+        }
+        let secret = self
+            .webhook_secret
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_bytes().to_vec());
+        let mut config = crate::webhook::WebhookConfig::new(url, secret);
+        config.backoff_base = Duration::from_millis(self.webhook_backoff_ms);
+        config.timeout = Duration::from_millis(self.webhook_timeout_ms);
+        config.lease = Duration::from_millis(self.webhook_lease_ms);
+        config.queue_max = to_usize(self.webhook_queue_max);
+        Ok(Some(config))
     }
 
     /// The allowed origins: `None` for any.
@@ -368,6 +421,26 @@ mod tests {
                 .unwrap()
                 .check()
                 .is_err()
+        );
+        assert!(parse(&[]).unwrap().webhook().unwrap().is_none());
+        let w = parse(&[
+            "--webhook-url",
+            "http://127.0.0.1:9/hook",
+            "--webhook-secret",
+            "s",
+        ])
+        .unwrap()
+        .webhook()
+        .unwrap()
+        .expect("on");
+        assert_eq!(w.secret.as_deref(), Some(&b"s"[..]));
+        assert_eq!(w.timeout, Duration::from_secs(5));
+        assert_eq!(w.backoff_base, Duration::from_secs(1));
+        assert_eq!(w.queue_max, 10_000);
+        assert!(parse(&["--webhook-url", "nope"]).unwrap().check().is_err());
+        assert!(
+            parse(&["--webhook-secret", "s"]).is_err(),
+            "a secret needs a URL"
         );
         let f = parse(&[
             "--allowed-origins",

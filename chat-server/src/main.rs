@@ -8,6 +8,7 @@
 //! It holds no rule of the chat and no wire format: those are chat-core's and the adapters'.
 
 mod flags;
+mod webhook;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -137,8 +138,24 @@ async fn run(flags: Flags) -> ExitCode {
         node.clone(),
     )
     .with_metrics(Arc::clone(&metrics));
+    // Checked by `Flags::check` at start.
+    let webhook = match flags.webhook().ok().flatten().map(|config| {
+        let client = webhook::client(&config)?;
+        Ok::<_, String>((config, client))
+    }) {
+        None => None,
+        Some(Ok(parts)) => Some(parts),
+        Some(Err(why)) => {
+            tracing::error!("{why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let service = match &webhook {
+        Some((w, _)) => service.with_notifications(w.queue_max),
+        None => service,
+    };
     let hub = Hub::new(service.clone(), flags.ws_config());
-    let app = App::new(service.clone(), hub, store, http_config);
+    let app = App::new(service.clone(), hub, Arc::clone(&store), http_config);
 
     let listener = match TcpListener::bind(flags.bind).await {
         Ok(l) => l,
@@ -163,11 +180,29 @@ async fn run(flags: Flags) -> ExitCode {
 
     let stop_ticking = CancellationToken::new();
     let ticker = tokio::spawn(lifetimes(service.clone(), stop_ticking.clone()));
+    let notifier = webhook.map(|(config, client)| {
+        let stats = Arc::new(webhook::WebhookStats::default());
+        metrics.register_collector(webhook::WebhookCollector {
+            stats: Arc::clone(&stats),
+            service: service.clone(),
+        });
+        tokio::spawn(webhook::run(
+            service.clone(),
+            Arc::clone(&store),
+            client,
+            config,
+            stats,
+            stop_ticking.clone(),
+        ))
+    });
 
     chat_http::serve(listener, app, signals.recv()).await;
 
     stop_ticking.cancel();
     let _ = ticker.await;
+    if let Some(notifier) = notifier {
+        let _ = notifier.await;
+    }
     match tokio::time::timeout(LEAVE_TIMEOUT, service.leave_cluster()).await {
         Ok(Ok(())) => tracing::info!("left the cluster"),
         Ok(Err(e)) => {

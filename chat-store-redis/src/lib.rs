@@ -47,6 +47,10 @@
 //! | `P {<room>}:d` | hash | dedupe, newer generation: `<sender>\|<client_id>` → message id; at `history_max` fields it becomes `:o` | as `:m` (set when created) |
 //! | `P {<room>}:o` | hash | dedupe, older generation (the previous `:d`, whole) | as `:m` |
 //! | `P timers` | sorted set | `Timer::encode()` → due time (ms) | permanent (one key); entries leave when handled |
+//! | `P nq:<phone>` | list | the user's offline notifications, oldest first: `<seq>\|<to>\|<kind m\|r>\|<from>\|<at>\|<room>\|<message id>\|<preview>` (room, id and preview empty for a request) | deleted when its last entry is delivered or given up |
+//! | `P nd` | sorted set | recipient → when the head of their `nq:` is due (or its lease ends); a member exactly while its `nq:` is not empty | permanent (one key) |
+//! | `P na` | hash | recipient → failed attempts of their head | field removed with the head |
+//! | `P nn` / `P ns` | string | entries queued in all `nq:` (the bound is checked against it) / the last entry number | permanent |
 //!
 //! A room's keys share the hash tag `{<room>}`, so the hot path (append, history) stays in one
 //! slot. The other functions compute key names from the prefix and span users, rooms and the
@@ -93,9 +97,26 @@
 //! | `room_overviews` | one function for all the user's rooms: per room `HMGET`, `XRANGE (mark` in chunks until `UNREAD_MAX` of the other member's messages are counted or the history ends, `XREVRANGE + - COUNT 1` |
 //! | `schedule` | `ZADD` |
 //! | `due_timers`, `finish_timer` | one function each |
+//! | `enqueue_notification` | one function: `HMGET` of the room (a message), `SCARD` of the recipient's sockets, then `GET`, `INCR`, `RPUSH`, `INCR`, `ZADD` when it queues; called after `append_message` / `send_request` only when notifications are on (see below) |
+//! | `due_notifications`, `ack_notification`, `retry_notification` | one function each |
+//! | `notification_queue_len` | `GET` |
 //! | `ping` | `PING`, once the bus is serving (else none: `StoreUnavailable` at once) |
 //! | `publish` | `PUBLISH` |
 //! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` on the first / last count (or while a failed one is pending), else none |
+//!
+//! ## Offline notifications
+//!
+//! The queue of offline notifications is one list per recipient (`nq:`), delivered head first, and
+//! a due index of recipients (`nd`) leased like the timers: a node that leases a head moves the
+//! recipient to its lease's end, so if the node dies the head comes due again and another node
+//! delivers it; it is removed (`ack_notification`) only once delivered. Only heads are leased, so a
+//! recipient's notifications go out in order.
+//!
+//! The check "no open socket" and the enqueue are one step of their own, after the store step that
+//! stored the message or request, not part of `append_message`: the append function names only
+//! keys under the room's hash tag (its hot path stays in one slot), while the recipient's sockets
+//! (`uc:<phone>`) and the queue are not in that slot. The extra step is one `FCALL`, made only when
+//! notifications are on; with them off the message path sends no extra command.
 //!
 //! ## The bus
 //!
@@ -129,7 +150,7 @@
 //! reports ready only after that).
 //!
 //! Feature `test-server`: `test_server::RedisServer` starts a private `redis-server` for tests.
-
+//!
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -203,8 +224,9 @@ pub(crate) struct Inner {
 /// test checks that every command the function library calls is listed.
 pub const ACL_COMMANDS: &str = "+ping +hello +fcall +function|load \
      +multi +exec +exists +get +set +getdel +del +rename +persist +pexpireat +pexpiretime +time \
-     +hget +hmget +hset +hdel +hlen +sadd +srem +smembers +scard +zadd +zrem +zrange +zscore \
-     +xadd +xrange +xrevrange +publish +subscribe +unsubscribe";
+     +hget +hmget +hset +hdel +hlen +hincrby +sadd +srem +smembers +scard +zadd +zrem +zrange \
+     +zscore +xadd +xrange +xrevrange +publish +subscribe +unsubscribe \
+     +incr +decr +rpush +lpop +lindex +llen";
 
 /// TLS material for a `rediss://` connection beyond the system's trust store, as managed Redis
 /// services hand it out. All PEM. Without any, a `rediss://` URL trusts the system's roots.

@@ -100,6 +100,10 @@ functions! {
     EndSession = "end_session";
     DueTimers = "due_timers";
     FinishTimer = "finish_timer";
+    Notify = "notify";
+    DueNotifications = "due_notifications";
+    AckNotification = "ack_notification";
+    RetryNotification = "retry_notification";
     Append = "append", keyed;
     MarkRead = "mark_read", keyed;
     RoomOverviews = "room_overviews";

@@ -1,6 +1,7 @@
-//! The six parts of the `Store` port and the `EventBus` for [`RedisStore`]: argument encoding, one function or command per
-//! operation, and what each reply means (its shape is decoded by the types of [`reply`]). The
-//! rules themselves live in the Lua functions.
+//! The parts of the `Store` port and the `EventBus` for [`RedisStore`] (the notification
+//! queue's in [`notifications`]): argument encoding, one function or command per operation, and
+//! what each reply means (its shape is decoded by the types of [`reply`]). The rules themselves
+//! live in the Lua functions.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use redis::{FromRedisValue, Value};
 use crate::scripts::Function;
 use crate::{RedisStore, bounded, entry};
 
+mod notifications;
 mod reply;
 
 use reply::{

@@ -25,6 +25,9 @@ impl ChatService {
             .store()
             .append_message(&id, message, self.inner.config.history_max)
             .await?;
+        if let Appended::New(m) = &appended {
+            self.notify_message(m).await;
+        }
         Ok(self.count(appended))
     }
 
@@ -49,14 +52,22 @@ impl ChatService {
                 Err(e) => answers.push(Some(e)),
             }
         }
-        let mut appended = if valid.is_empty() {
+        let appended = if valid.is_empty() {
             Vec::new()
         } else {
             self.store()
                 .append_messages(valid, self.inner.config.history_max)
                 .await
+        };
+        if self.notifies() {
+            // In order, so a recipient's notifications keep the order of the burst.
+            for a in &appended {
+                if let Ok(Appended::New(m)) = a {
+                    self.notify_message(m).await;
+                }
+            }
         }
-        .into_iter();
+        let mut appended = appended.into_iter();
         answers
             .into_iter()
             .map(|refused| match refused {

@@ -3,12 +3,15 @@
 //! and the raw field values, and map its [`Error`]s onto the wire.
 
 mod messages;
+mod notify;
 mod presence;
 mod reads;
 mod requests;
 mod rooms;
 mod sessions;
 mod time;
+
+pub use notify::NOTIFY_QUEUE_MAX;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,6 +198,8 @@ struct Inner {
     next_conn: AtomicU64,
     /// Counters exported on `/metrics`.
     metrics: Arc<Metrics>,
+    /// Offline notifications, when enabled ([`ChatService::with_notifications`]).
+    notify: Option<notify::Notifications>,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -228,6 +233,7 @@ impl ChatService {
                 node,
                 next_conn: AtomicU64::new(1),
                 metrics: Arc::default(),
+                notify: None,
             }),
         }
     }

@@ -30,7 +30,10 @@ impl ChatService {
             .send_request(request, self.new_room(now, names))
             .await?
         {
-            RequestOutcome::Sent => Ok(RequestSent::Sent),
+            RequestOutcome::Sent => {
+                self.notify_request(me, &to, now).await;
+                Ok(RequestSent::Sent)
+            }
             RequestOutcome::Accepted(room) => Ok(RequestSent::Accepted(room.id)),
             RequestOutcome::AlreadyPending => Err(Error::AlreadyPending),
             RequestOutcome::RoomExists(chat_id) => Err(Error::RoomExists { chat_id }),

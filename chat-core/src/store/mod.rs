@@ -1,6 +1,6 @@
 //! The storage port, split along the aggregates it serves: [`SessionStore`], [`PresenceStore`],
-//! [`NodeStore`], [`RequestStore`], [`RoomStore`] and [`TimerStore`]. [`Store`] is "a whole
-//! store": any type that implements all six (a blanket impl, nothing to write). The service
+//! [`NodeStore`], [`RequestStore`], [`RoomStore`], [`TimerStore`] and [`NotificationStore`]. [`Store`] is "a whole
+//! store": any type that implements all seven (a blanket impl, nothing to write). The service
 //! holds an `Arc<dyn Store>`.
 //!
 //! The operations are the atomic steps the service's rules need, not a key-value bag.
@@ -13,10 +13,11 @@
 //!   it only to free data (key expiry) well after the deadline the caller set.
 //!
 //! The conformance suite (`testing` feature) is the executable form of this contract. A store
-//! that forwards to another (a decorator, a test store that fails on demand) implements all six
+//! that forwards to another (a decorator, a test store that fails on demand) implements all seven
 //! with one [`delegate_store!`](crate::delegate_store).
 
 mod nodes;
+mod notifications;
 mod presence;
 mod requests;
 mod rooms;
@@ -31,6 +32,12 @@ pub use mock::MockStore;
 #[cfg(any(test, feature = "mocks"))]
 pub use nodes::MockNodeStore;
 pub use nodes::NodeStore;
+#[cfg(any(test, feature = "mocks"))]
+pub use notifications::MockNotificationStore;
+pub use notifications::{
+    Enqueued, LeasedNotification, Notification, NotificationKind, NotificationStore, OfflineEvent,
+    PREVIEW_CHARS, preview,
+};
 #[cfg(any(test, feature = "mocks"))]
 pub use presence::MockPresenceStore;
 pub use presence::{PresenceState, PresenceStore};
@@ -47,22 +54,30 @@ pub use sessions::{EndedSession, SessionCreated, SessionStore, Touched};
 pub use timers::MockTimerStore;
 pub use timers::{DueTimer, Timer, TimerStore};
 
-/// A whole store: every part of the port. Implemented for any type that implements the six
+/// A whole store: every part of the port. Implemented for any type that implements the seven
 /// parts; use it as the bound (`Arc<dyn Store>`, `S: Store`) wherever all of it is needed.
 pub trait Store:
-    SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore
+    SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore + NotificationStore
 {
 }
 
 impl<T> Store for T where
-    T: SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore + ?Sized
+    T: SessionStore
+        + PresenceStore
+        + NodeStore
+        + RequestStore
+        + RoomStore
+        + TimerStore
+        + NotificationStore
+        + ?Sized
 {
 }
 
-/// The six parts and [`Store`], to bring their methods into scope where a concrete store
+/// The seven parts and [`Store`], to bring their methods into scope where a concrete store
 /// (a `MemoryStore`, a `RedisStore`) is called directly: `use chat_core::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        NodeStore, PresenceStore, RequestStore, RoomStore, SessionStore, Store, TimerStore,
+        NodeStore, NotificationStore, PresenceStore, RequestStore, RoomStore, SessionStore, Store,
+        TimerStore,
     };
 }

@@ -34,6 +34,7 @@
 mod bus;
 mod helpers;
 mod nodes;
+mod notifications;
 mod presence;
 mod reads;
 mod requests;
@@ -43,6 +44,7 @@ mod timers;
 
 pub use bus::*;
 pub use nodes::*;
+pub use notifications::*;
 pub use presence::*;
 pub use reads::*;
 pub use requests::*;
@@ -278,6 +280,10 @@ macro_rules! store_conformance {
             finish_keeps_rescheduled_timer,
             due_timers_respects_limit,
             concurrent_due_timers_lease_each_once,
+            notifications_only_for_users_without_sockets,
+            notifications_lease_in_order_per_recipient,
+            notification_queue_is_bounded,
+            concurrent_due_notifications_lease_each_once,
             ping_answers,
             bus_delivers_published_events,
             accept_race_makes_one_room,

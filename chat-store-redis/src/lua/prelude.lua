@@ -3,12 +3,16 @@
 -- function (`src/scripts.rs` assembles it): they all see these locals.
 
 -- The current call's key prefix and the global keys under it, set by `enter`.
-local P, K_ONLINE, K_NODES, K_TIMERS
+local P, K_ONLINE, K_NODES, K_TIMERS, K_NDUE, K_NATT, K_NLEN, K_NSEQ
 local function enter(prefix)
   P = prefix
   K_ONLINE = P .. 'online'
   K_NODES = P .. 'nodes'
   K_TIMERS = P .. 'timers'
+  K_NDUE = P .. 'nd'
+  K_NATT = P .. 'na'
+  K_NLEN = P .. 'nn'
+  K_NSEQ = P .. 'ns'
 end
 -- Keys outlive the deadline they serve by this much (ms): the timer that acts on the deadline
 -- still finds them, yet nothing stays forever if no node runs.
@@ -26,6 +30,15 @@ local function k_in(p) return P .. 'in:' .. p end
 local function k_out(p) return P .. 'out:' .. p end
 local function k_req(f, t) return P .. 'rq:' .. f .. ':' .. t end
 local function k_nconns(n) return P .. 'nc:' .. n end
+local function k_nqueue(p) return P .. 'nq:' .. p end
+
+-- Whether the head of `to`'s notification queue is entry `seq` (entries are `<seq>|...`).
+local function notification_head_is(to, seq)
+  local head = redis.call('LINDEX', k_nqueue(to), 0)
+  if not head then return false end
+  local sep = string.find(head, '|', 1, true)
+  return sep ~= nil and string.sub(head, 1, sep - 1) == seq
+end
 -- Byte order, not Lua's `<` (which follows the server's collation locale).
 local function bytes_less(a, b)
   local n = math.min(#a, #b)

@@ -17,6 +17,7 @@ mod reads;
 mod secrets;
 mod socket;
 mod timed;
+mod webhooks;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
