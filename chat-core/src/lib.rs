@@ -54,8 +54,9 @@ pub use instrumented::InstrumentedStore;
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use service::{
-    Answer, ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_CLIENT_ID_CHARS, MAX_NAME_CHARS,
-    ONLINE_LIMIT, Outgoing, PageLimit, Registration, RequestSent, TICKET_SECS, TickReport,
+    Answer, ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_BLOCKED, MAX_CLIENT_ID_CHARS,
+    MAX_NAME_CHARS, ONLINE_LIMIT, Outgoing, PageLimit, Registration, RequestSent, TICKET_SECS,
+    TickReport,
 };
 pub use store::Store;
 pub use time::{Clock, ManualClock, SystemClock};

@@ -100,6 +100,10 @@ functions! {
     EndSession = "end_session";
     DueTimers = "due_timers";
     FinishTimer = "finish_timer";
+    Block = "block";
+    Unblock = "unblock";
+    Hidden = "hidden";
+    Decline = "decline";
     Append = "append", keyed;
 }
 

@@ -1,8 +1,8 @@
 //! [`MockStore`]: a whole store made of one mockall mock per part (feature `mocks`).
 
 use super::{
-    MockNodeStore, MockPresenceStore, MockRequestStore, MockRoomStore, MockSessionStore,
-    MockTimerStore,
+    MockBlockStore, MockNodeStore, MockPresenceStore, MockRequestStore, MockRoomStore,
+    MockSessionStore, MockTimerStore,
 };
 
 /// A [`Store`](super::Store) whose every method is a mockall expectation, set on the part that
@@ -23,6 +23,8 @@ pub struct MockStore {
     pub rooms: MockRoomStore,
     /// Timers.
     pub timers: MockTimerStore,
+    /// Blocks, decline cooldowns, the pending-request cap.
+    pub blocks: MockBlockStore,
 }
 
 impl MockStore {
@@ -52,3 +54,4 @@ crate::delegate_store!(@rooms MockStore, self => self.rooms, (_op, call) => call
     }
 });
 crate::delegate_store!(@timers MockStore, self => self.timers, (_op, call) => call.await);
+crate::delegate_store!(@blocks MockStore, self => self.blocks, (_op, call) => call.await);

@@ -1,6 +1,6 @@
 //! The storage port, split along the aggregates it serves: [`SessionStore`], [`PresenceStore`],
-//! [`NodeStore`], [`RequestStore`], [`RoomStore`] and [`TimerStore`]. [`Store`] is "a whole
-//! store": any type that implements all six (a blanket impl, nothing to write). The service
+//! [`NodeStore`], [`RequestStore`], [`RoomStore`], [`TimerStore`] and [`BlockStore`]. [`Store`] is "a whole
+//! store": any type that implements all seven (a blanket impl, nothing to write). The service
 //! holds an `Arc<dyn Store>`.
 //!
 //! The operations are the atomic steps the service's rules need, not a key-value bag.
@@ -16,6 +16,7 @@
 //! that forwards to another (a decorator, a test store that fails on demand) implements all six
 //! with one [`delegate_store!`](crate::delegate_store).
 
+mod blocks;
 mod nodes;
 mod presence;
 mod requests;
@@ -26,6 +27,9 @@ mod timers;
 #[cfg(any(test, feature = "mocks"))]
 mod mock;
 
+#[cfg(any(test, feature = "mocks"))]
+pub use blocks::MockBlockStore;
+pub use blocks::{BlockOutcome, BlockStore};
 #[cfg(any(test, feature = "mocks"))]
 pub use mock::MockStore;
 #[cfg(any(test, feature = "mocks"))]
@@ -50,12 +54,19 @@ pub use timers::{DueTimer, Timer, TimerStore};
 /// A whole store: every part of the port. Implemented for any type that implements the six
 /// parts; use it as the bound (`Arc<dyn Store>`, `S: Store`) wherever all of it is needed.
 pub trait Store:
-    SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore
+    SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore + BlockStore
 {
 }
 
 impl<T> Store for T where
-    T: SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore + ?Sized
+    T: SessionStore
+        + PresenceStore
+        + NodeStore
+        + RequestStore
+        + RoomStore
+        + TimerStore
+        + BlockStore
+        + ?Sized
 {
 }
 
@@ -63,6 +74,7 @@ impl<T> Store for T where
 /// (a `MemoryStore`, a `RedisStore`) is called directly: `use chat_core::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        NodeStore, PresenceStore, RequestStore, RoomStore, SessionStore, Store, TimerStore,
+        BlockStore, NodeStore, PresenceStore, RequestStore, RoomStore, SessionStore, Store,
+        TimerStore,
     };
 }

@@ -31,6 +31,7 @@
 //! to the audiences they watch (as a node with sockets would) and wait, bounded, for what the
 //! store published: `append_message` must publish `receive_message` in history order.
 
+mod blocks;
 mod bus;
 mod helpers;
 mod nodes;
@@ -40,6 +41,7 @@ mod rooms;
 mod sessions;
 mod timers;
 
+pub use blocks::*;
 pub use bus::*;
 pub use nodes::*;
 pub use presence::*;
@@ -282,6 +284,15 @@ macro_rules! store_conformance {
             crossed_send_race_makes_one_room,
             concurrent_appends_get_unique_increasing_ids,
             concurrent_create_session_one_wins,
+            block_unblock_and_list,
+            block_is_capped_and_needs_a_session,
+            block_removes_requests_and_room,
+            blocks_refuse_requests_and_accepts,
+            hidden_from_both_directions,
+            decline_request_starts_cooldown,
+            send_request_capped_counts_pending,
+            end_session_frees_blocks,
+            block_racing_accept_leaves_nothing,
         );
     };
 }
