@@ -318,7 +318,6 @@ async fn blocks_end_with_the_session() {
         h.chat.send_request(&a, b.as_str()).await,
         Ok(RequestSent::Sent)
     );
-    assert_eq!(h.store.footprint().unwrap() > 0, true);
 }
 
 #[tokio::test]
@@ -391,7 +390,7 @@ async fn decline_starts_a_cooldown() {
             retry_after_secs: 1
         })
     );
-    // B may still ask A: the cooldown is one way.
+    // Over: A may ask again.
     h.clock.advance(999);
     assert_eq!(
         h.chat.send_request(&a, b.as_str()).await,

@@ -135,6 +135,8 @@ pub(crate) mod tests {
             Error::RoomExists {
                 chat_id: chat_core::RoomId::generate(),
             },
+            Error::TooManyBlocked { max: 1000 },
+            Error::TooManyPending { max: 20 },
             Error::RateLimited {
                 retry_after_secs: 3,
             },
