@@ -16,8 +16,8 @@
 //!   domain's values ([`Phone`], [`RoomId`], [`Message`], …), [`Error`], the ports ([`Store`],
 //!   [`EventBus`], [`EventSink`]) and their in-process implementation [`MemoryStore`], the
 //!   [`Clock`]s, and [`Metrics`] with the [`InstrumentedStore`] that feeds it.
-//! - [`store`]: the storage port in its six parts (sessions, presence, nodes, requests, rooms,
-//!   timers), the values their operations return, and [`delegate_store!`] for stores that
+//! - [`store`]: the storage port in its seven parts (sessions, presence, nodes, requests, rooms,
+//!   timers, blocks), the values their operations return, and [`delegate_store!`] for stores that
 //!   forward to another.
 //! - [`event`]: who an event is for ([`Audience`]) and the sinks that hand events to sockets.
 //! - [`metrics`], [`limits`], [`time`]: the metric families, the rate limiters the adapters

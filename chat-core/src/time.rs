@@ -54,8 +54,8 @@ impl Clock for ManualClock {
 /// Formats unix milliseconds as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T17:40:00.123Z`.
 ///
 /// ```
-/// assert_eq!(chat_core::rfc3339(1_795_628_400_123), "2026-11-25T17:40:00.123Z");
-/// assert_eq!(chat_core::rfc3339(0), "1970-01-01T00:00:00.000Z");
+/// assert_eq!(chat_core::time::rfc3339(1_795_628_400_123), "2026-11-25T17:40:00.123Z");
+/// assert_eq!(chat_core::time::rfc3339(0), "1970-01-01T00:00:00.000Z");
 /// ```
 pub fn rfc3339(ms: Millis) -> String {
     let mut out = String::with_capacity(24);

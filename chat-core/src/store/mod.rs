@@ -1,7 +1,7 @@
 //! The storage port, split along the aggregates it serves: [`SessionStore`], [`PresenceStore`],
-//! [`NodeStore`], [`RequestStore`], [`RoomStore`], [`TimerStore`] and [`BlockStore`]. [`Store`] is "a whole
-//! store": any type that implements all seven (a blanket impl, nothing to write). The service
-//! holds an `Arc<dyn Store>`.
+//! [`NodeStore`], [`RequestStore`], [`RoomStore`], [`TimerStore`] and [`BlockStore`]. [`Store`]
+//! is "a whole store": any type that implements all seven (a blanket impl, nothing to write).
+//! The service holds an `Arc<dyn Store>`.
 //!
 //! The operations are the atomic steps the service's rules need, not a key-value bag.
 //! Contract for every implementation of every part:
@@ -13,7 +13,7 @@
 //!   it only to free data (key expiry) well after the deadline the caller set.
 //!
 //! The conformance suite (`testing` feature) is the executable form of this contract. A store
-//! that forwards to another (a decorator, a test store that fails on demand) implements all six
+//! that forwards to another (a decorator, a test store that fails on demand) implements all seven
 //! with one [`delegate_store!`](crate::delegate_store).
 
 mod blocks;
@@ -51,7 +51,7 @@ pub use sessions::{EndedSession, SessionCreated, SessionStore, Touched};
 pub use timers::MockTimerStore;
 pub use timers::{DueTimer, Timer, TimerStore};
 
-/// A whole store: every part of the port. Implemented for any type that implements the six
+/// A whole store: every part of the port. Implemented for any type that implements the seven
 /// parts; use it as the bound (`Arc<dyn Store>`, `S: Store`) wherever all of it is needed.
 pub trait Store:
     SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore + BlockStore
@@ -70,7 +70,7 @@ impl<T> Store for T where
 {
 }
 
-/// The six parts and [`Store`], to bring their methods into scope where a concrete store
+/// The seven parts and [`Store`], to bring their methods into scope where a concrete store
 /// (a `MemoryStore`, a `RedisStore`) is called directly: `use chat_core::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
