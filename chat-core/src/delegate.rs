@@ -1,6 +1,6 @@
 //! One way to write a store that forwards to another: decorators (the
 //! [`InstrumentedStore`](crate::InstrumentedStore)) and test stores (a store that fails on
-//! demand, the [`MockStore`](crate::store) of the `mocks` feature) implement the seven parts of
+//! demand, the [`MockStore`](crate::store) of the `mocks` feature) implement the eight parts of
 //! the port with [`delegate_store!`](crate::delegate_store) instead of forwarding their methods
 //! by hand, so an operation added to the port is forwarded everywhere by adding it here once.
 
@@ -44,7 +44,7 @@
 ///
 /// Each part can also be forwarded alone, to a different inner store:
 /// `delegate_store!(@sessions Type, self => inner, (op, call) => around)` (and `@presence`,
-/// `@nodes`, `@requests`, `@rooms`, `@timers`, `@notifications`); the mocks are built that way.
+/// `@nodes`, `@requests`, `@rooms`, `@timers`, `@notifications`, `@blocks`); the mocks are built that way.
 #[macro_export]
 macro_rules! delegate_store {
     (@sessions $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
@@ -450,6 +450,76 @@ macro_rules! delegate_store {
         }
     };
 
+    (@blocks $ty:ty, $this:ident => $inner:expr, ($op:ident, $call:ident) => $around:expr $(, { $($extra:tt)* })?) => {
+        #[$crate::__async_trait]
+        impl $crate::store::BlockStore for $ty {
+            async fn block(
+                &$this,
+                by: &$crate::Phone,
+                whom: &$crate::Phone,
+                max_blocked: usize,
+                now: $crate::Millis,
+            ) -> $crate::Result<::core::option::Option<$crate::store::BlockOutcome>> {
+                let $call = $inner.block(by, whom, max_blocked, now);
+                let $op: &'static str = "block";
+                $around
+            }
+
+            async fn unblock(
+                &$this,
+                by: &$crate::Phone,
+                whom: &$crate::Phone,
+            ) -> $crate::Result<()> {
+                let $call = $inner.unblock(by, whom);
+                let $op: &'static str = "unblock";
+                $around
+            }
+
+            async fn blocked(
+                &$this,
+                by: &$crate::Phone,
+            ) -> $crate::Result<::std::vec::Vec<$crate::Phone>> {
+                let $call = $inner.blocked(by);
+                let $op: &'static str = "blocked";
+                $around
+            }
+
+            async fn hidden_from(
+                &$this,
+                phone: &$crate::Phone,
+            ) -> $crate::Result<::std::collections::BTreeSet<$crate::Phone>> {
+                let $call = $inner.hidden_from(phone);
+                let $op: &'static str = "hidden_from";
+                $around
+            }
+
+            async fn decline_request(
+                &$this,
+                from: &$crate::Phone,
+                to: &$crate::Phone,
+                now: $crate::Millis,
+                cooldown_until: $crate::Millis,
+            ) -> $crate::Result<bool> {
+                let $call = $inner.decline_request(from, to, now, cooldown_until);
+                let $op: &'static str = "decline_request";
+                $around
+            }
+
+            async fn send_request_capped(
+                &$this,
+                request: $crate::ChatRequest,
+                room: $crate::store::NewRoom,
+                max_pending: usize,
+            ) -> $crate::Result<$crate::store::RequestOutcome> {
+                let $call = $inner.send_request_capped(request, room, max_pending);
+                let $op: &'static str = "send_request_capped";
+                $around
+            }
+
+            $($($extra)*)?
+        }
+    };
+
     ($ty:ty, $this:ident => $inner:expr, $call:ident => $around:expr $(, rooms { $($rooms:tt)* })? $(,)?) => {
         $crate::delegate_store!(
             $ty, $this => $inner, (_op, $call) => $around $(, rooms { $($rooms)* })?
@@ -466,5 +536,6 @@ macro_rules! delegate_store {
         );
         $crate::delegate_store!(@timers $ty, $this => $inner, ($op, $call) => $around);
         $crate::delegate_store!(@notifications $ty, $this => $inner, ($op, $call) => $around);
+        $crate::delegate_store!(@blocks $ty, $this => $inner, ($op, $call) => $around);
     };
 }

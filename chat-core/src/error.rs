@@ -58,6 +58,18 @@ pub enum Error {
         /// The room they share.
         chat_id: RoomId,
     },
+    /// The caller already blocks as many phones as a session may.
+    #[error("you already block {max} phones, the most a session may")]
+    TooManyBlocked {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The caller already has as many outgoing pending requests as allowed.
+    #[error("you already have {max} pending requests, the most allowed")]
+    TooManyPending {
+        /// The configured limit.
+        max: usize,
+    },
     /// A rate limit was hit; retry after this many whole seconds.
     #[error("rate limited, retry in {retry_after_secs} s")]
     RateLimited {
@@ -87,6 +99,8 @@ impl Error {
             Error::PhoneInUse => "phone_in_use",
             Error::AlreadyPending => "already_pending",
             Error::RoomExists { .. } => "room_exists",
+            Error::TooManyBlocked { .. } => "too_many_blocked",
+            Error::TooManyPending { .. } => "too_many_pending",
             Error::RateLimited { .. } => "rate_limited",
             Error::StoreUnavailable(_) => "store_unavailable",
         }

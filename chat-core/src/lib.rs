@@ -16,8 +16,8 @@
 //!   domain's values ([`Phone`], [`RoomId`], [`Message`], …), [`Error`], the ports ([`Store`],
 //!   [`EventBus`], [`EventSink`]) and their in-process implementation [`MemoryStore`], the
 //!   [`Clock`]s, and [`Metrics`] with the [`InstrumentedStore`] that feeds it.
-//! - [`store`]: the storage port in its seven parts (sessions, presence, nodes, requests, rooms,
-//!   timers, offline notifications), the values their operations return, and [`delegate_store!`] for stores that
+//! - [`store`]: the storage port in its eight parts (sessions, presence, nodes, requests, rooms,
+//!   timers, offline notifications, blocks), the values their operations return, and [`delegate_store!`] for stores that
 //!   forward to another.
 //! - [`event`]: who an event is for ([`Audience`]) and the sinks that hand events to sockets.
 //! - [`metrics`], [`limits`], [`time`]: the metric families, the rate limiters the adapters
@@ -54,9 +54,9 @@ pub use instrumented::InstrumentedStore;
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use service::{
-    Answer, ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_CLIENT_ID_CHARS, MAX_NAME_CHARS,
-    NOTIFY_QUEUE_MAX, ONLINE_LIMIT, Outgoing, PageLimit, Registration, RequestSent, TICKET_SECS,
-    TickReport,
+    Answer, ChatService, Config, HISTORY_LIMIT, JOIN_HISTORY, MAX_BLOCKED, MAX_CLIENT_ID_CHARS,
+    MAX_NAME_CHARS, NOTIFY_QUEUE_MAX, ONLINE_LIMIT, Outgoing, PageLimit, Registration, RequestSent,
+    TICKET_SECS, TickReport,
 };
 pub use store::Store;
 pub use time::{Clock, ManualClock, SystemClock};

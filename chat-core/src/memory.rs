@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::event::{Audience, Delivery, Event, EventBus, EventSink, SinkSlot};
 use crate::store::{
-    Appended, DueTimer, EndedSession, Enqueued, LeasedNotification, NewRoom, NodeStore,
-    Notification, NotificationKind, NotificationStore, OfflineEvent, PresenceState, PresenceStore,
-    RequestOutcome, RequestStore, RoomOverview, RoomStore, SessionCreated, SessionStore, Timer,
-    TimerStore, Touched, UNREAD_MAX,
+    Appended, BlockOutcome, BlockStore, DueTimer, EndedSession, Enqueued, LeasedNotification,
+    NewRoom, NodeStore, Notification, NotificationKind, NotificationStore, OfflineEvent,
+    PresenceState, PresenceStore, RequestOutcome, RequestStore, RoomOverview, RoomStore,
+    SessionCreated, SessionStore, Timer, TimerStore, Touched, UNREAD_MAX,
 };
 use crate::types::{
     ChatRequest, ConnKey, HistoryPage, Message, MessageId, Millis, Names, NewMessage, NodeId,
@@ -106,6 +106,12 @@ struct State {
     timers: BTreeSet<(Millis, Timer)>,
     /// Timer → its deadline.
     timer_at: HashMap<Timer, Millis>,
+    /// Blocker → the phones their session blocks.
+    blocks: HashMap<Phone, BTreeSet<Phone>>,
+    /// Blocked phone → the blockers (the reverse of `blocks`).
+    blocked_by: HashMap<Phone, BTreeSet<Phone>>,
+    /// Requester → (decliner → until when a new request is refused).
+    cooldowns: HashMap<Phone, HashMap<Phone, Millis>>,
     /// The offline notification queue.
     notifications: NotificationQueue,
 }
@@ -247,6 +253,20 @@ impl State {
         Some(r)
     }
 
+    /// Whether one of the two blocks the other.
+    fn blocked_either(&self, a: &Phone, b: &Phone) -> bool {
+        let blocks = |x: &Phone, y: &Phone| self.blocks.get(x).is_some_and(|set| set.contains(y));
+        blocks(a, b) || blocks(b, a)
+    }
+
+    /// Frees the blocks and cooldowns of `phone`'s session.
+    fn forget_blocks(&mut self, phone: &Phone) {
+        for whom in self.blocks.remove(phone).unwrap_or_default() {
+            remove_from(&mut self.blocked_by, &whom, phone);
+        }
+        self.cooldowns.remove(phone);
+    }
+
     fn insert_room(&mut self, room: Room) {
         let [a, b] = &room.members;
         self.pair_room.insert(pair(a, b), room.id);
@@ -368,6 +388,75 @@ impl MemoryStore {
         }
     }
 
+    /// `send_request` with a cap on the sender's pending requests (`usize::MAX`: none).
+    fn send(
+        &self,
+        request: ChatRequest,
+        room: NewRoom,
+        max_pending: usize,
+    ) -> Result<RequestOutcome> {
+        let mut s = self.state()?;
+        let (from, to, now) = (&request.from, &request.to, request.created_at);
+        let online = s.presence.get(to).is_some_and(|p| p.state().online_at(now));
+        // A block answers exactly as if the target were offline.
+        if !s.sessions.contains_key(to) || !online || s.blocked_either(from, to) {
+            return Err(Error::UserNotFound);
+        }
+        if let Some(id) = s.pair_room.get(&pair(from, to)) {
+            return Ok(RequestOutcome::RoomExists(*id));
+        }
+        if s.request_live(to, from, now) {
+            let (from, to) = (to.clone(), from.clone());
+            let names = room.names.clone();
+            let room = s.make_room(&from, &to, room);
+            self.announce_room(&room, &names);
+            return Ok(RequestOutcome::Accepted(room));
+        }
+        if s.request_live(from, to, now) {
+            return Ok(RequestOutcome::AlreadyPending);
+        }
+        if let Some(until) = s.cooldowns.get(from).and_then(|c| c.get(to)).copied()
+            && until > now
+        {
+            return Err(Error::RateLimited {
+                retry_after_secs: (until - now).div_ceil(1000).max(1),
+            });
+        }
+        if max_pending != usize::MAX {
+            let pending = s
+                .outgoing
+                .get(from)
+                .into_iter()
+                .flatten()
+                .filter(|t| s.request_live(from, t, now))
+                .count();
+            if pending >= max_pending {
+                return Err(Error::TooManyPending { max: max_pending });
+            }
+        }
+        s.incoming
+            .entry(to.clone())
+            .or_default()
+            .insert(from.clone());
+        s.outgoing
+            .entry(from.clone())
+            .or_default()
+            .insert(to.clone());
+        s.schedule(
+            Timer::RequestExpiry {
+                from: from.clone(),
+                to: to.clone(),
+            },
+            request.expires_at,
+        );
+        // Delivered under the lock, like every change's event here.
+        self.shared
+            .sink
+            .deliver(&Delivery::chat_request(from, to, now, &room.names));
+        s.requests.insert((from.clone(), to.clone()), request);
+        Ok(RequestOutcome::Sent)
+    }
+
     fn state(&self) -> Result<MutexGuard<'_, State>> {
         // A poisoned lock means a bug panicked mid-operation; refuse rather than serve torn state.
         self.shared.state.lock().map_err(|_| {
@@ -392,6 +481,9 @@ impl MemoryStore {
             + s.pair_room.len()
             + messages
             + s.timers.len()
+            + s.blocks.len()
+            + s.blocked_by.len()
+            + s.cooldowns.len()
             + s.node_conns.values().map(HashSet::len).sum::<usize>())
     }
 }
@@ -508,6 +600,7 @@ impl SessionStore for MemoryStore {
         s.online.remove(phone);
         s.unschedule(&Timer::Presence(phone.clone()));
         s.unschedule(&Timer::SessionEnd(phone.clone()));
+        s.forget_blocks(phone);
         let incoming: Vec<Phone> = s
             .incoming
             .get(phone)
@@ -671,46 +764,7 @@ impl NodeStore for MemoryStore {
 #[async_trait::async_trait]
 impl RequestStore for MemoryStore {
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<RequestOutcome> {
-        let mut s = self.state()?;
-        let (from, to, now) = (&request.from, &request.to, request.created_at);
-        let online = s.presence.get(to).is_some_and(|p| p.state().online_at(now));
-        if !s.sessions.contains_key(to) || !online {
-            return Err(Error::UserNotFound);
-        }
-        if let Some(id) = s.pair_room.get(&pair(from, to)) {
-            return Ok(RequestOutcome::RoomExists(*id));
-        }
-        if s.request_live(to, from, now) {
-            let (from, to) = (to.clone(), from.clone());
-            let names = room.names.clone();
-            let room = s.make_room(&from, &to, room);
-            self.announce_room(&room, &names);
-            return Ok(RequestOutcome::Accepted(room));
-        }
-        if s.request_live(from, to, now) {
-            return Ok(RequestOutcome::AlreadyPending);
-        }
-        s.incoming
-            .entry(to.clone())
-            .or_default()
-            .insert(from.clone());
-        s.outgoing
-            .entry(from.clone())
-            .or_default()
-            .insert(to.clone());
-        s.schedule(
-            Timer::RequestExpiry {
-                from: from.clone(),
-                to: to.clone(),
-            },
-            request.expires_at,
-        );
-        // Delivered under the lock, like every change's event here.
-        self.shared
-            .sink
-            .deliver(&Delivery::chat_request(from, to, now, &room.names));
-        s.requests.insert((from.clone(), to.clone()), request);
-        Ok(RequestOutcome::Sent)
+        self.send(request, room, usize::MAX)
     }
 
     async fn accept_request(
@@ -721,7 +775,10 @@ impl RequestStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<Room>> {
         let mut s = self.state()?;
-        if !s.request_live(from, to, now) || s.pair_room.contains_key(&pair(from, to)) {
+        if !s.request_live(from, to, now)
+            || s.pair_room.contains_key(&pair(from, to))
+            || s.blocked_either(from, to)
+        {
             return Ok(None);
         }
         let names = room.names.clone();
@@ -1081,6 +1138,98 @@ impl NotificationStore for MemoryStore {
 
     async fn notification_queue_len(&self) -> Result<u64> {
         Ok(u64::try_from(self.state()?.notifications.len).unwrap_or(u64::MAX))
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockStore for MemoryStore {
+    async fn block(
+        &self,
+        by: &Phone,
+        whom: &Phone,
+        max_blocked: usize,
+        now: Millis,
+    ) -> Result<Option<BlockOutcome>> {
+        let mut s = self.state()?;
+        if !s.sessions.contains_key(by) {
+            return Ok(None);
+        }
+        let set = s.blocks.entry(by.clone()).or_default();
+        if !set.contains(whom) {
+            if set.len() >= max_blocked {
+                if set.is_empty() {
+                    s.blocks.remove(by);
+                }
+                return Err(Error::TooManyBlocked { max: max_blocked });
+            }
+            set.insert(whom.clone());
+            s.blocked_by
+                .entry(whom.clone())
+                .or_default()
+                .insert(by.clone());
+        }
+        let dropped = s.drop_request(whom, by).is_some_and(|r| r.expires_at > now);
+        let cancelled = s.drop_request(by, whom).is_some_and(|r| r.expires_at > now);
+        let room = match s.pair_room.get(&pair(by, whom)).copied() {
+            Some(id) => s.remove_room(&id),
+            None => None,
+        };
+        Ok(Some(BlockOutcome {
+            dropped,
+            cancelled,
+            room,
+        }))
+    }
+
+    async fn unblock(&self, by: &Phone, whom: &Phone) -> Result<()> {
+        let mut s = self.state()?;
+        remove_from(&mut s.blocks, by, whom);
+        remove_from(&mut s.blocked_by, whom, by);
+        Ok(())
+    }
+
+    async fn blocked(&self, by: &Phone) -> Result<Vec<Phone>> {
+        let s = self.state()?;
+        Ok(s.blocks.get(by).into_iter().flatten().cloned().collect())
+    }
+
+    async fn hidden_from(&self, phone: &Phone) -> Result<BTreeSet<Phone>> {
+        let s = self.state()?;
+        Ok(s.blocks
+            .get(phone)
+            .into_iter()
+            .chain(s.blocked_by.get(phone))
+            .flatten()
+            .cloned()
+            .collect())
+    }
+
+    async fn decline_request(
+        &self,
+        from: &Phone,
+        to: &Phone,
+        now: Millis,
+        cooldown_until: Millis,
+    ) -> Result<bool> {
+        let mut s = self.state()?;
+        let pending = s.drop_request(from, to).is_some_and(|r| r.expires_at > now);
+        if pending && s.sessions.contains_key(from) {
+            let cooldowns = s.cooldowns.entry(from.clone()).or_default();
+            // Ended cooldowns go as new ones come, so the map holds at most the declines of
+            // one cooldown's length.
+            cooldowns.retain(|_, until| *until > now);
+            cooldowns.insert(to.clone(), cooldown_until);
+        }
+        Ok(pending)
+    }
+
+    async fn send_request_capped(
+        &self,
+        request: ChatRequest,
+        room: NewRoom,
+        max_pending: usize,
+    ) -> Result<RequestOutcome> {
+        self.send(request, room, max_pending)
     }
 }
 

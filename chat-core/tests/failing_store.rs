@@ -192,8 +192,13 @@ async fn decline_and_cancel_with_store_down_publish_nothing() {
     store
         .requests
         .expect_remove_request()
-        .times(2)
+        .times(1)
         .returning(|_, _, _| down());
+    store
+        .blocks
+        .expect_decline_request()
+        .times(1)
+        .returning(|_, _, _, _| down());
     let chat = service(store, silent_bus());
     assert_eq!(
         chat.respond_request(&b(), "+14155550100", chat_core::Answer::Decline)
@@ -217,10 +222,10 @@ async fn send_request_with_store_down_sends_no_chat_request() {
     // The store checks the target's presence itself, in the same step.
     store.presence.expect_presence().never();
     store
-        .requests
-        .expect_send_request()
+        .blocks
+        .expect_send_request_capped()
         .times(1)
-        .returning(|_, _| down());
+        .returning(|_, _, _| down());
     let chat = service(store, silent_bus());
     assert_eq!(
         chat.send_request(&a(), "+14155550101").await,
@@ -237,10 +242,10 @@ async fn send_request_to_an_offline_user_publishes_nothing() {
         .expect_names()
         .returning(|_| Ok(Names::new()));
     store
-        .requests
-        .expect_send_request()
+        .blocks
+        .expect_send_request_capped()
         .times(1)
-        .returning(|_, _| Err(Error::UserNotFound));
+        .returning(|_, _, _| Err(Error::UserNotFound));
     let mut bus = MockEventBus::new();
     bus.expect_publish().never();
     let chat = service(store, bus);
@@ -357,7 +362,7 @@ async fn history_and_rooms_with_store_down() {
     );
     assert_eq!(chat.requests(&a()).await, Err(Error::unavailable("down")));
     assert_eq!(
-        chat.online_users(None, None).await,
+        chat.online_users(&a(), None, None).await,
         Err(Error::unavailable("down"))
     );
 }
@@ -418,10 +423,10 @@ async fn requests_and_accepts_are_published_by_the_store_not_again() {
         .expect_names()
         .returning(|_| Ok(Names::new()));
     store
-        .requests
-        .expect_send_request()
+        .blocks
+        .expect_send_request_capped()
         .times(1)
-        .returning(|_, _| Ok(RequestOutcome::Sent));
+        .returning(|_, _, _| Ok(RequestOutcome::Sent));
     let r = room();
     let id = r.id;
     store

@@ -454,13 +454,18 @@ async fn presence_online_by_http_window() {
         "B's window ended"
     );
     assert!(h.chat.is_online(&a.phone).await.unwrap());
-    let listed = h.chat.online_users(None, None).await.unwrap().phones;
+    let listed = h
+        .chat
+        .online_users(&a.phone, None, None)
+        .await
+        .unwrap()
+        .phones;
     assert_eq!(listed, vec![a.phone.clone()]);
     h.pass(300).await;
     assert!(!h.chat.is_online(&a.phone).await.unwrap());
     assert!(
         h.chat
-            .online_users(None, None)
+            .online_users(&a.phone, None, None)
             .await
             .unwrap()
             .phones
@@ -483,7 +488,11 @@ async fn presence_online_by_socket() {
     h.pass(700).await;
     assert!(h.chat.is_online(&a.phone).await.unwrap());
     assert_eq!(
-        h.chat.online_users(None, None).await.unwrap().phones,
+        h.chat
+            .online_users(&a.phone, None, None)
+            .await
+            .unwrap()
+            .phones,
         vec![a.phone.clone()]
     );
     h.chat.disconnect(&a.phone, &c1).await.unwrap();
@@ -494,7 +503,7 @@ async fn presence_online_by_socket() {
     assert!(!h.chat.is_online(&a.phone).await.unwrap());
     assert!(
         h.chat
-            .online_users(None, None)
+            .online_users(&a.phone, None, None)
             .await
             .unwrap()
             .phones
@@ -588,10 +597,11 @@ async fn online_users_pages_and_limits() {
     for i in 0..7 {
         everyone.insert(h.register(&format!("+1415555010{i}")).await.phone.clone());
     }
+    let me = everyone.first().unwrap().clone();
     let mut seen = BTreeSet::new();
     let mut cursor = None;
     for _ in 0..20 {
-        let page = h.chat.online_users(cursor, Some("2")).await.unwrap();
+        let page = h.chat.online_users(&me, cursor, Some("2")).await.unwrap();
         assert!(page.phones.len() <= 2);
         seen.extend(page.phones);
         cursor = page.next_cursor;
@@ -604,20 +614,20 @@ async fn online_users_pages_and_limits() {
         "the walk returns everyone, the caller included"
     );
     assert!(matches!(
-        h.chat.online_users(Some("bogus".into()), None).await,
+        h.chat.online_users(&me, Some("bogus".into()), None).await,
         Err(Error::BadRequest(_))
     ));
     for bad in ["0", "-1", "abc", "", "1.5"] {
         assert!(
             matches!(
-                h.chat.online_users(None, Some(bad)).await,
+                h.chat.online_users(&me, None, Some(bad)).await,
                 Err(Error::BadRequest(_))
             ),
             "{bad:?}"
         );
     }
     // Over 1000 is cut to 1000, not refused.
-    let page = h.chat.online_users(None, Some("5000")).await.unwrap();
+    let page = h.chat.online_users(&me, None, Some("5000")).await.unwrap();
     assert_eq!(page.phones.len(), 7);
     assert_eq!(chat_core::ONLINE_LIMIT.apply(Some("5000")).unwrap(), 1000);
     assert_eq!(chat_core::ONLINE_LIMIT.apply(None).unwrap(), 100);
@@ -1565,7 +1575,14 @@ async fn dead_node_sockets_are_reaped_and_the_user_goes_offline() {
     assert_eq!(orphaned, 1);
     assert!(!h.chat.is_online(&b.phone).await.unwrap());
     assert_eq!(h.events(&a.phone), vec![presence(&b.phone, false)]);
-    assert!(h.chat.online_users(None, None).await.unwrap().phones == vec![a.phone.clone()]);
+    assert!(
+        h.chat
+            .online_users(&a.phone, None, None)
+            .await
+            .unwrap()
+            .phones
+            == vec![a.phone.clone()]
+    );
 }
 
 #[tokio::test]
@@ -1707,7 +1724,11 @@ async fn presence_of_unrelated_users_is_not_published() {
 
 #[tokio::test]
 async fn names_travel_with_phones() {
-    let h = Harness::new();
+    // No decline cooldown: A asks B again right after B declines.
+    let h = Harness::with_config(Config {
+        decline_cooldown_secs: 0,
+        ..Config::default()
+    });
     let named = |phone: &'static str, name: &'static str| {
         let chat = h.chat.clone();
         async move {

@@ -116,6 +116,12 @@ struct CancelBody {
     phone2: String,
 }
 
+/// `/block` and `/unblock`.
+#[derive(Deserialize)]
+struct BlockBody {
+    phone: String,
+}
+
 #[derive(Deserialize)]
 struct CloseRoomBody {
     chat_id: String,
@@ -198,7 +204,7 @@ pub(crate) async fn handle(
         Route::OnlineUsers => {
             service.check_caller(&session, named.as_deref())?;
             let page = service
-                .online_users(q_or_none("cursor"), q("limit").as_deref())
+                .online_users(me, q_or_none("cursor"), q("limit").as_deref())
                 .await?;
             let names = service.names(&page.phones).await?;
             let phones: Vec<&str> = page.phones.iter().map(|p| p.as_str()).collect();
@@ -308,6 +314,25 @@ pub(crate) async fn handle(
                 "ticket": ticket.as_str(),
                 "expires_in": chat_core::TICKET_SECS,
             })))
+        }
+        // `phone` here names the other user, not the caller: only `?phone=` names the caller.
+        Route::Block => {
+            let b: BlockBody = parse(&body)?;
+            service.check_caller(&session, named.as_deref())?;
+            service.block(me, &b.phone).await?;
+            Ok(reply::ok_empty())
+        }
+        Route::Unblock => {
+            let b: BlockBody = parse(&body)?;
+            service.check_caller(&session, named.as_deref())?;
+            service.unblock(me, &b.phone).await?;
+            Ok(reply::ok_empty())
+        }
+        Route::Blocked => {
+            service.check_caller(&session, named.as_deref())?;
+            let blocked = service.blocked(me).await?;
+            let blocked: Vec<&str> = blocked.iter().map(|p| p.as_str()).collect();
+            Ok(reply::ok(json!({"blocked": blocked})))
         }
         // Not API routes: the caller never sends them here.
         Route::RegisterUser

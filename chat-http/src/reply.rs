@@ -36,9 +36,11 @@ pub(crate) fn status_of(e: &HttpError) -> StatusCode {
         Error::Unauthorized => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::UserNotFound | Error::RequestNotFound | Error::RoomNotFound => StatusCode::NOT_FOUND,
-        Error::PhoneInUse | Error::AlreadyPending | Error::RoomExists { .. } => {
-            StatusCode::CONFLICT
-        }
+        Error::PhoneInUse
+        | Error::AlreadyPending
+        | Error::RoomExists { .. }
+        | Error::TooManyBlocked { .. }
+        | Error::TooManyPending { .. } => StatusCode::CONFLICT,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -133,6 +135,8 @@ pub(crate) mod tests {
             Error::RoomExists {
                 chat_id: chat_core::RoomId::generate(),
             },
+            Error::TooManyBlocked { max: 1000 },
+            Error::TooManyPending { max: 20 },
             Error::RateLimited {
                 retry_after_secs: 3,
             },

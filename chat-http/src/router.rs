@@ -45,6 +45,12 @@ pub(crate) enum Route {
     CloseRoom,
     /// `POST /ws_ticket`.
     WsTicket,
+    /// `POST /block`.
+    Block,
+    /// `POST /unblock`.
+    Unblock,
+    /// `GET /blocked`.
+    Blocked,
     /// `GET /healthz`.
     Healthz,
     /// `GET /readyz`.
@@ -75,6 +81,9 @@ impl Route {
             Route::Messages(_) => "/chatrooms/{room_id}/messages",
             Route::CloseRoom => "/close_room",
             Route::WsTicket => "/ws_ticket",
+            Route::Block => "/block",
+            Route::Unblock => "/unblock",
+            Route::Blocked => "/blocked",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -99,6 +108,9 @@ impl Route {
                 | Route::Messages(_)
                 | Route::CloseRoom
                 | Route::WsTicket
+                | Route::Block
+                | Route::Unblock
+                | Route::Blocked
         )
     }
 }
@@ -157,6 +169,9 @@ pub(crate) static FIXED: &[(&str, Route, Allow)] = &[
     ("/active_chatrooms", Route::ActiveChatrooms, Allow::Get),
     ("/close_room", Route::CloseRoom, Allow::Post),
     ("/ws_ticket", Route::WsTicket, Allow::Post),
+    ("/block", Route::Block, Allow::Post),
+    ("/unblock", Route::Unblock, Allow::Post),
+    ("/blocked", Route::Blocked, Allow::Get),
     ("/healthz", Route::Healthz, Allow::GetHead),
     ("/readyz", Route::Readyz, Allow::GetHead),
     ("/metrics", Route::Metrics, Allow::GetHead),

@@ -78,6 +78,15 @@ pub struct Flags {
     #[arg(long, env = "CHAT_HISTORY_MAX", default_value_t = 10_000, value_parser = positive)]
     pub history_max: u64,
 
+    /// Most outgoing pending chat requests a user may have.
+    #[arg(long, env = "CHAT_MAX_PENDING_REQUESTS", default_value_t = 20, value_parser = positive)]
+    pub max_pending_requests: u64,
+
+    /// After a decline, how long the requester's next request to the decliner is refused
+    /// (0: not at all).
+    #[arg(long, env = "CHAT_DECLINE_COOLDOWN_SECS", default_value_t = 600)]
+    pub decline_cooldown_secs: u64,
+
     /// Per socket: frames per second, refilled evenly.
     #[arg(long, env = "CHAT_FRAMES_PER_SEC", default_value_t = 20, value_parser = positive)]
     pub frames_per_sec: u64,
@@ -243,6 +252,8 @@ impl Flags {
             node_ttl_secs: self.node_ttl_secs,
             max_message_chars: to_usize(self.max_message_chars),
             history_max: to_usize(self.history_max),
+            max_pending_requests: to_usize(self.max_pending_requests),
+            decline_cooldown_secs: self.decline_cooldown_secs,
         }
     }
 
@@ -363,6 +374,27 @@ mod tests {
         );
         assert_eq!(
             parse(&["--max-connections", "0"]).unwrap_err().exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn request_limits() {
+        let c = parse(&[]).unwrap().core_config();
+        assert_eq!((c.max_pending_requests, c.decline_cooldown_secs), (20, 600));
+        let c = parse(&[
+            "--max-pending-requests",
+            "3",
+            "--decline-cooldown-secs",
+            "0",
+        ])
+        .unwrap()
+        .core_config();
+        assert_eq!((c.max_pending_requests, c.decline_cooldown_secs), (3, 0));
+        assert_eq!(
+            parse(&["--max-pending-requests", "0"])
+                .unwrap_err()
+                .exit_code(),
             2
         );
     }

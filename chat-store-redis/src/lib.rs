@@ -41,6 +41,9 @@
 //! | `P rq:<from>:<to>` | hash | pending request: `c` created_at, `x` expires_at | `x` + `MARGIN` |
 //! | `P in:<phone>` / `P out:<phone>` | set | requesters of / recipients of the user's requests | longest entry's expiry |
 //! | `P ur:<phone>` | set | the user's room ids | longest room's expiry |
+//! | `P bl:<phone>` | set | the phones the user's session blocks | as `s:`; deleted when the session ends |
+//! | `P bb:<phone>` | set | the users whose sessions block this phone (reverse of `bl:`) | no expiry; entries leave when the blocker unblocks or their session ends, or (freed by expiry) when `hidden` reads them |
+//! | `P cd:<phone>` | hash | decline cooldowns of the user's requests: decliner → until (ms) | as `s:`; ended entries leave at the next decline; deleted when the session ends |
 //! | `P pr:<a>:<b>` | string | the room two users share (`a` < `b` bytewise) | room's expiry |
 //! | `P {<room>}:m` | hash | room meta: `a`, `b` (members, requester first), `c` created_at, `x` expires_at; `ra`, `rb` the read marks of `a` and `b` (message ids, absent before the first `mark_read`) | `x` + `MARGIN` |
 //! | `P {<room>}:h` | stream | history; one field `v`: `<sender>\|<timestamp>\|<client id length, empty if none>\|[<client_id>\|]<text>` (entries of older versions, fields `s`, `m`, `t`, `c`, are still read) | as `:m` (set when the first message creates it) |
@@ -87,6 +90,9 @@
 //! | `reap_dead_nodes`, `remove_node` | one function (O(sockets of the dead node)) |
 //! | `send_request`, `accept_request` | one function each, which also checks the target is online (`send_request`) and `PUBLISH`es the `chat_request` / `request_accepted` deliveries the caller encoded |
 //! | `remove_request`, `requests` | one function each |
+//! | `block`, `unblock`, `hidden_from`, `decline_request` | one function each (`block` also drops the two's requests and deletes their room) |
+//! | `blocked` | `SMEMBERS` |
+//! | `send_request_capped` | `send_request`'s function with the cap (it counts the sender's `out:` entries) |
 //! | `room` | `HMGET` |
 //! | `rooms_of`, `delete_room`, `end_session` | one function each |
 //! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
@@ -224,8 +230,8 @@ pub(crate) struct Inner {
 /// test checks that every command the function library calls is listed.
 pub const ACL_COMMANDS: &str = "+ping +hello +fcall +function|load \
      +multi +exec +exists +get +set +getdel +del +rename +persist +pexpireat +pexpiretime +time \
-     +hget +hmget +hset +hdel +hlen +hincrby +sadd +srem +smembers +scard +zadd +zrem +zrange \
-     +zscore +xadd +xrange +xrevrange +publish +subscribe +unsubscribe \
+     +hget +hmget +hgetall +hset +hdel +hlen +hincrby +sadd +srem +smembers +sismember +scard \
+     +zadd +zrem +zrange +zscore +xadd +xrange +xrevrange +publish +subscribe +unsubscribe \
      +incr +decr +rpush +lpop +lindex +llen";
 
 /// TLS material for a `rediss://` connection beyond the system's trust store, as managed Redis

@@ -104,6 +104,10 @@ functions! {
     DueNotifications = "due_notifications";
     AckNotification = "ack_notification";
     RetryNotification = "retry_notification";
+    Block = "block";
+    Unblock = "unblock";
+    Hidden = "hidden";
+    Decline = "decline";
     Append = "append", keyed;
     MarkRead = "mark_read", keyed;
     RoomOverviews = "room_overviews";

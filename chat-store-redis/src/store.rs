@@ -3,12 +3,13 @@
 //! what each reply means (its shape is decoded by the types of [`reply`]). The rules themselves
 //! live in the Lua functions.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chat_core::store::{
-    Appended, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState, PresenceStore,
-    RequestOutcome, RequestStore, RoomOverview, RoomStore, SessionCreated, SessionStore, Timer,
-    TimerStore, Touched, UNREAD_MAX,
+    Appended, BlockOutcome, BlockStore, DueTimer, EndedSession, NewRoom, NodeStore, PresenceState,
+    PresenceStore, RequestOutcome, RequestStore, RoomOverview, RoomStore, SessionCreated,
+    SessionStore, Timer, TimerStore, Touched, UNREAD_MAX,
 };
 use chat_core::{
     Audience, ChatRequest, ConnKey, Delivery, Error, EventBus, EventSink, HistoryPage, Message,
@@ -24,8 +25,9 @@ mod notifications;
 mod reply;
 
 use reply::{
-    AppendReply, CreateReply, EndReply, MarksReply, OnlineReply, Overviews, Phones, PresenceReply,
-    RoomMeta, RoomReply, Rooms, SendReply, SessionReply, StreamEntry, TouchReply, decode,
+    AppendReply, BlockReply, CreateReply, EndReply, MarksReply, OnlineReply, Overviews, Phones,
+    PresenceReply, RoomMeta, RoomReply, Rooms, SendReply, SessionReply, StreamEntry, TouchReply,
+    decode,
 };
 
 /// How long after its deadline Redis frees a WebSocket ticket nobody took.
@@ -115,6 +117,67 @@ impl RoomKey {
 }
 
 impl RedisStore {
+    /// `send_request`, with a cap on the sender's pending requests when `max_pending` is set.
+    async fn send(
+        &self,
+        request: ChatRequest,
+        room_: NewRoom,
+        max_pending: Option<usize>,
+    ) -> Result<RequestOutcome> {
+        let (from, to) = (&request.from, &request.to);
+        let asked = self.event(&Delivery::chat_request(
+            from,
+            to,
+            request.created_at,
+            &room_.names,
+        ))?;
+        // A crossed request makes the room [to, from].
+        let [to_to, to_from] =
+            Delivery::request_accepted(room_.id, &[to.clone(), from.clone()], &room_.names);
+        let (to_to, to_from) = (self.event(&to_to)?, self.event(&to_from)?);
+        let cap = max_pending.map(|n| n.to_string());
+        let created_at = request.created_at.to_string();
+        let expires_at = request.expires_at.to_string();
+        let (room_id, room_created, room_expires) = (
+            room_.id.to_string(),
+            room_.created_at.to_string(),
+            room_.expires_at.to_string(),
+        );
+        let mut args: Vec<&str> = vec![
+            from.as_str(),
+            to.as_str(),
+            &created_at,
+            &expires_at,
+            &room_id,
+            &room_created,
+            &room_expires,
+            &asked.0,
+            &asked.1,
+            &to_to.0,
+            &to_to.1,
+            &to_from.0,
+            &to_from.1,
+        ];
+        args.extend(cap.as_deref());
+        let reply = self.run::<SendReply>(Function::SendRequest, &args).await?;
+        match reply {
+            SendReply::NoUser => Err(Error::UserNotFound),
+            SendReply::Sent => Ok(RequestOutcome::Sent),
+            SendReply::Pending => Ok(RequestOutcome::AlreadyPending),
+            SendReply::Exists(id) => Ok(RequestOutcome::RoomExists(id)),
+            SendReply::Accepted(room) => Ok(RequestOutcome::Accepted(room)),
+            SendReply::Cooldown(until) => Err(Error::RateLimited {
+                retry_after_secs: until
+                    .saturating_sub(request.created_at)
+                    .div_ceil(1000)
+                    .max(1),
+            }),
+            SendReply::TooMany => Err(Error::TooManyPending {
+                max: max_pending.unwrap_or(usize::MAX),
+            }),
+        }
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.inner.prefix)
     }
@@ -532,44 +595,7 @@ impl NodeStore for RedisStore {
 #[async_trait::async_trait]
 impl RequestStore for RedisStore {
     async fn send_request(&self, request: ChatRequest, room_: NewRoom) -> Result<RequestOutcome> {
-        let (from, to) = (&request.from, &request.to);
-        let asked = self.event(&Delivery::chat_request(
-            from,
-            to,
-            request.created_at,
-            &room_.names,
-        ))?;
-        // A crossed request makes the room [to, from].
-        let [to_to, to_from] =
-            Delivery::request_accepted(room_.id, &[to.clone(), from.clone()], &room_.names);
-        let (to_to, to_from) = (self.event(&to_to)?, self.event(&to_from)?);
-        let reply = self
-            .run::<SendReply>(
-                Function::SendRequest,
-                &[
-                    from.as_str(),
-                    to.as_str(),
-                    &request.created_at.to_string(),
-                    &request.expires_at.to_string(),
-                    &room_.id.to_string(),
-                    &room_.created_at.to_string(),
-                    &room_.expires_at.to_string(),
-                    &asked.0,
-                    &asked.1,
-                    &to_to.0,
-                    &to_to.1,
-                    &to_from.0,
-                    &to_from.1,
-                ],
-            )
-            .await?;
-        match reply {
-            SendReply::NoUser => Err(Error::UserNotFound),
-            SendReply::Sent => Ok(RequestOutcome::Sent),
-            SendReply::Pending => Ok(RequestOutcome::AlreadyPending),
-            SendReply::Exists(id) => Ok(RequestOutcome::RoomExists(id)),
-            SendReply::Accepted(room) => Ok(RequestOutcome::Accepted(room)),
-        }
+        self.send(request, room_, None).await
     }
 
     async fn accept_request(
@@ -857,6 +883,92 @@ impl TimerStore for RedisStore {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockStore for RedisStore {
+    async fn block(
+        &self,
+        by: &Phone,
+        whom: &Phone,
+        max_blocked: usize,
+        now: Millis,
+    ) -> Result<Option<BlockOutcome>> {
+        let reply: BlockReply = self
+            .run(
+                Function::Block,
+                &[
+                    by.as_str(),
+                    whom.as_str(),
+                    &max_blocked.to_string(),
+                    &now.to_string(),
+                ],
+            )
+            .await?;
+        match reply {
+            BlockReply::NoSession => Ok(None),
+            BlockReply::TooMany => Err(Error::TooManyBlocked { max: max_blocked }),
+            BlockReply::Done {
+                dropped,
+                cancelled,
+                room,
+            } => Ok(Some(BlockOutcome {
+                dropped,
+                cancelled,
+                room,
+            })),
+        }
+    }
+
+    async fn unblock(&self, by: &Phone, whom: &Phone) -> Result<()> {
+        let _: i64 = self
+            .run(Function::Unblock, &[by.as_str(), whom.as_str()])
+            .await?;
+        Ok(())
+    }
+
+    async fn blocked(&self, by: &Phone) -> Result<Vec<Phone>> {
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(self.key(&format!("bl:{by}")));
+        let Phones(phones) = decode(self.command(&cmd).await?)?;
+        Ok(phones)
+    }
+
+    async fn hidden_from(&self, phone: &Phone) -> Result<BTreeSet<Phone>> {
+        let (Phones(blocked), Phones(blockers)) =
+            self.run(Function::Hidden, &[phone.as_str()]).await?;
+        Ok(blocked.into_iter().chain(blockers).collect())
+    }
+
+    async fn decline_request(
+        &self,
+        from: &Phone,
+        to: &Phone,
+        now: Millis,
+        cooldown_until: Millis,
+    ) -> Result<bool> {
+        let declined: i64 = self
+            .run(
+                Function::Decline,
+                &[
+                    from.as_str(),
+                    to.as_str(),
+                    &now.to_string(),
+                    &cooldown_until.to_string(),
+                ],
+            )
+            .await?;
+        Ok(declined == 1)
+    }
+
+    async fn send_request_capped(
+        &self,
+        request: ChatRequest,
+        room_: NewRoom,
+        max_pending: usize,
+    ) -> Result<RequestOutcome> {
+        self.send(request, room_, Some(max_pending)).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! It knows no HTTP, WebSocket, JSON or Redis; the adapters call it with the caller's session
 //! and the raw field values, and map its [`Error`]s onto the wire.
 
+mod blocks;
 mod messages;
 mod notify;
 mod presence;
@@ -45,6 +46,10 @@ pub struct Config {
     pub max_message_chars: usize,
     /// Messages a room keeps at least.
     pub history_max: usize,
+    /// Most outgoing pending requests a user may have.
+    pub max_pending_requests: usize,
+    /// How long after a decline the requester's next request to the decliner is refused.
+    pub decline_cooldown_secs: u64,
 }
 
 impl Default for Config {
@@ -59,12 +64,16 @@ impl Default for Config {
             node_ttl_secs: 10,
             max_message_chars: 4096,
             history_max: 10_000,
+            max_pending_requests: 20,
+            decline_cooldown_secs: 600,
         }
     }
 }
 
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Most phones one session may block.
+pub const MAX_BLOCKED: usize = 1000;
 /// Longest `client_id`, in characters.
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 /// The size of a page a client may ask for with `limit`.

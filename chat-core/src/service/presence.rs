@@ -9,14 +9,22 @@ use crate::types::{ConnKey, Names, OnlinePage, Phone};
 use super::{ChatService, ONLINE_LIMIT};
 
 impl ChatService {
-    /// One page of online users.
+    /// One page of online users, as `me` sees it: without the users `me` blocks or is
+    /// blocked by. They are taken out of the store's page, so such a page may be shorter than
+    /// the others (even empty) while the walk goes on: the cursor is the store's.
     pub async fn online_users(
         &self,
+        me: &Phone,
         cursor: Option<String>,
         limit: Option<&str>,
     ) -> Result<OnlinePage> {
         let limit = ONLINE_LIMIT.apply(limit)?;
-        self.store().online_page(cursor, limit, self.now()).await
+        let mut page = self.store().online_page(cursor, limit, self.now()).await?;
+        let hidden = self.store().hidden_from(me).await?;
+        if !hidden.is_empty() {
+            page.phones.retain(|p| !hidden.contains(p));
+        }
+        Ok(page)
     }
 
     /// Whether `phone` is online now.
@@ -62,8 +70,22 @@ impl ChatService {
     /// that was made (a registration answered 503 yet holding the phone, a socket counted yet
     /// never disconnected).
     pub(super) async fn announce_presence(&self, phone: &Phone, online: bool) {
+        // Presence goes to peers only (one delivery per peer, never a broadcast), so keeping
+        // it between a blocked pair is filtering the peers here, at the source: no socket and
+        // no node ever sees it, and no adapter keeps block lists. A block removes the requests
+        // and room the two shared in its own atomic step, so they are peers no longer; the
+        // filter covers a block landing between reading the peers and publishing.
         let peers = match self.peers(phone).await {
-            Ok(peers) => peers,
+            Ok(mut peers) => match self.store().hidden_from(phone).await {
+                Ok(hidden) => {
+                    peers.retain(|p| !hidden.contains(p));
+                    peers
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %phone, online, "presence not announced");
+                    return;
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, %phone, online, "presence not announced");
                 return;

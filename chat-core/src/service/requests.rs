@@ -14,7 +14,8 @@ impl ChatService {
         if &to == me {
             return Err(Error::SelfRequest);
         }
-        // The store checks that `to` is online, in the same step as it sends.
+        // The store checks that `to` is online, that neither blocks the other, the decline
+        // cooldown and the pending cap, in the same step as it sends.
         let now = self.now();
         let request = ChatRequest {
             from: me.clone(),
@@ -27,7 +28,11 @@ impl ChatService {
         let names = self.names(&[me.clone(), to.clone()]).await?;
         match self
             .store()
-            .send_request(request, self.new_room(now, names))
+            .send_request_capped(
+                request,
+                self.new_room(now, names),
+                self.inner.config.max_pending_requests,
+            )
             .await?
         {
             RequestOutcome::Sent => {
@@ -74,7 +79,12 @@ impl ChatService {
                 .ok_or(Error::RequestNotFound)?;
             Ok(Some(room.id))
         } else {
-            if !self.store().remove_request(&requester, me, now).await? {
+            let cooldown_until = now.saturating_add(secs(self.inner.config.decline_cooldown_secs));
+            if !self
+                .store()
+                .decline_request(&requester, me, now, cooldown_until)
+                .await?
+            {
                 return Err(Error::RequestNotFound);
             }
             let names = self.names_or_none(&[me.clone(), requester.clone()]).await;
@@ -112,7 +122,7 @@ impl ChatService {
 
     /// Names for an event published after its change was stored: best effort, as the publish
     /// itself (failing the caller would report as failed a change that was made).
-    async fn names_or_none(&self, phones: &[Phone]) -> Names {
+    pub(super) async fn names_or_none(&self, phones: &[Phone]) -> Names {
         self.names(phones).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "event published without names");
             Names::new()

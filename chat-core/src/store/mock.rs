@@ -1,8 +1,8 @@
 //! [`MockStore`]: a whole store made of one mockall mock per part (feature `mocks`).
 
 use super::{
-    MockNodeStore, MockNotificationStore, MockPresenceStore, MockRequestStore, MockRoomStore,
-    MockSessionStore, MockTimerStore,
+    MockBlockStore, MockNodeStore, MockNotificationStore, MockPresenceStore, MockRequestStore,
+    MockRoomStore, MockSessionStore, MockTimerStore,
 };
 
 /// A [`Store`](super::Store) whose every method is a mockall expectation, set on the part that
@@ -25,6 +25,8 @@ pub struct MockStore {
     pub timers: MockTimerStore,
     /// The offline notification queue.
     pub notifications: MockNotificationStore,
+    /// Blocks, decline cooldowns, the pending-request cap.
+    pub blocks: MockBlockStore,
 }
 
 impl MockStore {
@@ -55,3 +57,4 @@ crate::delegate_store!(@rooms MockStore, self => self.rooms, (_op, call) => call
 });
 crate::delegate_store!(@timers MockStore, self => self.timers, (_op, call) => call.await);
 crate::delegate_store!(@notifications MockStore, self => self.notifications, (_op, call) => call.await);
+crate::delegate_store!(@blocks MockStore, self => self.blocks, (_op, call) => call.await);

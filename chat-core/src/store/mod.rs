@@ -1,7 +1,7 @@
 //! The storage port, split along the aggregates it serves: [`SessionStore`], [`PresenceStore`],
-//! [`NodeStore`], [`RequestStore`], [`RoomStore`], [`TimerStore`] and [`NotificationStore`]. [`Store`] is "a whole
-//! store": any type that implements all seven (a blanket impl, nothing to write). The service
-//! holds an `Arc<dyn Store>`.
+//! [`NodeStore`], [`RequestStore`], [`RoomStore`], [`TimerStore`], [`NotificationStore`] and
+//! [`BlockStore`]. [`Store`] is "a whole store": any type that implements all eight (a blanket
+//! impl, nothing to write). The service holds an `Arc<dyn Store>`.
 //!
 //! The operations are the atomic steps the service's rules need, not a key-value bag.
 //! Contract for every implementation of every part:
@@ -13,9 +13,10 @@
 //!   it only to free data (key expiry) well after the deadline the caller set.
 //!
 //! The conformance suite (`testing` feature) is the executable form of this contract. A store
-//! that forwards to another (a decorator, a test store that fails on demand) implements all seven
+//! that forwards to another (a decorator, a test store that fails on demand) implements all eight
 //! with one [`delegate_store!`](crate::delegate_store).
 
+mod blocks;
 mod nodes;
 mod notifications;
 mod presence;
@@ -27,6 +28,9 @@ mod timers;
 #[cfg(any(test, feature = "mocks"))]
 mod mock;
 
+#[cfg(any(test, feature = "mocks"))]
+pub use blocks::MockBlockStore;
+pub use blocks::{BlockOutcome, BlockStore};
 #[cfg(any(test, feature = "mocks"))]
 pub use mock::MockStore;
 #[cfg(any(test, feature = "mocks"))]
@@ -54,10 +58,17 @@ pub use sessions::{EndedSession, SessionCreated, SessionStore, Touched};
 pub use timers::MockTimerStore;
 pub use timers::{DueTimer, Timer, TimerStore};
 
-/// A whole store: every part of the port. Implemented for any type that implements the seven
+/// A whole store: every part of the port. Implemented for any type that implements the eight
 /// parts; use it as the bound (`Arc<dyn Store>`, `S: Store`) wherever all of it is needed.
 pub trait Store:
-    SessionStore + PresenceStore + NodeStore + RequestStore + RoomStore + TimerStore + NotificationStore
+    SessionStore
+    + PresenceStore
+    + NodeStore
+    + RequestStore
+    + RoomStore
+    + TimerStore
+    + NotificationStore
+    + BlockStore
 {
 }
 
@@ -69,15 +80,16 @@ impl<T> Store for T where
         + RoomStore
         + TimerStore
         + NotificationStore
+        + BlockStore
         + ?Sized
 {
 }
 
-/// The seven parts and [`Store`], to bring their methods into scope where a concrete store
+/// The eight parts and [`Store`], to bring their methods into scope where a concrete store
 /// (a `MemoryStore`, a `RedisStore`) is called directly: `use chat_core::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        NodeStore, NotificationStore, PresenceStore, RequestStore, RoomStore, SessionStore, Store,
-        TimerStore,
+        BlockStore, NodeStore, NotificationStore, PresenceStore, RequestStore, RoomStore,
+        SessionStore, Store, TimerStore,
     };
 }

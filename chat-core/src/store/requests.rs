@@ -51,12 +51,14 @@ pub trait RequestStore: Send + Sync + 'static {
     /// online at `request.created_at` (no socket, HTTP presence window over), checked in the
     /// same atomic step: a request to a session that ended, or went offline, a moment before must
     /// not be kept (nor kept for whoever registers that phone next), and the caller needs no
-    /// round trip of its own to check first.
+    /// round trip of its own to check first. Blocks and decline cooldowns apply as
+    /// [`BlockStore::send_request_capped`](super::BlockStore::send_request_capped) says; no
+    /// cap on pending requests.
     async fn send_request(&self, request: ChatRequest, room: NewRoom) -> Result<RequestOutcome>;
 
     /// Accepts the pending request `from → to`: removes it (and any `to → from`) and creates
     /// `room` with members `[from, to]`, scheduling `Timer::RoomExpiry`. `None` when no such
-    /// request is pending at `now`. Exactly one of any number of concurrent accepts succeeds.
+    /// request is pending at `now`, or when one of the two blocks the other. Exactly one of any number of concurrent accepts succeeds.
     /// The room made is published as
     /// [`Delivery::request_accepted`](crate::Delivery::request_accepted) to both members
     /// through this backend's bus, in the same atomic step.

@@ -31,6 +31,7 @@
 //! to the audiences they watch (as a node with sockets would) and wait, bounded, for what the
 //! store published: `append_message` must publish `receive_message` in history order.
 
+mod blocks;
 mod bus;
 mod helpers;
 mod nodes;
@@ -42,6 +43,7 @@ mod rooms;
 mod sessions;
 mod timers;
 
+pub use blocks::*;
 pub use bus::*;
 pub use nodes::*;
 pub use notifications::*;
@@ -296,6 +298,15 @@ macro_rules! store_conformance {
             unread_is_exact_up_to_the_bound,
             read_marks_end_with_the_room,
             concurrent_marks_end_at_the_largest,
+            block_unblock_and_list,
+            block_is_capped_and_needs_a_session,
+            block_removes_requests_and_room,
+            blocks_refuse_requests_and_accepts,
+            hidden_from_both_directions,
+            decline_request_starts_cooldown,
+            send_request_capped_counts_pending,
+            end_session_frees_blocks,
+            block_racing_accept_leaves_nothing,
         );
     };
 }

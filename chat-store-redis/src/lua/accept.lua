@@ -5,6 +5,7 @@
 local from, to, now = ARGV[2], ARGV[3], ARGV[4]
 if not request_live(from, to, now) then return nil end
 if pair_room(from, to) then return nil end
+if blocked_either(from, to) then return nil end
 local r = make_room(from, to, ARGV[5], ARGV[6], ARGV[7])
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 redis.call('PUBLISH', ARGV[10], ARGV[11])

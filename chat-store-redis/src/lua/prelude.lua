@@ -39,6 +39,16 @@ local function notification_head_is(to, seq)
   local sep = string.find(head, '|', 1, true)
   return sep ~= nil and string.sub(head, 1, sep - 1) == seq
 end
+
+local function k_blocks(p) return P .. 'bl:' .. p end
+local function k_blockers(p) return P .. 'bb:' .. p end
+local function k_cool(p) return P .. 'cd:' .. p end
+
+-- Whether one of the two blocks the other.
+local function blocked_either(a, b)
+  return redis.call('SISMEMBER', k_blocks(a), b) == 1
+    or redis.call('SISMEMBER', k_blocks(b), a) == 1
+end
 -- Byte order, not Lua's `<` (which follows the server's collation locale).
 local function bytes_less(a, b)
   local n = math.min(#a, #b)
@@ -90,9 +100,9 @@ end
 -- has read it already.
 local function user_expiry(phone, at, tok)
   local s = k_sess(phone)
-  local keys = {s, k_uconns(phone)}
+  local keys = {s, k_uconns(phone), k_blocks(phone), k_cool(phone)}
   tok = tok or redis.call('HGET', s, 'token')
-  if tok then keys[3] = k_tok(tok) end
+  if tok then keys[#keys + 1] = k_tok(tok) end
   for _, k in ipairs(keys) do
     if at then redis.call('PEXPIREAT', k, at) else redis.call('PERSIST', k) end
   end
@@ -216,13 +226,17 @@ local function make_room(f, t, id, created, expires)
   return {id, f, t, created, expires}
 end
 
--- Deletes everything of a user's session: session, token, sockets, listing entry, own timers,
--- pending requests both ways, and rooms with their history.
+-- Deletes everything of a user's session: session, token, sockets, blocks, decline cooldowns,
+-- listing entry, own timers, pending requests both ways, and rooms with their history.
 local function purge_user(phone)
   local s = k_sess(phone)
   local tok = redis.call('HGET', s, 'token')
   if tok then redis.call('DEL', k_tok(tok)) end
   redis.call('DEL', s, k_uconns(phone))
+  for _, whom in ipairs(redis.call('SMEMBERS', k_blocks(phone))) do
+    redis.call('SREM', k_blockers(whom), phone)
+  end
+  redis.call('DEL', k_blocks(phone), k_cool(phone))
   redis.call('ZREM', K_ONLINE, phone)
   redis.call('ZREM', K_TIMERS, 'p|' .. phone, 's|' .. phone)
   local incoming = {}
@@ -241,4 +255,11 @@ local function purge_user(phone)
   end
   redis.call('DEL', k_urooms(phone))
   return incoming, sent, rooms
+end
+
+-- Gives `key`, a key of `phone`'s session made just now, the session hash's expiry (none while
+-- the session has none), so it lives as long as the session.
+local function session_expiry(phone, key)
+  local at = redis.call('PEXPIRETIME', k_sess(phone))
+  if at > 0 then redis.call('PEXPIREAT', key, at) end
 end

@@ -1,8 +1,9 @@
 -- ARGV: prefix, from, to, created_at, expires_at, room id, room created_at, room expires_at,
 -- then (channel, payload) of the `chat_request` to `to`, and of the `request_accepted` to `to`
--- and to `from` (published when the request crosses one from `to` and makes the room).
+-- and to `from` (published when the request crosses one from `to` and makes the room), then
+-- optionally the cap on `from`'s pending requests.
 -- → {'no_user'} | {'exists', id} | {'accepted', id, a, b, created, expires} | {'pending'}
--- | {'sent'}
+-- | {'cooldown', until} | {'too_many'} | {'sent'}
 
 local from, to, created, expires = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rid, rc, rx = ARGV[6], ARGV[7], ARGV[8]
@@ -13,6 +14,8 @@ if not h then return {'no_user'} end
 if tonumber(created) >= tonumber(h) and redis.call('SCARD', k_uconns(to)) == 0 then
   return {'no_user'}
 end
+-- A block answers as if `to` were offline.
+if blocked_either(from, to) then return {'no_user'} end
 local id = pair_room(from, to)
 if id then return {'exists', id} end
 if request_live(to, from, created) then
@@ -22,6 +25,16 @@ if request_live(to, from, created) then
   return {'accepted', r[1], r[2], r[3], r[4], r[5]}
 end
 if request_live(from, to, created) then return {'pending'} end
+local cool = redis.call('HGET', k_cool(from), to)
+if cool and tonumber(cool) > tonumber(created) then return {'cooldown', cool} end
+local cap = tonumber(ARGV[15])
+if cap then
+  local n = 0
+  for _, t in ipairs(redis.call('SMEMBERS', k_out(from))) do
+    if request_live(from, t, created) then n = n + 1 end
+  end
+  if n >= cap then return {'too_many'} end
+end
 local k = k_req(from, to)
 -- Replaces both fields of an expired request, if one is left.
 redis.call('HSET', k, 'c', created, 'x', expires)

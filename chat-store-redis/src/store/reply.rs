@@ -350,13 +350,15 @@ impl FromRedisValue for OnlineReply {
 }
 
 /// `send_request`: `{'no_user'} | {'sent'} | {'pending'} | {'exists', id} |
-/// {'accepted', id, a, b, created_at, expires_at}`.
+/// {'accepted', id, a, b, created_at, expires_at} | {'cooldown', until} | {'too_many'}`.
 pub(super) enum SendReply {
     NoUser,
     Sent,
     Pending,
     Exists(RoomId),
     Accepted(Room),
+    Cooldown(Millis),
+    TooMany,
 }
 
 impl FromRedisValue for SendReply {
@@ -368,7 +370,36 @@ impl FromRedisValue for SendReply {
             "pending" => Ok(SendReply::Pending),
             "exists" => Ok(SendReply::Exists(f.text()?)),
             "accepted" => Ok(SendReply::Accepted(RoomReply::read(&mut f)?)),
+            "cooldown" => Ok(SendReply::Cooldown(millis(&f.next::<String>()?)?)),
+            "too_many" => Ok(SendReply::TooMany),
             _ => Err("not an outcome of send_request".into()),
+        }
+    }
+}
+
+/// `block`: `{'no_session'} | {'too_many'} | {'ok', dropped, cancelled, room or nil}`.
+pub(super) enum BlockReply {
+    NoSession,
+    TooMany,
+    Done {
+        dropped: bool,
+        cancelled: bool,
+        room: Option<Room>,
+    },
+}
+
+impl FromRedisValue for BlockReply {
+    fn from_redis_value(v: Value) -> Parsed<Self> {
+        let mut f = Fields::of(v)?;
+        match f.next::<String>()?.as_str() {
+            "no_session" => Ok(BlockReply::NoSession),
+            "too_many" => Ok(BlockReply::TooMany),
+            "ok" => Ok(BlockReply::Done {
+                dropped: f.next()?,
+                cancelled: f.next()?,
+                room: f.next::<Option<RoomReply>>()?.map(|r| r.0),
+            }),
+            _ => Err("not an outcome of block".into()),
         }
     }
 }

@@ -1160,6 +1160,8 @@ fn error() -> impl Strategy<Value = SocketError> {
         text().prop_map(Error::Forbidden),
         any::<usize>().prop_map(|max| Error::MessageTooLong { max }),
         any::<u64>().prop_map(|retry_after_secs| Error::RateLimited { retry_after_secs }),
+        any::<usize>().prop_map(|max| Error::TooManyBlocked { max }),
+        any::<usize>().prop_map(|max| Error::TooManyPending { max }),
         room_id().prop_map(|chat_id| Error::RoomExists { chat_id }),
         prop::sample::select(vec![
             Error::InvalidPhone,

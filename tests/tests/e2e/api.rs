@@ -556,10 +556,12 @@ async fn respond_request_accept_and_decline(b: Backend) {
     }
     let v = app.get("/incoming_request", Some(&bu.token)).await.ok();
     assert_eq!(v["incoming_request"], json!([]), "{v}");
-    // After a decline C may ask again.
-    app.post("/send_request", Some(&c.token), &json!({ "phone2": B }))
-        .await
-        .ok();
+    // (v3) After a decline C may not ask again before the cooldown (default 600 s) ends.
+    let r = app
+        .post("/send_request", Some(&c.token), &json!({ "phone2": B }))
+        .await;
+    r.err(429, "rate_limited");
+    assert!(r.header("retry-after").is_some(), "429 without Retry-After");
 }
 
 async fn concurrent_accepts_make_one_room(b: Backend) {

@@ -6,6 +6,7 @@
 
 mod api;
 mod bad_input;
+mod blocking;
 mod ceiling;
 mod cluster;
 mod lifecycle;

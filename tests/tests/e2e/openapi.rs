@@ -251,6 +251,19 @@ fn token_routes(room: &str) -> Vec<(&'static str, &'static str, String, Option<V
             Some(json!({ "chat_id": room })),
         ),
         ("POST", "/ws_ticket", "/ws_ticket".into(), Some(json!({}))),
+        (
+            "POST",
+            "/block",
+            "/block".into(),
+            Some(json!({"phone": NOBODY})),
+        ),
+        (
+            "POST",
+            "/unblock",
+            "/unblock".into(),
+            Some(json!({"phone": NOBODY})),
+        ),
+        ("GET", "/blocked", "/blocked".into(), None),
     ]
 }
 
@@ -441,6 +454,12 @@ async fn answers_match_the_document(b: Backend) {
         c.check("POST", "/respond_request", &r)["message"],
         json!({"accepted": false})
     );
+    // The decline's cooldown.
+    let r = app
+        .post("/send_request", Some(&cu.token), &send(&cu, &du.phone))
+        .await;
+    r.err(429, "rate_limited");
+    c.check("POST", "/send_request", &r);
     app.post("/send_request", Some(&du.token), &send(&du, &cu.phone))
         .await
         .ok();
@@ -683,6 +702,39 @@ async fn answers_match_the_document(b: Backend) {
             );
         }
     }
+
+    // ------------------------------------------------------------ blocking
+    for path in ["/block", "/unblock"] {
+        let body = c.req("POST", path, json!({ "phone": NOBODY }));
+        let r = app.post(path, Some(&du.token), &body).await;
+        c.check("POST", path, &r);
+        for (body, code) in [
+            (json!({ "phone": du.phone }), "bad_request"),
+            (json!({ "phone": "x" }), "invalid_phone"),
+        ] {
+            let r = app.post(path, Some(&du.token), &body).await;
+            r.err(400, code);
+            c.check("POST", path, &r);
+        }
+    }
+    // The contract's most blocked phones per session, then one more.
+    for i in 0..1000 {
+        app.post(
+            "/block",
+            Some(&du.token),
+            &json!({ "phone": format!("+1212{i:07}") }),
+        )
+        .await
+        .ok();
+    }
+    let r = app
+        .post("/block", Some(&du.token), &json!({ "phone": NOBODY }))
+        .await;
+    r.err(409, "too_many_blocked");
+    c.check("POST", "/block", &r);
+    let r = app.get("/blocked", Some(&du.token)).await;
+    let v = c.check("GET", "/blocked", &r);
+    assert_eq!(v["blocked"].as_array().map(Vec::len), Some(1000));
 
     // ------------------------------------------------------------ the rate limit, last
     let mut limited = None;
