@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 STORES=${1:-both}
 OUT=${2:-target/bench-figures}
-IDLE_SOCKETS=${IDLE_SOCKETS:-19900} # the open-file hard limit here is 20000 per process
+IDLE_SOCKETS=${IDLE_SOCKETS:-18900} # under the server's default --max-connections (the open-file limit, 20000 here, less its reserve)
 PAIRS=${PAIRS:-50}
 mkdir -p "$OUT"
 BENCH=target/release/chat-bench
