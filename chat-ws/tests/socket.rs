@@ -174,7 +174,10 @@ async fn join_send_and_leave_over_real_sockets() {
     .await;
     assert_eq!(
         next_json(&mut ca).await,
-        json!({"event": "room_history", "ack": 1, "data": {"room": r, "messages": [], "more": false}})
+        json!({"event": "room_history", "ack": 1, "data": {
+            "room": r, "messages": [], "more": false,
+            "read": {a.session.phone.as_str(): null, b.session.phone.as_str(): null},
+        }})
     );
     let a_joined = json!({"event": "user_joined", "data": {"room": r, "user": a.session.phone.as_str(), "names": {}}});
     assert_eq!(next_json(&mut ca).await, a_joined);

@@ -240,8 +240,21 @@ async fn bad_marks_are_refused(topology: Topology) {
     let mut a_ws = f.na.ws(&f.a).await;
     let mut c_ws = f.nb.ws(&f.c).await;
     let m = a_ws.send_burst(&f.room, "m", 1).await.remove(0);
-    let elsewhere = c_ws.send_burst(&f.other, "o", 1).await.remove(0);
     let id = m["id"].as_str().expect("id").to_owned();
+    // An id of another room's message: ids are per room (`ms-seq` of each room's stream), so one
+    // sent in the same millisecond can be an id this room holds too. Send until it is not.
+    let mut elsewhere = c_ws.send_burst(&f.other, "o", 1).await.remove(0);
+    for _ in 0..100 {
+        if elsewhere["id"].as_str() != Some(id.as_str()) {
+            break;
+        }
+        elsewhere = c_ws.send_burst(&f.other, "o", 1).await.remove(0);
+    }
+    assert_ne!(
+        elsewhere["id"].as_str(),
+        Some(id.as_str()),
+        "ids kept colliding"
+    );
     let (ms, seq) = id.split_once('-').expect("ms-seq");
     let next = format!("{ms}-{}", seq.parse::<u64>().expect("seq") + 1);
     // Not ids, ids this room does not hold, wrong types, missing fields: bad_request.
