@@ -47,6 +47,13 @@
 
   let lastId = null;
   const seen = new Set(); // ids of the messages in #messages
+
+  // Read marks: `markSent` is the newest id the server has (or is being told) as read by us;
+  // `otherRead` the other member's mark, shown as "Seen" under the last of our messages at
+  // or before it.
+  let markSent = null;
+  let otherRead = null;
+  let blocking = false; // we asked the server to block the other member
   const pending = new Map(); // client_id -> { clientId, text, el, state, done, at }
 
   const scroller = $('scroll');
@@ -76,6 +83,7 @@
       status = 'Offline';
       kind = 'offline';
     }
+    $('block-user').textContent = otherUser ? 'Block ' + Chat.displayName(otherUser) : 'Block';
     if (otherUser) {
       $('peer-avatar').replaceChildren(Chat.avatar(otherUser,
         kind === 'online' || kind === 'typing' ? 'is-online' : ''));
@@ -177,6 +185,7 @@
     input.disabled = true;
     $('send').disabled = true;
     $('close-room').disabled = true;
+    $('block-user').disabled = true;
     $('room-menu').open = false;
     $('room-menu').hidden = true;
     $('load-earlier').hidden = true;
@@ -347,10 +356,70 @@
     if (m.sender !== me) {
       if (otherTyping) hideTyping();
       if (live) noteUnseen(stick);
+      if (live && joined) markRead();
     }
-    if (!document.hidden) Chat.seen.set(roomId, lastId);
+    if (joined) renderSeen();
     updateEmpty();
     if (stick || m.sender === me) scrollToBottom();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Read marks
+
+  /** Tells the server we have read up to the newest message shown, when that is further
+   *  than what it already has and the reader can see the page. */
+  function markRead() {
+    if (ended || !joined || document.hidden || !lastId || lastId === markSent) return;
+    const id = lastId; // #messages only grows at its end, so a new lastId is further on
+    markSent = id;
+    socket.request('mark_read', { room: roomId, id }).catch((err) => {
+      if (haltOnRoomError(err.code)) return;
+      // Not delivered: say it again with the next message or join.
+      if (markSent === id && Chat.isTransportError(err)) markSent = null;
+    });
+  }
+
+  function positionOf(id) {
+    const items = $('messages').querySelectorAll('li.msg[data-id]');
+    for (let i = items.length - 1; i >= 0; i -= 1) {
+      if (items[i].dataset.id === id) return i;
+    }
+    return -1;
+  }
+
+  /** The other member's read mark moved (or was learnt); it never moves back. */
+  function setOtherRead(id) {
+    if (typeof id !== 'string' || !id || id === otherRead) return;
+    if (otherRead) {
+      const now = positionOf(otherRead);
+      const next = positionOf(id);
+      if (now >= 0 && next >= 0 && next < now) return;
+    }
+    otherRead = id;
+    renderSeen();
+  }
+
+  /** "Seen" under the last of our messages the other member has read. */
+  function renderSeen() {
+    const stick = nearBottom();
+    $('messages').querySelectorAll('.seen-note').forEach((n) => {
+      n.parentNode.classList.remove('has-seen');
+      n.remove();
+    });
+    if (!otherRead) return;
+    const items = Array.from($('messages').querySelectorAll('li.msg[data-id]'));
+    for (let i = positionOf(otherRead); i >= 0; i -= 1) {
+      if (items[i].dataset.sender === me) {
+        items[i].classList.add('has-seen');
+        items[i].appendChild(el('span', {
+          className: 'seen-note',
+          text: 'Seen',
+          title: (otherUser ? Chat.displayName(otherUser) : 'They') + ' read up to here',
+        }));
+        if (stick) scroller.scrollTop = scroller.scrollHeight;
+        return;
+      }
+    }
   }
 
   function roomMessagesPath(params) {
@@ -395,6 +464,7 @@
       });
       $('messages').insertBefore(frag, $('messages').firstChild);
       regroupAll();
+      renderSeen();
       scroller.scrollTop += scroller.scrollHeight - heightBefore; // keep the view where it was
       Chat.showText(note, res.more ? 'Older messages are not shown.' : 'This is the start of the chat.');
     } catch (err) {
@@ -454,6 +524,21 @@
     if (gen !== syncGen) return;
     sinceRejected = false;
 
+    const marks = history.read && typeof history.read === 'object' ? history.read : {};
+    let theirMark = null;
+    Object.keys(marks).forEach((phone) => {
+      const id = typeof marks[phone] === 'string' ? marks[phone] : null;
+      if (phone === me) {
+        markSent = id;
+      } else {
+        if (!otherUser) {
+          otherUser = phone;
+          renderHeader();
+        }
+        theirMark = id;
+      }
+    });
+
     const messages = Array.isArray(history.messages) ? history.messages : [];
     const stick = nearBottom();
     $('messages').setAttribute('aria-busy', 'true'); // one announcement, not fifty
@@ -485,6 +570,9 @@
     buffer = null;
     joined = true;
     held.forEach((m) => applyStream(m, true));
+    setOtherRead(theirMark);
+    renderSeen();
+    markRead();
     updateEmpty();
     flushPending();
   }
@@ -670,6 +758,11 @@
       else hideTyping();
     });
 
+    socket.on('read', (d) => {
+      if (!d || d.room !== roomId || d.user === me) return;
+      setOtherRead(d.id);
+    });
+
     socket.on('user_joined', (d) => {
       Chat.learnNames(d);
       if (d.room !== roomId || d.user === me) return;
@@ -694,6 +787,10 @@
 
     socket.on('room_closed', (d) => {
       if (d.room !== roomId) return;
+      if (blocking && d.by === me) {
+        halt(blockedText());
+        return;
+      }
       halt(d.by === me ? 'You ended this chat. Its messages are gone once you leave this page.'
         : Chat.displayName(d.by) + ' ended this chat. Its messages are gone once you leave this page.');
     });
@@ -773,7 +870,7 @@
     });
     document.addEventListener('visibilitychange', () => {
       if (document.hidden) return;
-      if (lastId) Chat.seen.set(roomId, lastId);
+      markRead();
       if (unseen) {
         unseen = 0;
         updateTitle();
@@ -810,9 +907,28 @@
       if (dialog.returnValue === 'confirm') closeRoom();
     });
 
+    // Blocking asks first too, naming who.
+    const blockDialog = $('block-dialog');
+    $('block-user').addEventListener('click', () => {
+      menu.open = false;
+      if (!otherUser) {
+        showError('This chat is still loading. Try again in a moment.');
+        return;
+      }
+      const who = Chat.displayName(otherUser);
+      $('block-dialog-title').textContent = 'Block ' + who + '?';
+      $('block-confirm').textContent = 'Block ' + who;
+      if (typeof blockDialog.showModal === 'function') blockDialog.showModal();
+      else if (window.confirm('Block ' + who + '? This chat ends for both of you.')) blockOther();
+    });
+    blockDialog.addEventListener('close', () => {
+      if (blockDialog.returnValue === 'confirm') blockOther();
+    });
+
     input.disabled = false;
     $('send').disabled = false;
     $('close-room').disabled = false;
+    $('block-user').disabled = false;
     input.focus();
 
     const known = Chat.nameOf(me);
@@ -820,6 +936,31 @@
     renderHeader();
     loadRoomInfo();
     connect();
+  }
+
+  function blockedText() {
+    const who = otherUser ? Chat.displayName(otherUser) : 'this person';
+    return 'You blocked ' + who + '. This chat has ended for both of you, and ' + who
+      + ' can\u2019t send you requests or see you online for as long as your session lasts.';
+  }
+
+  async function blockOther() {
+    const button = $('block-user');
+    if (!otherUser || ended) return;
+    button.disabled = true;
+    blocking = true;
+    try {
+      await Chat.api('POST', '/block', { phone: otherUser });
+      halt(blockedText());
+    } catch (err) {
+      blocking = false;
+      if (isSessionLost(err)) sessionLost();
+      else {
+        showError('Couldn\u2019t block ' + Chat.displayName(otherUser) + ': '
+          + Chat.errorText(err, { phone: otherUser, action: 'block' }));
+        button.disabled = false;
+      }
+    }
   }
 
   async function closeRoom() {

@@ -69,40 +69,8 @@
     },
     /** Signing out: forgets everything, the phone and name too. */
     clear() {
+      // ('chat.seen' was kept by earlier versions of the pages.)
       [KEY_TOKEN, KEY_PHONE, KEY_NAME, KEY_ENDED, KEY_NAMES, 'chat.seen'].forEach((k) => writeKey(k, null));
-    },
-  };
-
-  // ---------------------------------------------------------------------------------------
-  // What this browser has seen of each room: the id of the last message shown on a visible
-  // chatroom page. The home page counts the other person's messages after it as unread
-  // (unless the server reports `unread` itself).
-
-  const KEY_SEEN = 'chat.seen';
-  const MAX_SEEN = 100;
-
-  Chat.seen = {
-    all() {
-      try {
-        const v = JSON.parse(readKey(KEY_SEEN) || '{}');
-        return v && typeof v === 'object' ? v : {};
-      } catch (_) {
-        return {};
-      }
-    },
-    get(room) {
-      const v = Chat.seen.all()[room];
-      return typeof v === 'string' ? v : null;
-    },
-    set(room, id) {
-      if (typeof room !== 'string' || typeof id !== 'string') return;
-      const all = Chat.seen.all();
-      if (all[room] === id) return;
-      delete all[room]; // re-insert: the oldest rooms are dropped first
-      all[room] = id;
-      const keys = Object.keys(all);
-      keys.slice(0, Math.max(0, keys.length - MAX_SEEN)).forEach((k) => delete all[k]);
-      writeKey(KEY_SEEN, JSON.stringify(all));
     },
   };
 
@@ -396,7 +364,7 @@
   /**
    * A sentence for a failed API or socket call. `ctx.phone` is the person the action was
    * about (their name is used when known), `ctx.action` what was being done: 'register',
-   * 'request', 'respond', 'cancel', 'send', 'close', 'join' or 'load'.
+   * 'request', 'respond', 'cancel', 'send', 'close', 'block', 'join' or 'load'.
    */
   Chat.errorText = function errorText(err, ctx) {
     const c = ctx || {};
@@ -426,6 +394,8 @@
       case 'phone_in_use':
         return 'This number is already signed in, in another tab or browser. Carry on there, or '
           + 'use another number here. A number is freed a few hours after its last use.';
+      case 'too_many_blocked':
+        return 'You have blocked as many people as you can. Unblock someone before blocking more.';
       case 'too_many_pending':
         return 'You have many requests waiting for an answer. Cancel some before sending more.';
       case 'rate_limited':

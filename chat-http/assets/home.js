@@ -11,10 +11,9 @@
   const ONLINE_REFRESH_MS = 4000;
   const LISTS_REFRESH_MS = 30000; // requests (also kept live by socket events)
   // Chats: new messages in them have no event outside the chatroom page, so their unread
-  // counts and last lines are polled.
+  // counts and last lines (which /active_chatrooms reports) are polled.
   const ROOMS_REFRESH_MS = 8000;
-  const UNREAD_LIMIT = 100; // counted exactly up to this, "99+" past it
-  const UNREAD_MAX_ROOMS = 20; // rooms whose unread count is looked up
+  const UNREAD_CAP = 1000; // the server counts exactly up to this, and reports it beyond
   const ONLINE_PAGE_LIMIT = 500;
   const ONLINE_MAX_PAGES = 10; // stop walking /online_users after this many pages
   const FRESH_MS = 15000; // how long a request that just arrived stays highlighted
@@ -36,6 +35,8 @@
   let socket = null;
   let banner = null;
   let intervals = [];
+  // Chats that ended because we blocked their other member: the block already said so.
+  const endedByBlock = new Set();
 
   // ---------------------------------------------------------------------------------------
   // Small helpers
@@ -135,7 +136,8 @@
           className: 'grow stretched',
           attrs: {
             'aria-label': 'Chat with ' + Chat.displayName(other)
-              + (unread ? ', ' + unread + ' unread' : '') + (ends ? ', ' + ends : ''),
+              + (unread ? ', ' + (unread >= UNREAD_CAP ? 'more than ' + (UNREAD_CAP - 1) : unread) + ' unread' : '')
+              + (ends ? ', ' + ends : ''),
           },
         }, [
           el('span', { className: 'person-name', text: Chat.displayName(other) }),
@@ -147,7 +149,10 @@
             text: ends,
             title: 'This chat ends ' + Chat.formatFull(room.expires_at) + ', and its messages go with it.',
           }) : null,
-          unread ? el('span', { className: 'badge', text: unread >= UNREAD_LIMIT ? '99+' : String(unread) }) : null,
+          unread ? el('span', {
+            className: 'badge unread',
+            text: unread >= UNREAD_CAP ? (UNREAD_CAP - 1) + '+' : String(unread),
+          }) : null,
         ]),
       ]);
     });
@@ -161,11 +166,14 @@
     const incoming = state.incoming.map((phone) => {
       const accept = el('button', { type: 'button', className: 'primary small', text: 'Accept' });
       const decline = el('button', { type: 'button', className: 'secondary small', text: 'Decline' });
+      const block = el('button', { type: 'button', className: 'ghost small danger-text block', text: 'Block' });
       const error = el('p', { className: 'row-error', attrs: { role: 'alert' }, hidden: true });
       accept.setAttribute('aria-label', 'Accept the request from ' + Chat.displayName(phone));
       decline.setAttribute('aria-label', 'Decline the request from ' + Chat.displayName(phone));
+      block.setAttribute('aria-label', 'Block ' + Chat.displayName(phone));
       accept.addEventListener('click', () => busy(accept, () => respond(phone, 'accept', error)));
       decline.addEventListener('click', () => busy(decline, () => respond(phone, 'decline', error)));
+      block.addEventListener('click', () => busy(block, () => blockUser(phone, error)));
       const since = state.fresh.get(phone);
       const isFresh = since !== undefined && now - since < FRESH_MS;
       return el('li', { className: 'item request' + (isFresh ? ' fresh' : ''), dataset: { phone } }, [
@@ -174,7 +182,7 @@
           Chat.personLabel(phone),
           el('span', { className: 'item-sub', text: 'wants to chat with you' }),
         ]),
-        el('div', { className: 'actions' }, [accept, decline]),
+        el('div', { className: 'actions' }, [accept, decline, block]),
         error,
       ]);
     });
@@ -279,43 +287,9 @@
       Chat.learnNames(res);
       const rooms = Array.isArray(res.chatrooms) ? res.chatrooms : [];
       setRooms(rooms);
-      // A server that counts unread messages itself says so in each room; else count here.
-      if (!rooms.some((r) => r && 'unread' in r)) await countUnread(gen);
     } catch (err) {
       if (gen === generation) reportBackground(err);
     }
-  }
-
-  /** For each room: its last message, and how many of the other person's messages came
-   *  after the last one this browser showed (Chat.seen). */
-  async function countUnread(gen) {
-    const rooms = state.rooms.slice(0, UNREAD_MAX_ROOMS);
-    const results = await Promise.all(rooms.map(async (room) => {
-      const path = (q) => '/chatrooms/' + encodeURIComponent(room.chat_id) + '/messages' + Chat.query(q);
-      const latest = await Chat.api('GET', path({ limit: 1 }));
-      const last = Array.isArray(latest.messages) && latest.messages.length ? latest.messages[0] : null;
-      const seen = Chat.seen.get(room.chat_id);
-      if (!last || last.id === seen) return { id: room.chat_id, last, unread: 0 };
-      let res;
-      try {
-        res = await Chat.api('GET', path({ after: seen, limit: UNREAD_LIMIT }));
-      } catch (err) {
-        // A remembered id this server no longer knows (400): count the latest page instead.
-        if (!(err instanceof Chat.ApiError && err.status === 400)) throw err;
-        res = await Chat.api('GET', path({ limit: UNREAD_LIMIT }));
-      }
-      const list = Array.isArray(res.messages) ? res.messages : [];
-      const n = list.filter((m) => m && m.sender === room.other_user).length;
-      return { id: room.chat_id, last, unread: res.more ? Math.max(n, UNREAD_LIMIT) : n };
-    }).map((p) => p.catch(() => null)));
-    if (gen !== generation) return;
-    results.forEach((r) => {
-      const room = r && state.rooms.find((x) => x.chat_id === r.id);
-      if (!room) return;
-      room.unread = r.unread;
-      room.last_message = r.last;
-    });
-    setRooms(state.rooms);
   }
 
   async function loadRequests() {
@@ -481,6 +455,35 @@
     }
   }
 
+  /** Blocks `phone` after asking: their request goes, they can no longer ask us, and a chat
+   *  with them ends. Says how it went. */
+  async function blockUser(phone, errorNode) {
+    const who = Chat.displayName(phone);
+    const ok = window.confirm('Block ' + who + '?\n\n'
+      + 'Their request is removed, they can\u2019t send you requests or see you online, and '
+      + 'any chat you have with them ends. This lasts as long as your session.');
+    if (!ok) return;
+    const gen = generation;
+    Chat.showText(errorNode, '');
+    try {
+      await Chat.api('POST', '/block', { phone });
+      if (gen !== generation) return;
+      remove(state.incoming, phone);
+      remove(state.sent, phone);
+      state.online = state.online.filter((p) => p !== phone);
+      state.fresh.delete(phone);
+      state.rooms.filter((r) => r.other_user === phone).forEach((r) => endedByBlock.add(r.chat_id));
+      setRooms(state.rooms.filter((r) => r.other_user !== phone));
+      renderRequests();
+      Chat.toast('You blocked ' + who + '. They can\u2019t send you requests or see you online.', { kind: 'ok' });
+      loadRooms();
+      loadOnline();
+    } catch (err) {
+      if (gen !== generation) return;
+      showErrorAt(errorNode, err, { phone, action: 'block' });
+    }
+  }
+
   // ---------------------------------------------------------------------------------------
   // Live events
 
@@ -534,6 +537,10 @@
       if (was !== !!d.online || changed) renderAll();
     });
     s.on('room_closed', (d) => {
+      if (d.by === state.phone && endedByBlock.delete(d.room)) {
+        loadRooms();
+        return;
+      }
       const who = d.by === state.phone ? 'you' : Chat.displayName(d.by);
       Chat.toast(roomLabel(d.room) + ' was ended by ' + who + '.');
       setRooms(state.rooms.filter((r) => r.chat_id !== d.room));

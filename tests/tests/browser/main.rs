@@ -6,7 +6,9 @@
 //! see each other, A sends a request by typing B's number, B sees it live with a badge and
 //! accepts, both land in the chatroom, talk (ten messages each way, typing shown, a message of
 //! markup shown as text), A reloads and keeps the history, B leaves and A sees B offline within
-//! the presence grace plus a second, B comes back, and A ends the chat for both. On the
+//! the presence grace plus a second, A writes while B is away and B's chat list shows it
+//! unread with its text, B opens the chat and A sees "Seen" under it, A ends the chat for
+//! both, and B's next request is blocked by A from the request itself. On the
 //! in-memory store the server then restarts and both pages say so and offer to sign in again
 //! with the number kept. On Redis the two people use two nodes and B's node is restarted in
 //! the middle of the chat: the pages reconnect and nothing typed is lost or doubled.
@@ -482,9 +484,23 @@ async fn scenario(backend: Backend) {
     b.click("#rooms li a").await;
     wait_in_room(&b, A_NAME).await;
     same_messages_on_both(&a, &b, expected.len()).await;
+    // B's page marks what it showed as read: A sees "Seen" under that message, and only there.
+    a.wait(
+        "A sees Seen under the message Ben just read",
+        "const s = document.querySelectorAll('#messages .seen-note'); \
+         if (s.length !== 1 || s[0].textContent !== 'Seen') return false; \
+         const li = s[0].closest('li.msg'); \
+         return li.classList.contains('mine') && li.querySelector('.text').textContent === arguments[0] \
+           && li === document.querySelector('#messages li.msg:last-of-type');",
+        &[json!(AWAY_LINE)],
+    )
+    .await;
+    shots.take("seen-after-reading", &both).await;
 
     // 12. A ends the chat (from the menu, after a dialog that says what it means); both see it.
     a.click("#room-menu summary").await;
+    a.wait_shown("#block-user").await;
+    assert_eq!(a.text("#block-user").await, format!("Block {B_NAME}"));
     shots.take("room-menu", &[&a]).await;
     a.click("#close-room").await;
     a.wait_shown("#close-dialog").await;
@@ -506,12 +522,51 @@ async fn scenario(backend: Backend) {
     }
     shots.take("chat-ended", &both).await;
 
+    // 13. B asks A again; A blocks B from the request (after confirming). B and the request
+    // are gone from A's page at once; B is told A is not online, and stops seeing A listed.
+    for p in both {
+        p.open("/").await;
+        p.wait_shown("#app-section").await;
+    }
+    b.type_into("#request-phone", A_TYPED).await;
+    b.click("#request-submit").await;
+    let incoming_b = format!("#incoming li[data-phone=\"{B_PHONE}\"]");
+    a.wait_shown(&format!("{incoming_b} button.block")).await;
+    shots.take("request-with-block", &[&a]).await;
+    a.eval("window.confirm = () => true;", &[]).await;
+    a.click(&format!("{incoming_b} button.block")).await;
+    a.wait(
+        "A is told Ben is blocked; Ben is gone from requests and from the online list",
+        "const t = document.getElementById('toasts'); \
+         return !!t && t.textContent.includes('You blocked ' + arguments[1]) \
+           && !document.querySelector('#incoming li[data-phone=\"' + arguments[0] + '\"]') \
+           && !document.querySelector('#online li[data-phone=\"' + arguments[0] + '\"]');",
+        &[json!(B_PHONE), json!(B_NAME)],
+    )
+    .await;
+    shots.take("blocked-from-request", &[&a]).await;
+    b.wait(
+        "A is no longer listed online for Ben",
+        "return !document.querySelector('#online li[data-phone=\"' + arguments[0] + '\"]');",
+        &[json!(A_PHONE)],
+    )
+    .await;
+    b.eval("document.getElementById('request-phone').value = ''", &[])
+        .await;
+    b.type_into("#request-phone", A_TYPED).await;
+    b.click("#request-submit").await;
+    b.wait(
+        "Ben's new request answers as if Asha were offline",
+        "const e = document.getElementById('request-feedback'); \
+         return !e.hidden && e.classList.contains('is-error') && e.textContent.includes('not online right now');",
+        &[],
+    )
+    .await;
+
     if backend == Backend::Memory {
-        // 13 (memory). The server restarts: both pages say the connection is lost, then that
+        // 14 (memory). The server restarts: both pages say the connection is lost, then that
         // the server restarted, with the number kept for signing in again.
         for p in both {
-            p.open("/").await;
-            p.wait_shown("#app-section").await;
             p.wait(
                 "the ended chat is gone from the list",
                 "return document.querySelectorAll('#rooms li').length === 0;",
