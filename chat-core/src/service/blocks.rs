@@ -43,16 +43,7 @@ impl ChatService {
             .await;
         }
         if let Some(room) = outcome.room {
-            for member in &room.members {
-                self.publish(Delivery::to_user(
-                    member.clone(),
-                    Event::RoomClosed {
-                        room: room.id,
-                        by: me.clone(),
-                    },
-                ))
-                .await;
-            }
+            self.announce_closed(&room, me).await;
         }
         Ok(())
     }

@@ -135,16 +135,21 @@ impl ChatService {
         let Some(room) = self.store().delete_room(&room.id).await? else {
             return Err(Error::RoomNotFound);
         };
+        self.announce_closed(&room, me).await;
+        Ok(())
+    }
+
+    /// Tells both members that `by` closed `room` (`room_closed`).
+    pub(super) async fn announce_closed(&self, room: &Room, by: &Phone) {
         for member in &room.members {
             self.publish(Delivery::to_user(
                 member.clone(),
                 Event::RoomClosed {
                     room: room.id,
-                    by: me.clone(),
+                    by: by.clone(),
                 },
             ))
             .await;
         }
-        Ok(())
     }
 }
