@@ -3,48 +3,15 @@
 
 #![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
-use std::sync::Arc;
+mod support;
 
-use chat_core::event::RecordingSink;
+use support::Harness;
+
 use chat_core::{
-    Answer, Audience, ChatService, Config, ConnKey, Error, Event, EventBus, MAX_BLOCKED,
-    ManualClock, MemoryStore, Names, NodeId, Phone, RequestSent, RoomId,
+    Answer, Audience, Config, ConnKey, Error, Event, MAX_BLOCKED, Names, Phone, RequestSent, RoomId,
 };
 
-const START: u64 = 1_800_000_000_000;
-
-struct Harness {
-    store: MemoryStore,
-    clock: ManualClock,
-    sink: Arc<RecordingSink>,
-    chat: ChatService,
-}
-
 impl Harness {
-    fn new() -> Harness {
-        Harness::with_config(Config::default())
-    }
-
-    fn with_config(config: Config) -> Harness {
-        let store = MemoryStore::new();
-        let sink = Arc::new(RecordingSink::default());
-        store.attach(sink.clone());
-        let clock = ManualClock::new(START);
-        let chat = ChatService::new(
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            Arc::new(clock.clone()),
-            config,
-            NodeId("node-1".into()),
-        );
-        Harness {
-            store,
-            clock,
-            sink,
-            chat,
-        }
-    }
-
     async fn register(&self, phone: &str) -> Phone {
         self.chat
             .register(phone, None, None)

@@ -3,39 +3,16 @@
 
 #![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
-use std::sync::Arc;
+mod support;
 
-use chat_core::event::RecordingSink;
 use chat_core::store::UNREAD_MAX;
+use support::Harness;
+
 use chat_core::{
-    Answer, ChatService, Config, Delivery, Error, Event, EventBus, Except, ManualClock,
-    MemoryStore, Message, MessageId, NodeId, Phone, ReadMarks, RoomId, Session,
+    Answer, Delivery, Error, Event, Except, Message, MessageId, Phone, ReadMarks, RoomId, Session,
 };
 
-struct Harness {
-    clock: ManualClock,
-    sink: Arc<RecordingSink>,
-    chat: ChatService,
-}
-
-const START: u64 = 1_800_000_000_000;
-
 impl Harness {
-    fn new() -> Harness {
-        let store = MemoryStore::new();
-        let sink = Arc::new(RecordingSink::default());
-        store.attach(sink.clone());
-        let clock = ManualClock::new(START);
-        let chat = ChatService::new(
-            Arc::new(store.clone()),
-            Arc::new(store),
-            Arc::new(clock.clone()),
-            Config::default(),
-            NodeId("node-1".into()),
-        );
-        Harness { clock, sink, chat }
-    }
-
     async fn register(&self, phone: &str) -> Session {
         self.chat.register(phone, None, None).await.unwrap().session
     }

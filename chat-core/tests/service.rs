@@ -5,15 +5,17 @@
 
 #![allow(clippy::unwrap_used)] // helpers too (clippy.toml covers #[test] fns only)
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use chat_core::event::RecordingSink;
+use support::{Harness, START};
+
 use chat_core::{
-    Audience, ChatService, Config, ConnKey, Delivery, Error, Event, EventBus, Except,
-    HISTORY_LIMIT, JOIN_HISTORY, ManualClock, MemoryStore, Message, Names, NodeId, Outgoing, Phone,
-    RequestSent, RoomId, Session, Token,
+    Audience, ChatService, Config, ConnKey, Delivery, Error, Event, Except, HISTORY_LIMIT,
+    JOIN_HISTORY, Message, Names, NodeId, Outgoing, Phone, RequestSent, RoomId, Session, Token,
 };
 use tokio::task::JoinSet;
 
@@ -32,42 +34,7 @@ impl std::ops::Deref for User {
     }
 }
 
-struct Harness {
-    store: MemoryStore,
-    clock: ManualClock,
-    sink: Arc<RecordingSink>,
-    chat: ChatService,
-    config: Config,
-}
-
-const START: u64 = 1_800_000_000_000;
-
 impl Harness {
-    fn new() -> Harness {
-        Harness::with_config(Config::default())
-    }
-
-    fn with_config(config: Config) -> Harness {
-        let store = MemoryStore::new();
-        let sink = Arc::new(RecordingSink::default());
-        store.attach(sink.clone());
-        let clock = ManualClock::new(START);
-        let chat = ChatService::new(
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            Arc::new(clock.clone()),
-            config.clone(),
-            NodeId("node-1".into()),
-        );
-        Harness {
-            store,
-            clock,
-            sink,
-            chat,
-            config,
-        }
-    }
-
     /// Another node sharing the store, clock and bus.
     fn node(&self, name: &str) -> ChatService {
         ChatService::new(
