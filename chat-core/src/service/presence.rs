@@ -65,6 +65,18 @@ impl ChatService {
         Ok(peers)
     }
 
+    /// The peers of `phone` that neither blocks nor is blocked by it. The block list is read
+    /// only when there is a peer to filter: a user with no request and no room (every new
+    /// session, most connects) costs no extra store call.
+    async fn visible_peers(&self, phone: &Phone) -> Result<BTreeSet<Phone>> {
+        let mut peers = self.peers(phone).await?;
+        if !peers.is_empty() {
+            let hidden = self.store().hidden_from(phone).await?;
+            peers.retain(|p| !hidden.contains(p));
+        }
+        Ok(peers)
+    }
+
     /// Tells the user's peers. Best effort, like [`ChatService::publish`]: it runs after the
     /// presence change is stored, so failing the caller here would report as failed a change
     /// that was made (a registration answered 503 yet holding the phone, a socket counted yet
@@ -75,25 +87,14 @@ impl ChatService {
         // no node ever sees it, and no adapter keeps block lists. A block removes the requests
         // and room the two shared in its own atomic step, so they are peers no longer; the
         // filter covers a block landing between reading the peers and publishing.
-        let peers = match self.peers(phone).await {
-            Ok(mut peers) => match self.store().hidden_from(phone).await {
-                Ok(hidden) => {
-                    peers.retain(|p| !hidden.contains(p));
-                    peers
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, %phone, online, "presence not announced");
-                    return;
-                }
-            },
+        let peers = match self.visible_peers(phone).await {
+            Ok(peers) if peers.is_empty() => return,
+            Ok(peers) => peers,
             Err(e) => {
                 tracing::warn!(error = %e, %phone, online, "presence not announced");
                 return;
             }
         };
-        if peers.is_empty() {
-            return;
-        }
         let names = match self.names(std::slice::from_ref(phone)).await {
             Ok(names) => names,
             Err(e) => {
