@@ -1,6 +1,8 @@
 //! The cross-node event bus on Redis pub/sub.
 //!
-//! One channel per audience (`<prefix>u:<phone>`, `<prefix>r:<room>`). A node subscribes to an
+//! One channel per audience (`<prefix>u:<phone>`, `<prefix>r:<room>`; on a cluster
+//! `<prefix>u:{<phone>}` and `<prefix>r:{<room>}`, sharded channels in their own hash slot: a
+//! room's is its keys' slot, so the append function publishes it with `SPUBLISH` from inside). A node subscribes to an
 //! audience's channel when chat-ws declares the first local socket for it and unsubscribes at
 //! the last (the calls are counted here), so an event crosses Redis once per interested node and
 //! a node only reads what its sockets need. A node's own publishes come back to it through its
@@ -56,11 +58,11 @@ use chat_core::event::SinkSlot;
 use chat_core::{Audience, Delivery, Error, Event, Result, RoomId};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use crate::OP_TIMEOUT;
+use crate::conn::Conn;
 
 /// Deliveries received from Redis and not yet handed to the sink. At most this many are queued;
 /// past it they are dropped and counted. Sized for a burst of a few seconds of a busy node while
@@ -168,9 +170,9 @@ impl Wanted {
 }
 
 pub(crate) struct Bus {
-    prefix: String,
+    naming: Naming,
     /// The RESP3 subscriber connection (commands go through the store's own connection).
-    pubsub: ConnectionManager,
+    pubsub: Conn,
     /// Counts and pending work; never held across an await.
     wanted: std::sync::Mutex<Wanted>,
     /// Held across each SUBSCRIBE/UNSUBSCRIBE (and the watchdog's bulk ones), so commands reach
@@ -191,14 +193,14 @@ impl Bus {
     /// The subscriber connection. `connect` builds the manager with the push sender returned by
     /// [`push_sender`], which shares `lost`.
     pub(crate) fn new(
-        prefix: String,
-        pubsub: ConnectionManager,
+        naming: Naming,
+        pubsub: Conn,
         sink: Arc<SinkSlot>,
         stats: Arc<BusStats>,
         lost: Arc<AtomicU64>,
     ) -> Bus {
         Bus {
-            prefix,
+            naming,
             pubsub,
             wanted: std::sync::Mutex::default(),
             turn: tokio::sync::Mutex::default(),
@@ -223,7 +225,7 @@ impl Bus {
     }
 
     pub(crate) fn channel(&self, audience: &Audience) -> String {
-        channel(&self.prefix, audience)
+        self.naming.channel(audience)
     }
 
     /// Whether every wanted channel is subscribed on the live subscriber connection, as far as
@@ -299,11 +301,14 @@ impl Bus {
                 }
             };
             let mut ps = self.pubsub.clone();
+            let channels = [ch.to_owned()];
             if subscribe {
-                ps.subscribe(ch).await.map_err(crate::unavailable)?;
+                ps.subscribe(&channels).await.map_err(crate::unavailable)?;
                 self.wanted().subscribed(ch);
             } else {
-                ps.unsubscribe(ch).await.map_err(crate::unavailable)?;
+                ps.unsubscribe(&channels)
+                    .await
+                    .map_err(crate::unavailable)?;
                 self.wanted().stale.remove(ch);
             }
             Ok(())
@@ -389,7 +394,7 @@ impl Bus {
 }
 
 /// SUBSCRIBEs (or UNSUBSCRIBEs) `channels` in chunks; false at the first failure.
-async fn bulk(ps: &mut ConnectionManager, channels: &[String], subscribe: bool) -> bool {
+async fn bulk(ps: &mut Conn, channels: &[String], subscribe: bool) -> bool {
     for chunk in channels.chunks(RESUBSCRIBE_CHUNK) {
         let done = if subscribe {
             tokio::time::timeout(OP_TIMEOUT, ps.subscribe(chunk)).await
@@ -403,11 +408,43 @@ async fn bulk(ps: &mut ConnectionManager, channels: &[String], subscribe: bool) 
     true
 }
 
-/// The channel of an audience.
-pub(crate) fn channel(prefix: &str, audience: &Audience) -> String {
-    match audience {
-        Audience::User(phone) => format!("{prefix}u:{phone}"),
-        Audience::Room(room) => format!("{prefix}r:{room}"),
+/// How channels are named: under the key prefix, and on a cluster with the audience in a hash
+/// tag (sharded pub/sub routes a channel by its slot, as a key).
+#[derive(Clone, Debug)]
+pub(crate) struct Naming {
+    prefix: String,
+    cluster: bool,
+    /// `<prefix>r:`, what a room's channel begins with.
+    room_channel: String,
+}
+
+impl Naming {
+    pub(crate) fn new(prefix: &str, cluster: bool) -> Naming {
+        Naming {
+            prefix: prefix.to_owned(),
+            cluster,
+            room_channel: format!("{prefix}r:"),
+        }
+    }
+
+    /// The channel of an audience.
+    pub(crate) fn channel(&self, audience: &Audience) -> String {
+        let p = &self.prefix;
+        match (audience, self.cluster) {
+            (Audience::User(phone), false) => format!("{p}u:{phone}"),
+            (Audience::Room(room), false) => format!("{p}r:{room}"),
+            (Audience::User(phone), true) => format!("{p}u:{{{phone}}}"),
+            (Audience::Room(room), true) => format!("{p}r:{{{room}}}"),
+        }
+    }
+
+    /// The room a channel is of, if it is a room's.
+    fn room(&self, channel: &[u8]) -> Option<RoomId> {
+        let mut id = channel.strip_prefix(self.room_channel.as_bytes())?;
+        if self.cluster {
+            id = id.strip_prefix(b"{")?.strip_suffix(b"}")?;
+        }
+        std::str::from_utf8(id).ok().and_then(RoomId::parse)
     }
 }
 
@@ -429,7 +466,7 @@ pub(crate) fn push_sender(
 ) -> impl Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync + 'static {
     move |push: PushInfo| {
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 let mut data = push.data.into_iter();
                 if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
                     (data.next(), data.next())
@@ -461,16 +498,15 @@ pub(crate) fn push_sender(
 }
 
 /// Decodes queued payloads and hands them to the sink, in the order Redis delivered them.
-/// `prefix` is the key prefix: a message payload's room is named by its channel.
+/// A message payload's room is named by its channel.
 pub(crate) async fn dispatch(
     mut rx: mpsc::Receiver<Received>,
     sink: Arc<SinkSlot>,
     stats: Arc<BusStats>,
-    prefix: String,
+    naming: Naming,
 ) {
-    let room_channel = format!("{prefix}r:");
     while let Some(received) = rx.recv().await {
-        match decode(&room_channel, &received) {
+        match decode(&naming, &received) {
             Some(delivery) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 sink.deliver(&delivery);
@@ -487,15 +523,11 @@ pub(crate) async fn dispatch(
 }
 
 /// A JSON `Delivery` (it starts with `{`), or a message payload on a room's channel.
-fn decode(room_channel: &str, received: &Received) -> Option<Delivery> {
+fn decode(naming: &Naming, received: &Received) -> Option<Delivery> {
     if received.payload.first() == Some(&b'{') {
         return serde_json::from_slice(&received.payload).ok();
     }
-    let room = received
-        .channel
-        .strip_prefix(room_channel.as_bytes())
-        .and_then(|id| std::str::from_utf8(id).ok())
-        .and_then(RoomId::parse)?;
+    let room = naming.room(&received.channel)?;
     let message = crate::entry::decode_payload(room, &received.payload)?;
     Some(Delivery::to_room(room, Event::ReceiveMessage(message)))
 }

@@ -164,10 +164,12 @@ use std::time::Duration;
 use chat_core::event::SinkSlot;
 use chat_core::{Error, NodeId, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
 use tokio::sync::mpsc;
 
 pub mod bus;
+mod conn;
 mod entry;
 mod scripts;
 mod store;
@@ -177,6 +179,7 @@ pub mod test_server;
 pub use bus::{BusCollector, BusStats};
 
 use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::scripts::Library;
 
 /// Longest any store or bus call waits for Redis before failing with `StoreUnavailable`
@@ -188,6 +191,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Reconnect attempts after a connection loss before the manager gives up until the next call.
 const RECONNECT_RETRIES: usize = 2;
+/// Retries of a cluster command (after a `MOVED`, a lost connection, a failover in progress),
+/// within [`OP_TIMEOUT`].
+const CLUSTER_RETRIES: u32 = 6;
 /// Longest wait at [`RedisStore::connect`] (connection, loading the function library).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -208,14 +214,19 @@ impl std::fmt::Debug for RedisStore {
 }
 
 pub(crate) struct Inner {
-    /// Namespace of every key and channel.
+    /// Namespace of every key and channel; the rooms' keys begin with it.
     pub(crate) prefix: String,
+    /// The prefix of the directory's keys (every key but a room's): the prefix on one Redis,
+    /// `{<prefix>}` on a cluster (one hash slot). The functions' `ARGV[1]`.
+    pub(crate) dir: String,
     /// This process's node (for logs; store calls name their node explicitly).
     pub(crate) node: NodeId,
     /// Commands and functions (RESP2). Cloned per call; reconnects by itself.
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
     /// The Lua function library, loaded at connect and again whenever Redis lost it.
     pub(crate) library: Library,
+    /// Replicas a new message must reach before it is acknowledged (`WAIT`), 0 for none.
+    pub(crate) wait_replicas: u32,
     pub(crate) bus: Bus,
 }
 
@@ -232,7 +243,8 @@ pub const ACL_COMMANDS: &str = "+ping +hello +fcall +function|load \
      +multi +exec +exists +get +set +getdel +del +rename +persist +pexpireat +pexpiretime +time \
      +hget +hmget +hgetall +hset +hdel +hlen +hincrby +sadd +srem +smembers +sismember +scard \
      +zadd +zrem +zrange +zscore +xadd +xrange +xrevrange +publish +subscribe +unsubscribe \
-     +incr +decr +rpush +lpop +lindex +llen";
+     +incr +decr +rpush +lpop +lindex +llen +spublish +ssubscribe +sunsubscribe +cluster|slots \
+     +cluster|shards +wait";
 
 /// TLS material for a `rediss://` connection beyond the system's trust store, as managed Redis
 /// services hand it out. All PEM. Without any, a `rediss://` URL trusts the system's roots.
@@ -285,23 +297,65 @@ impl RedisTls {
         self.ca.is_none() && self.client.is_none()
     }
 
+    /// The material as the redis crate takes it.
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client.clone().map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.ca.clone(),
+        }
+    }
+
     /// A client for `info`, with this material when there is any.
     fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<Client> {
         if self.is_empty() {
             return Client::open(info);
         }
-        Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: self.client.clone().map(|(client_cert, client_key)| {
-                    redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
-                    }
-                }),
-                root_cert: self.ca.clone(),
-            },
-        )
+        Client::build_with_tls(info, self.certificates())
+    }
+}
+
+/// Where and how to connect: one Redis or a cluster, TLS, and how many replicas a message's
+/// acknowledgement waits for.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// One `redis://`/`rediss://` URL, or on a cluster any of its nodes (seeds: the client
+    /// learns the rest from them).
+    pub urls: Vec<String>,
+    /// Run on a Redis Cluster (see the key map): the cluster client, one hash slot per atomic
+    /// step, sharded pub/sub.
+    pub cluster: bool,
+    /// TLS material for `rediss://`.
+    pub tls: RedisTls,
+    /// Replicas that must hold a new message before it is acknowledged (`WAIT`); 0 does not
+    /// wait. A message not confirmed in time is answered `store_unavailable`; the client's
+    /// retry with its `client_id` gets the stored message back, never a second one.
+    pub wait_replicas: u32,
+}
+
+impl RedisConfig {
+    /// One Redis at `url`, no TLS material, no waiting for replicas.
+    pub fn single(url: &str) -> RedisConfig {
+        RedisConfig {
+            urls: vec![url.to_owned()],
+            cluster: false,
+            tls: RedisTls::default(),
+            wait_replicas: 0,
+        }
+    }
+
+    /// A cluster reached through `urls` (seeds).
+    pub fn cluster<S: AsRef<str>>(urls: &[S]) -> RedisConfig {
+        RedisConfig {
+            urls: urls.iter().map(|u| u.as_ref().to_owned()).collect(),
+            cluster: true,
+            tls: RedisTls::default(),
+            wait_replicas: 0,
+        }
     }
 }
 
@@ -329,9 +383,32 @@ impl RedisStore {
         node: NodeId,
         tls: &RedisTls,
     ) -> Result<RedisStore, ConnectError> {
-        if !tls.is_empty() && !url.starts_with("rediss://") {
+        let config = RedisConfig {
+            tls: tls.clone(),
+            ..RedisConfig::single(url)
+        };
+        RedisStore::connect_config(&config, key_prefix, node).await
+    }
+
+    /// Connects as `config` says: one Redis or a cluster, TLS, replicas to wait for. See
+    /// [`RedisStore::connect`] for the rest.
+    pub async fn connect_config(
+        config: &RedisConfig,
+        key_prefix: &str,
+        node: NodeId,
+    ) -> Result<RedisStore, ConnectError> {
+        let tls = &config.tls;
+        if config.urls.is_empty() {
+            return Err(ConnectError::Config("no Redis URL".into()));
+        }
+        if !tls.is_empty() && !config.urls.iter().all(|u| u.starts_with("rediss://")) {
             return Err(ConnectError::Config(
                 "TLS files were given but the Redis URL is not rediss://".into(),
+            ));
+        }
+        if !config.cluster && config.urls.len() > 1 {
+            return Err(ConnectError::Config(
+                "several Redis URLs are for a cluster only".into(),
             ));
         }
         // rustls needs a process-wide crypto provider (redis builds its configs from the
@@ -346,41 +423,76 @@ impl RedisStore {
                     .into(),
             ));
         }
-        let info = url
-            .into_connection_info()
-            .map_err(|e| ConnectError::Config(format!("invalid redis url: {e}")))?;
-        let settings = info.redis_settings().clone();
-        let cmd_info = info
-            .clone()
-            .set_redis_settings(settings.clone().set_protocol(ProtocolVersion::RESP2));
-        let sub_info = info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
-        let cmd_client = tls
-            .client(cmd_info)
-            .map_err(|e| ConnectError::Config(format!("invalid redis url or TLS files: {e}")))?;
-        let sub_client = tls
-            .client(sub_info)
-            .map_err(|e| ConnectError::Config(format!("invalid redis url or TLS files: {e}")))?;
+        let mut infos = Vec::with_capacity(config.urls.len());
+        for url in &config.urls {
+            infos.push(
+                url.as_str()
+                    .into_connection_info()
+                    .map_err(|e| ConnectError::Config(format!("invalid redis url {url}: {e}")))?,
+            );
+        }
 
         let stats = Arc::new(BusStats::default());
         let lost = Arc::new(AtomicU64::new(0));
         let sink = Arc::new(SinkSlot::default());
         let (tx, rx) = mpsc::channel(bus::DELIVERY_QUEUE);
+        let push = bus::push_sender(tx, stats.clone(), lost.clone());
+        let library = Library::new(config.cluster);
 
         let setup = async {
-            let conn = ConnectionManager::new_with_config(cmd_client, manager_config()).await?;
-            let pubsub = ConnectionManager::new_with_config(
-                sub_client,
-                manager_config()
-                    .set_push_sender(bus::push_sender(tx, stats.clone(), lost.clone()))
-                    .set_automatic_resubscription(),
-            )
-            .await?;
-            let library = Library::new();
+            let (conn, pubsub) = if config.cluster {
+                let builder = |protocol| {
+                    let mut b = ClusterClientBuilder::new(infos.clone())
+                        .use_protocol(protocol)
+                        .response_timeout(RESPONSE_TIMEOUT)
+                        .connection_timeout(CONNECT_ATTEMPT_TIMEOUT)
+                        // A failover takes the cluster a few seconds: the client retries
+                        // (refreshing its slot map) while the caller's OP_TIMEOUT allows.
+                        .retries(CLUSTER_RETRIES)
+                        .min_retry_wait(50)
+                        .max_retry_wait(250)
+                        .overall_response_timeout(Some(OP_TIMEOUT));
+                    if !tls.is_empty() {
+                        b = b.certs(tls.certificates());
+                    }
+                    b
+                };
+                let cmd = builder(ProtocolVersion::RESP2).build()?;
+                let sub = builder(ProtocolVersion::RESP3).push_sender(push).build()?;
+                (
+                    Conn::Cluster(cmd.get_async_connection().await?),
+                    Conn::Cluster(sub.get_async_connection().await?),
+                )
+            } else {
+                let info = infos.swap_remove(0);
+                let settings = info.redis_settings().clone();
+                let cmd_info = info
+                    .clone()
+                    .set_redis_settings(settings.clone().set_protocol(ProtocolVersion::RESP2));
+                let sub_info =
+                    info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
+                let cmd =
+                    ConnectionManager::new_with_config(tls.client(cmd_info)?, manager_config())
+                        .await?;
+                let sub = ConnectionManager::new_with_config(
+                    tls.client(sub_info)?,
+                    manager_config()
+                        .set_push_sender(push)
+                        .set_automatic_resubscription(),
+                )
+                .await?;
+                (Conn::Single(cmd), Conn::Single(sub))
+            };
             load_library(&mut conn.clone(), &library).await?;
-            Ok::<_, RedisError>((conn, pubsub, library))
+            Ok::<_, RedisError>((conn, pubsub))
         };
-        let (conn, pubsub, library) = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+        let (conn, pubsub) = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(Ok(parts)) => parts,
+            Ok(Err(e)) if is_config_error(&e) => {
+                return Err(ConnectError::Config(format!(
+                    "invalid redis url or TLS files: {e}"
+                )));
+            }
             Ok(Err(e)) => return Err(unavailable(e).into()),
             Err(_) => {
                 return Err(Error::unavailable(format!(
@@ -390,22 +502,40 @@ impl RedisStore {
             }
         };
 
+        let naming = bus::Naming::new(key_prefix, config.cluster);
         tokio::spawn(bus::dispatch(
             rx,
             sink.clone(),
             stats.clone(),
-            key_prefix.to_owned(),
+            naming.clone(),
         ));
+        let dir = if config.cluster {
+            format!("{{{key_prefix}}}")
+        } else {
+            key_prefix.to_owned()
+        };
         let inner = Arc::new(Inner {
             prefix: key_prefix.to_owned(),
+            dir,
             node,
             conn,
             library,
-            bus: Bus::new(key_prefix.to_owned(), pubsub, sink, stats, lost),
+            wait_replicas: config.wait_replicas,
+            bus: Bus::new(naming, pubsub, sink, stats, lost),
         });
         tokio::spawn(watchdog(Arc::downgrade(&inner)));
-        tracing::debug!(prefix = key_prefix, node = %inner.node, "redis store connected");
+        tracing::debug!(
+            prefix = key_prefix,
+            node = %inner.node,
+            cluster = config.cluster,
+            "redis store connected"
+        );
         Ok(RedisStore { inner })
+    }
+
+    /// Whether the store runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
     }
 
     /// The key prefix.
@@ -452,9 +582,16 @@ async fn watchdog(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// `FUNCTION LOAD REPLACE`: loads the library, or replaces it with the same code.
+/// Whether a connect error is the configuration's (a URL or TLS files the client cannot use)
+/// rather than Redis's.
+fn is_config_error(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::InvalidClientConfig
+}
+
+/// `FUNCTION LOAD REPLACE`: loads the library, or replaces it with the same code. On a
+/// cluster the client sends it to every master (and a master's replicas copy it).
 pub(crate) async fn load_library(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     library: &Library,
 ) -> std::result::Result<(), RedisError> {
     redis::cmd("FUNCTION")

@@ -110,7 +110,9 @@ functions! {
     Decline = "decline";
     Append = "append", keyed;
     MarkRead = "mark_read", keyed;
-    RoomOverviews = "room_overviews";
+    RoomOverview = "room_overview", keyed;
+    OpenRoom = "open_room", keyed;
+    CloseRoom = "close_room", keyed;
 }
 
 /// Shared helpers, defined once when the library loads.
@@ -149,7 +151,10 @@ pub(crate) struct Library {
 }
 
 impl Library {
-    pub(crate) fn new() -> Library {
+    /// The library for one Redis, or for a cluster (`cluster`): there the room hot path
+    /// publishes with `SPUBLISH` (sharded pub/sub: the message stays in the room's shard), which
+    /// also gives the cluster's library its own version.
+    pub(crate) fn new(cluster: bool) -> Library {
         let mut code = format!(
             "#!lua name=chat_{TAG}\n{PRELUDE}\nlocal function reg(name, f) \
              redis.register_function('chat_{TAG}_' .. name, f) end\n"
@@ -160,6 +165,9 @@ impl Library {
             code.push_str(&format!(
                 "reg('{name}', function(KEYS, ARGV)\n{enter}{body}end)\n"
             ));
+        }
+        if cluster {
+            code = code.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'");
         }
         // The version: a hash of the code itself (SHA1, as Redis names scripts).
         let tag = Script::new(&code).get_hash()[..16].to_owned();
@@ -183,7 +191,7 @@ mod tests {
     /// the function library calls.
     #[test]
     fn acl_commands_cover_the_library() {
-        let lib = super::Library::new();
+        let lib = super::Library::new(false);
         let granted: Vec<&str> = crate::ACL_COMMANDS.split_whitespace().collect();
         let mut called: Vec<String> = lib
             .code
@@ -207,7 +215,7 @@ mod tests {
 
     #[test]
     fn every_operation_has_its_function_and_the_tag_is_filled_in() {
-        let lib = Library::new();
+        let lib = Library::new(false);
         assert!(!lib.code.contains(TAG));
         assert!(lib.code.starts_with("#!lua name=chat_"));
         for (i, &f) in Function::ALL.iter().enumerate() {
@@ -223,9 +231,14 @@ mod tests {
         }
         // The same code, the same names: nodes of one version share the library.
         assert_eq!(
-            Library::new().name(Function::Append),
+            Library::new(false).name(Function::Append),
             lib.name(Function::Append)
         );
+        // The cluster's library publishes with SPUBLISH, and is a version of its own.
+        let cluster = Library::new(true);
+        assert!(cluster.code.contains("redis.call('SPUBLISH'"));
+        assert!(!cluster.code.contains("redis.call('PUBLISH'"));
+        assert_ne!(cluster.name(Function::Append), lib.name(Function::Append));
     }
 
     /// Every file of `src/lua/` is the prelude or a declared function: none is forgotten.
@@ -257,6 +270,6 @@ mod tests {
     #[ignore = "a tool, run by perf/callgrind.sh"]
     fn write_library() {
         let path = std::env::var("CHAT_LIBRARY_OUT").expect("CHAT_LIBRARY_OUT");
-        std::fs::write(path, Library::new().code).expect("write the library");
+        std::fs::write(path, Library::new(false).code).expect("write the library");
     }
 }

@@ -25,10 +25,13 @@ mod notifications;
 mod reply;
 
 use reply::{
-    AppendReply, BlockReply, CreateReply, EndReply, MarksReply, OnlineReply, Overviews, Phones,
+    AppendReply, BlockReply, CreateReply, EndReply, MarksReply, OnlineReply, Overview, Phones,
     PresenceReply, RoomMeta, RoomReply, Rooms, SendReply, SessionReply, StreamEntry, TouchReply,
     decode,
 };
+
+/// How long a new message's `WAIT` for replicas lasts at most (within the call's `OP_TIMEOUT`).
+const WAIT_TIMEOUT_MS: u64 = 500;
 
 /// How long after its deadline Redis frees a WebSocket ticket nobody took.
 const TICKET_MARGIN_MS: u64 = 60_000;
@@ -106,12 +109,16 @@ impl RoomKey {
         &self.buf
     }
 
-    /// The room's channel, as [`crate::bus::channel`] names it (the last use of the buffer).
-    fn channel(mut self) -> String {
+    /// The room's channel, as `bus::Naming` names it (the last use of the buffer): on a
+    /// cluster the room in a hash tag, so the channel is in the room's slot.
+    fn channel(mut self, cluster: bool) -> String {
         self.buf.truncate(self.prefix_len);
-        self.buf.push_str("r:");
+        self.buf.push_str(if cluster { "r:{" } else { "r:" });
         self.buf
             .push_str(std::str::from_utf8(&self.room).unwrap_or_default());
+        if cluster {
+            self.buf.push('}');
+        }
         self.buf
     }
 }
@@ -125,16 +132,6 @@ impl RedisStore {
         max_pending: Option<usize>,
     ) -> Result<RequestOutcome> {
         let (from, to) = (&request.from, &request.to);
-        let asked = self.event(&Delivery::chat_request(
-            from,
-            to,
-            request.created_at,
-            &room_.names,
-        ))?;
-        // A crossed request makes the room [to, from].
-        let [to_to, to_from] =
-            Delivery::request_accepted(room_.id, &[to.clone(), from.clone()], &room_.names);
-        let (to_to, to_from) = (self.event(&to_to)?, self.event(&to_from)?);
         let cap = max_pending.map(|n| n.to_string());
         let created_at = request.created_at.to_string();
         let expires_at = request.expires_at.to_string();
@@ -151,21 +148,28 @@ impl RedisStore {
             &room_id,
             &room_created,
             &room_expires,
-            &asked.0,
-            &asked.1,
-            &to_to.0,
-            &to_to.1,
-            &to_from.0,
-            &to_from.1,
         ];
         args.extend(cap.as_deref());
         let reply = self.run::<SendReply>(Function::SendRequest, &args).await?;
         match reply {
             SendReply::NoUser => Err(Error::UserNotFound),
-            SendReply::Sent => Ok(RequestOutcome::Sent),
+            SendReply::Sent => {
+                self.publish_now(&Delivery::chat_request(
+                    from,
+                    to,
+                    request.created_at,
+                    &room_.names,
+                ))
+                .await;
+                Ok(RequestOutcome::Sent)
+            }
             SendReply::Pending => Ok(RequestOutcome::AlreadyPending),
             SendReply::Exists(id) => Ok(RequestOutcome::RoomExists(id)),
-            SendReply::Accepted(room) => Ok(RequestOutcome::Accepted(room)),
+            SendReply::Accepted(room) => {
+                // The request crossed one from `to`: the room is [to, from].
+                self.opened(&room, &room_.names).await?;
+                Ok(RequestOutcome::Accepted(room))
+            }
             SendReply::Cooldown(until) => Err(Error::RateLimited {
                 retry_after_secs: until
                     .saturating_sub(request.created_at)
@@ -178,8 +182,72 @@ impl RedisStore {
         }
     }
 
+    /// A directory key (every key but a room's): see the key map.
     fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.inner.prefix)
+        format!("{}{name}", self.inner.dir)
+    }
+
+    /// After the directory's step made `room`: opens it in its own slot (on a cluster), then
+    /// tells both members. The events go out only once a message can be sent to the room, so a
+    /// client that joins and sends at once never finds it missing. Fails when the open fails
+    /// (the room stays in the directory and its expiry timer removes it).
+    async fn opened(&self, room: &Room, names: &Names) -> Result<()> {
+        if self.is_cluster() {
+            let mut key = RoomKey::new(&self.inner.prefix, &room.id);
+            let function = self.inner.library.name(Function::OpenRoom);
+            let [a, b] = &room.members;
+            let (created, expires) = (room.created_at.to_string(), room.expires_at.to_string());
+            let mut cmd = fcall(function, 2, 6, 256);
+            cmd.arg(key.part("m")).arg(key.part("z"));
+            cmd.arg(a.as_str())
+                .arg(b.as_str())
+                .arg(&created)
+                .arg(&expires);
+            let open: i64 = decode(self.invoke(&cmd).await?)?;
+            if open == 0 {
+                // Closed (a block, a session ending) between the two steps: whoever closed it
+                // told the members; the accept stands as it happened before the close.
+                tracing::debug!(room = %room.id, "room closed before it opened");
+                return Ok(());
+            }
+        }
+        for delivery in Delivery::request_accepted(room.id, &room.members, names) {
+            self.publish_now(&delivery).await;
+        }
+        Ok(())
+    }
+
+    /// On a cluster, the room's part of deleting `rooms` after the directory's step removed
+    /// them: their meta, history and dedupe keys, each in its own slot, all at once. A failure is
+    /// logged: the keys expire with the room anyway, and nothing can reach a room the directory
+    /// no longer lists but a member who already holds its id (whose messages fail once the
+    /// meta is gone, or go with it).
+    async fn closed(&self, rooms: &[Room]) {
+        if !self.is_cluster() || rooms.is_empty() {
+            return;
+        }
+        let function = self.inner.library.name(Function::CloseRoom);
+        let calls = rooms.iter().map(|room| {
+            let mut key = RoomKey::new(&self.inner.prefix, &room.id);
+            let mut cmd = fcall(function, 5, 5, 320);
+            for part in ["m", "h", "d", "o", "z"] {
+                cmd.arg(key.part(part));
+            }
+            async move { (room.id, self.invoke(&cmd).await) }
+        });
+        for (room, done) in futures_util::future::join_all(calls).await {
+            if let Err(e) = done {
+                tracing::warn!(%room, error = %e, "closing a room's keys failed; they expire with it");
+            }
+        }
+    }
+
+    /// Publishes `delivery` from the store's own step, logging a failure: the state change it
+    /// announces is stored, and clients that miss the event see it on their next read.
+    async fn publish_now(&self, delivery: &Delivery) {
+        if let Err(e) = EventBus::publish(self, delivery.clone()).await {
+            tracing::warn!(error = %e, "publishing an event failed");
+        }
     }
 
     /// Runs `cmd`, an `FCALL` built by [`fcall`]. When Redis no longer has the library
@@ -198,31 +266,35 @@ impl RedisStore {
         .await
     }
 
-    /// Runs a function of the prelude family: no keys, `ARGV[1]` is the prefix, then `args`;
-    /// decodes its reply as a `T`.
+    /// Runs a function of the directory (the prelude family): one key, a directory key that
+    /// routes the call to the directory's slot on a cluster (the function does not read it),
+    /// `ARGV[1]` the directory prefix, then `args`; decodes its reply as a `T`.
     async fn run<T: FromRedisValue>(&self, function: Function, args: &[&str]) -> Result<T> {
         let function = self.inner.library.name(function);
-        let p = &self.inner.prefix;
-        let bytes = p.len() + args.iter().map(|a| a.len()).sum::<usize>();
-        let mut cmd = fcall(function, 0, 1 + args.len(), bytes);
-        cmd.arg(p).arg(args);
+        let p = &self.inner.dir;
+        let bytes = 2 * p.len() + 8 + args.iter().map(|a| a.len()).sum::<usize>();
+        let mut cmd = fcall(function, 1, 2 + args.len(), bytes);
+        cmd.arg(self.key("online")).arg(p).arg(args);
         decode(self.invoke(&cmd).await?)
     }
 
-    /// Runs `pipe`, a pipeline of `FCALL`s with errors kept per command. When Redis no longer
-    /// has the library, it failed every one of them the same way (nothing ran): loads the
-    /// library and runs the pipeline once more.
+    /// Runs `pipe`, a pipeline of `fcalls` `FCALL`s (and maybe a command after them) with
+    /// errors kept per command. When Redis no longer has the library, it failed every one of
+    /// them the same way (nothing ran): loads the library and runs the pipeline once more.
     async fn invoke_pipeline(
         &self,
         pipe: &redis::Pipeline,
+        fcalls: usize,
     ) -> Result<Vec<redis::RedisResult<Value>>> {
         let mut conn = self.inner.conn.clone();
         bounded(async {
             let replies = pipe
                 .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn)
                 .await?;
-            let all_missing = !replies.is_empty()
-                && replies
+            // A trailing WAIT answers whatever happened to the functions before it.
+            let fcalls = &replies[..fcalls.min(replies.len())];
+            let all_missing = !fcalls.is_empty()
+                && fcalls
                     .iter()
                     .all(|r| matches!(r, Err(e) if function_missing(e)));
             if all_missing {
@@ -260,11 +332,66 @@ impl RedisStore {
         cmd.arg(message.sender.as_str())
             .arg(&entry)
             .arg(history_max.max(1))
-            .arg(key.channel());
+            .arg(key.channel(self.is_cluster()));
         if let Some(cid) = cid {
             cmd.arg(cid);
         }
         cmd
+    }
+
+    /// Appends `batch` in one pipeline (one slot on a cluster: the caller groups by room),
+    /// followed by `WAIT` when acknowledgements wait for replicas: then a message is answered
+    /// only once that many replicas hold it, and `StoreUnavailable` when they do not confirm
+    /// in time (the message may be stored; the client's retry with its `client_id` finds it).
+    async fn append_batch(
+        &self,
+        batch: Vec<(RoomId, NewMessage)>,
+        history_max: usize,
+    ) -> Vec<Result<Appended>> {
+        let wait = self.inner.wait_replicas;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (room, message) in &batch {
+            pipe.add_command(self.append_cmd(room, message, history_max));
+        }
+        if wait > 0 {
+            pipe.cmd("WAIT").arg(wait).arg(WAIT_TIMEOUT_MS);
+        }
+        let replies = match self.invoke_pipeline(&pipe, batch.len()).await {
+            Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+            Ok(replies) => replies,
+        };
+        let expected = batch.len() + usize::from(wait > 0);
+        if replies.len() != expected {
+            let e = bad_reply("append pipeline length");
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        let mut replies = replies.into_iter();
+        let appends: Vec<_> = replies.by_ref().take(batch.len()).collect();
+        if wait > 0 {
+            let confirmed = match replies.next() {
+                Some(Ok(Value::Int(n))) => n,
+                _ => 0,
+            };
+            if confirmed < i64::from(wait) {
+                tracing::warn!(
+                    confirmed,
+                    wanted = wait,
+                    "replicas did not confirm new messages in time; answered store_unavailable"
+                );
+                let e = Error::unavailable(format!(
+                    "{confirmed} of {wait} replicas confirmed the write within {WAIT_TIMEOUT_MS} ms"
+                ));
+                return batch.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+        batch
+            .into_iter()
+            .zip(appends)
+            .map(|((room, message), reply)| {
+                appended(room, message, decode(reply.map_err(crate::unavailable)?)?)
+            })
+            .collect()
     }
 
     /// A delivery as published: its audience's channel and its JSON.
@@ -436,6 +563,9 @@ impl SessionStore for RedisStore {
                 &[phone_.as_str(), &offline_before.to_string()],
             )
             .await?;
+        if let Some(ended) = &reply {
+            self.closed(&ended.rooms.0).await;
+        }
         Ok(reply.map(|e| EndedSession {
             session: Session {
                 phone: phone_.clone(),
@@ -605,9 +735,6 @@ impl RequestStore for RedisStore {
         room_: NewRoom,
         now: Millis,
     ) -> Result<Option<Room>> {
-        let [to_from, to_to] =
-            Delivery::request_accepted(room_.id, &[from.clone(), to.clone()], &room_.names);
-        let (to_from, to_to) = (self.event(&to_from)?, self.event(&to_to)?);
         let room: Option<RoomReply> = self
             .run(
                 Function::Accept,
@@ -618,14 +745,14 @@ impl RequestStore for RedisStore {
                     &room_.id.to_string(),
                     &room_.created_at.to_string(),
                     &room_.expires_at.to_string(),
-                    &to_from.0,
-                    &to_from.1,
-                    &to_to.0,
-                    &to_to.1,
                 ],
             )
             .await?;
-        Ok(room.map(|r| r.0))
+        let Some(RoomReply(room)) = room else {
+            return Ok(None);
+        };
+        self.opened(&room, &room_.names).await?;
+        Ok(Some(room))
     }
 
     async fn remove_request(&self, from: &Phone, to: &Phone, now: Millis) -> Result<bool> {
@@ -668,7 +795,9 @@ impl RoomStore for RedisStore {
 
     async fn delete_room(&self, id: &RoomId) -> Result<Option<Room>> {
         let room: Option<RoomReply> = self.run(Function::DeleteRoom, &[&id.to_string()]).await?;
-        Ok(room.map(|r| r.0))
+        let room = room.map(|r| r.0);
+        self.closed(room.as_slice()).await;
+        Ok(room)
     }
 
     async fn append_message(
@@ -677,43 +806,58 @@ impl RoomStore for RedisStore {
         message: NewMessage,
         history_max: usize,
     ) -> Result<Appended> {
+        if self.inner.wait_replicas > 0 {
+            let mut results = self
+                .append_batch(vec![(*room_, message)], history_max)
+                .await;
+            return results
+                .pop()
+                .unwrap_or_else(|| Err(bad_reply("append pipeline length")));
+        }
         let cmd = self.append_cmd(room_, &message, history_max);
         appended(*room_, message, decode(self.invoke(&cmd).await?)?)
     }
 
     /// One pipeline of the batch's `FCALL`s: one write, one round trip, run by Redis in order.
+    /// On a cluster, one pipeline per room (a pipeline goes to one slot), all at once.
     async fn append_messages(
         &self,
         batch: Vec<(RoomId, NewMessage)>,
         history_max: usize,
     ) -> Vec<Result<Appended>> {
-        if batch.len() < 2 {
+        if batch.len() < 2 && self.inner.wait_replicas == 0 {
             let mut results = Vec::with_capacity(1);
             for (room, message) in batch {
                 results.push(self.append_message(&room, message, history_max).await);
             }
             return results;
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (room, message) in &batch {
-            pipe.add_command(self.append_cmd(room, message, history_max));
+        if !self.is_cluster() || batch.iter().all(|(r, _)| *r == batch[0].0) {
+            return self.append_batch(batch, history_max).await;
         }
-        let replies = self.invoke_pipeline(&pipe).await;
-        match replies {
-            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
-            Ok(replies) if replies.len() != batch.len() => {
-                let e = bad_reply("append pipeline length");
-                batch.iter().map(|_| Err(e.clone())).collect()
+        // Group by room, keeping each room's order; answer in the batch's order.
+        let mut groups: Vec<(RoomId, Vec<(usize, NewMessage)>)> = Vec::new();
+        for (i, (room, message)) in batch.into_iter().enumerate() {
+            match groups.iter_mut().find(|(r, _)| *r == room) {
+                Some((_, g)) => g.push((i, message)),
+                None => groups.push((room, vec![(i, message)])),
             }
-            Ok(replies) => batch
-                .into_iter()
-                .zip(replies)
-                .map(|((room, message), reply)| {
-                    appended(room, message, decode(reply.map_err(crate::unavailable)?)?)
-                })
-                .collect(),
         }
+        let total: usize = groups.iter().map(|(_, g)| g.len()).sum();
+        let calls = groups.into_iter().map(|(room, group)| {
+            let (at, messages): (Vec<usize>, Vec<NewMessage>) = group.into_iter().unzip();
+            let batch = messages.into_iter().map(|m| (room, m)).collect();
+            async move { (at, self.append_batch(batch, history_max).await) }
+        });
+        let mut out: Vec<Option<Result<Appended>>> = (0..total).map(|_| None).collect();
+        for (at, results) in futures_util::future::join_all(calls).await {
+            for (i, r) in at.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(bad_reply("append pipeline length"))))
+            .collect()
     }
 
     async fn history(
@@ -808,24 +952,39 @@ impl RoomStore for RedisStore {
         Ok(marks)
     }
 
+    /// The user's rooms from the directory, then each room's unread count and newest message
+    /// from its own slot, all rooms at once (one round trip each, overlapping). A room closed
+    /// in between is left out.
     async fn room_overviews(&self, phone: &Phone) -> Result<Vec<RoomOverview>> {
-        let Overviews(rooms) = self
-            .run(
-                Function::RoomOverviews,
-                &[phone.as_str(), &UNREAD_MAX.to_string()],
-            )
-            .await?;
-        rooms
-            .into_iter()
-            .map(|(room, unread, last)| {
+        let rooms = self.rooms_of(phone).await?;
+        let function = self.inner.library.name(Function::RoomOverview);
+        let max = UNREAD_MAX.to_string();
+        let calls = rooms.into_iter().map(|room| {
+            let mut key = RoomKey::new(&self.inner.prefix, &room.id);
+            let mut cmd = fcall(function, 2, 4, 160);
+            cmd.arg(key.part("m"))
+                .arg(key.part("h"))
+                .arg(phone.as_str())
+                .arg(&max);
+            async move {
+                let Overview(overview) = decode(self.invoke(&cmd).await?)?;
+                let Some((unread, last)) = overview else {
+                    return Ok(None);
+                };
                 let last_message = last.map(|e| e.message(room.id)).transpose()?;
-                Ok(RoomOverview {
+                Ok(Some(RoomOverview {
                     room,
                     unread: unread.min(UNREAD_MAX),
                     last_message,
-                })
-            })
-            .collect()
+                }))
+            }
+        });
+        let mut out = Vec::new();
+        for one in futures_util::future::join_all(calls).await {
+            out.extend(one?);
+        }
+        out.sort_by_key(|o| o.room.id);
+        Ok(out)
     }
 }
 
@@ -913,11 +1072,14 @@ impl BlockStore for RedisStore {
                 dropped,
                 cancelled,
                 room,
-            } => Ok(Some(BlockOutcome {
-                dropped,
-                cancelled,
-                room,
-            })),
+            } => {
+                self.closed(room.as_slice()).await;
+                Ok(Some(BlockOutcome {
+                    dropped,
+                    cancelled,
+                    room,
+                }))
+            }
         }
     }
 
@@ -976,7 +1138,13 @@ impl BlockStore for RedisStore {
 impl EventBus for RedisStore {
     async fn publish(&self, delivery: Delivery) -> Result<()> {
         let (channel, json) = self.event(&delivery)?;
-        self.command(redis::cmd("PUBLISH").arg(channel).arg(json))
+        // Sharded on a cluster: the event travels only inside the shard of its channel's slot.
+        let publish = if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        self.command(redis::cmd(publish).arg(channel).arg(json))
             .await?;
         Ok(())
     }
@@ -1006,8 +1174,15 @@ mod tests {
             assert_eq!(key.part(part), format!("chat:{{{room}}}:{part}"));
         }
         assert_eq!(
-            key.channel(),
-            crate::bus::channel("chat:", &Audience::Room(room))
+            key.channel(false),
+            crate::bus::Naming::new("chat:", false).channel(&Audience::Room(room))
+        );
+        let key = RoomKey::new("chat:", &room);
+        let cluster = key.channel(true);
+        assert_eq!(cluster, format!("chat:r:{{{room}}}"));
+        assert_eq!(
+            cluster,
+            crate::bus::Naming::new("chat:", true).channel(&Audience::Room(room))
         );
     }
 }

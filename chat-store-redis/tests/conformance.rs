@@ -1,12 +1,13 @@
-//! chat-core's conformance suite over `RedisStore`: each test gets its own redis-server and
-//! its own key prefix.
+//! chat-core's conformance suite over `RedisStore`: on one Redis (each test its own
+//! redis-server) and on a Redis Cluster (shared by the tests running at once); each test its
+//! own key prefix.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use chat_core::NodeId;
 use chat_core::testing::Fixture;
-use chat_store_redis::RedisStore;
-use chat_store_redis::test_server::RedisServer;
+use chat_store_redis::test_server::{RedisCluster, RedisServer};
+use chat_store_redis::{RedisConfig, RedisStore};
 
 async fn fixture() -> Fixture {
     let server = RedisServer::start();
@@ -18,3 +19,34 @@ async fn fixture() -> Fixture {
 }
 
 chat_core::store_conformance!(redis, fixture());
+
+/// One Redis Cluster (3 masters, 3 replicas) for the tests of this binary that run at the same
+/// time: each holds it while it runs, the last to finish stops it (a later test starts another).
+fn shared_cluster() -> Arc<RedisCluster> {
+    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(cluster) = shared.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(RedisCluster::start());
+    *shared = Arc::downgrade(&cluster);
+    cluster
+}
+
+async fn cluster_fixture() -> Fixture {
+    let cluster = tokio::task::spawn_blocking(shared_cluster)
+        .await
+        .expect("start the test cluster");
+    let prefix = format!("conf{}:", uuid::Uuid::new_v4().simple());
+    let store = RedisStore::connect_config(
+        &RedisConfig::cluster(&cluster.urls()),
+        &prefix,
+        NodeId::random(),
+    )
+    .await
+    .expect("connect to the test cluster");
+    assert!(store.is_cluster());
+    Fixture::new(Arc::new(store.clone()), Arc::new(store)).keep_alive(cluster)
+}
+
+chat_core::store_conformance!(redis_cluster, cluster_fixture());

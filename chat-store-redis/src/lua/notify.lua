@@ -7,8 +7,8 @@
 local kind, from, target, now, max = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local to = target
 if kind == 'm' then
-  local v = redis.call('HMGET', k_room(target), 'a', 'b')
-  if not v[1] then return 'none' end
+  local v = room_get(target)
+  if not v then return 'none' end
   if from == v[1] then to = v[2] elseif from == v[2] then to = v[1] else return 'none' end
 end
 if redis.call('SCARD', k_uconns(to)) > 0 then return 'online' end

@@ -2,10 +2,16 @@
 -- The library is this prelude, then each other file of this directory as the body of one
 -- function (`src/scripts.rs` assembles it): they all see these locals.
 
--- The current call's key prefix and the global keys under it, set by `enter`.
-local P, K_ONLINE, K_NODES, K_TIMERS, K_NDUE, K_NATT, K_NLEN, K_NSEQ
+-- The current call's key prefixes and the global keys under them, set by `enter`. `P`: the
+-- directory's (users, requests, nodes, timers, notifications, and on a cluster the rooms'
+-- directory records); `RP`: the rooms' (`RP{<room>}:<part>`). On one Redis both are the key
+-- prefix; on a cluster `P` is the prefix inside a hash tag, `{<prefix>}`, so every directory
+-- key is in one slot, while each room's keys are in their room's slot (see the crate docs).
+local P, RP, CLUSTER, K_ONLINE, K_NODES, K_TIMERS, K_NDUE, K_NATT, K_NLEN, K_NSEQ
 local function enter(prefix)
   P = prefix
+  CLUSTER = string.byte(prefix, 1) == 123 -- '{'
+  if CLUSTER then RP = string.sub(prefix, 2, -2) else RP = prefix end
   K_ONLINE = P .. 'online'
   K_NODES = P .. 'nodes'
   K_TIMERS = P .. 'timers'
@@ -62,10 +68,17 @@ local function k_pair(a, b)
   if bytes_less(a, b) then return P .. 'pr:' .. a .. ':' .. b end
   return P .. 'pr:' .. b .. ':' .. a
 end
-local function k_room(r) return P .. '{' .. r .. '}:m' end
-local function k_hist(r) return P .. '{' .. r .. '}:h' end
-local function k_dedupe(r) return P .. '{' .. r .. '}:d' end
-local function k_dedupe_old(r) return P .. '{' .. r .. '}:o' end
+local function k_room(r) return RP .. '{' .. r .. '}:m' end
+local function k_hist(r) return RP .. '{' .. r .. '}:h' end
+local function k_dedupe(r) return RP .. '{' .. r .. '}:d' end
+local function k_dedupe_old(r) return RP .. '{' .. r .. '}:o' end
+-- The room as the directory knows it: on one Redis its meta hash itself; on a cluster its
+-- directory record (`a`, `b`, `c`, `x`), while its meta, history and dedupe live in the room's
+-- slot, opened and closed by the caller in a step of their own (`open_room`, `close_room`).
+local function k_rdir(r)
+  if CLUSTER then return P .. 'rm:' .. r end
+  return k_room(r)
+end
 
 local function later(a, b)
   if tonumber(a) >= tonumber(b) then return a end
@@ -184,7 +197,7 @@ local function drop_request(f, t)
 end
 
 local function room_get(r)
-  local v = redis.call('HMGET', k_room(r), 'a', 'b', 'c', 'x')
+  local v = redis.call('HMGET', k_rdir(r), 'a', 'b', 'c', 'x')
   if not v[1] then return nil end
   return v
 end
@@ -192,15 +205,21 @@ end
 -- The live room the two share, if any.
 local function pair_room(a, b)
   local id = redis.call('GET', k_pair(a, b))
-  if id and redis.call('EXISTS', k_room(id)) == 1 then return id end
+  if id and redis.call('EXISTS', k_rdir(id)) == 1 then return id end
   return nil
 end
 
 -- Deletes a room with its history, dedupe entries, indexes and timers; its fields if it existed.
+-- On a cluster it deletes the directory's record and indexes only: the caller then closes the
+-- room in its own slot (`close_room`).
 local function delete_room(r)
   local v = room_get(r)
   if not v then return nil end
-  redis.call('DEL', k_room(r), k_hist(r), k_dedupe(r), k_dedupe_old(r))
+  if CLUSTER then
+    redis.call('DEL', k_rdir(r))
+  else
+    redis.call('DEL', k_room(r), k_hist(r), k_dedupe(r), k_dedupe_old(r))
+  end
   if redis.call('GET', k_pair(v[1], v[2])) == r then redis.call('DEL', k_pair(v[1], v[2])) end
   redis.call('SREM', k_urooms(v[1]), r)
   redis.call('SREM', k_urooms(v[2]), r)
@@ -208,11 +227,12 @@ local function delete_room(r)
   return {r, v[1], v[2], v[3], v[4]}
 end
 
--- Accepts f -> t: drops both requests and creates the room with members [f, t].
+-- Accepts f -> t: drops both requests and creates the room with members [f, t] (on a cluster its
+-- directory record: the caller then opens it in its own slot with `open_room`).
 local function make_room(f, t, id, created, expires)
   drop_request(f, t)
   drop_request(t, f)
-  local m = k_room(id)
+  local m = k_rdir(id)
   redis.call('HSET', m, 'a', f, 'b', t, 'c', created, 'x', expires)
   local at = expire_at(expires, MARGIN)
   redis.call('PEXPIREAT', m, at)

@@ -1,7 +1,6 @@
 -- ARGV: prefix, from, to, created_at, expires_at, room id, room created_at, room expires_at,
--- then (channel, payload) of the `chat_request` to `to`, and of the `request_accepted` to `to`
--- and to `from` (published when the request crosses one from `to` and makes the room), then
--- optionally the cap on `from`'s pending requests.
+-- then optionally the cap on `from`'s pending requests. The caller publishes the `chat_request`
+-- (on 'sent') or the `request_accepted` events (on 'accepted', once the room is open).
 -- → {'no_user'} | {'exists', id} | {'accepted', id, a, b, created, expires} | {'pending'}
 -- | {'cooldown', until} | {'too_many'} | {'sent'}
 
@@ -20,14 +19,12 @@ local id = pair_room(from, to)
 if id then return {'exists', id} end
 if request_live(to, from, created) then
   local r = make_room(to, from, rid, rc, rx)
-  redis.call('PUBLISH', ARGV[11], ARGV[12])
-  redis.call('PUBLISH', ARGV[13], ARGV[14])
   return {'accepted', r[1], r[2], r[3], r[4], r[5]}
 end
 if request_live(from, to, created) then return {'pending'} end
 local cool = redis.call('HGET', k_cool(from), to)
 if cool and tonumber(cool) > tonumber(created) then return {'cooldown', cool} end
-local cap = tonumber(ARGV[15])
+local cap = tonumber(ARGV[9])
 if cap then
   local n = 0
   for _, t in ipairs(redis.call('SMEMBERS', k_out(from))) do
@@ -45,5 +42,4 @@ expire_index(k_in(to), at)
 redis.call('SADD', k_out(from), to)
 expire_index(k_out(from), at)
 redis.call('ZADD', K_TIMERS, expires, 'q|' .. from .. '|' .. to)
-redis.call('PUBLISH', ARGV[9], ARGV[10])
 return {'sent'}

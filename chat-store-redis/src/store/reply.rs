@@ -205,22 +205,19 @@ impl FromRedisValue for MarksReply {
     }
 }
 
-/// `room_overviews`: `{{id, a, b, created_at, expires_at, unread, last}...}`, `last` a stream
-/// entry or nil; sorted by room id.
-pub(super) struct Overviews(pub(super) Vec<(Room, u32, Option<StreamEntry>)>);
+/// `room_overview`: `0` (the room is closed) or `{unread, last}`, `last` a stream entry or
+/// nil.
+pub(super) struct Overview(pub(super) Option<(u32, Option<StreamEntry>)>);
 
-impl FromRedisValue for Overviews {
+impl FromRedisValue for Overview {
     fn from_redis_value(v: Value) -> Parsed<Self> {
-        let mut out = Vec::new();
-        for one in Vec::<Value>::from_redis_value(v)? {
-            let mut f = Fields::of(one)?;
-            let room = RoomReply::read(&mut f)?;
-            let unread: u32 = f.next()?;
-            let last: Option<StreamEntry> = f.next()?;
-            out.push((room, unread, last));
+        if let Value::Int(0) = v {
+            return Ok(Overview(None));
         }
-        out.sort_by_key(|(r, _, _)| r.id);
-        Ok(Overviews(out))
+        let mut f = Fields::of(v)?;
+        let unread: u32 = f.next()?;
+        let last: Option<StreamEntry> = f.next()?;
+        Ok(Overview(Some((unread, last))))
     }
 }
 
