@@ -18,6 +18,22 @@ pub struct Flags {
     #[arg(long, env = "CHAT_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// A Redis Cluster to run on instead: the URLs of some of its nodes, comma-separated (the
+    /// client learns the others). Not with --redis-url.
+    #[arg(
+        long,
+        env = "CHAT_REDIS_CLUSTER",
+        value_delimiter = ',',
+        num_args = 1..,
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Vec<String>,
+
+    /// Replicas that must hold a new message before it is acknowledged (Redis `WAIT`), so an
+    /// acknowledged message survives the loss of its master; 0 does not wait.
+    #[arg(long, env = "CHAT_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
     /// PEM CA certificate(s) to trust for a rediss:// URL instead of the system's roots.
     #[arg(long, env = "CHAT_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,

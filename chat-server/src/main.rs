@@ -25,7 +25,7 @@ use chat_core::{
     ChatService, EventBus, InstrumentedStore, MemoryStore, Metrics, NodeId, Store, SystemClock,
 };
 use chat_http::App;
-use chat_store_redis::{ConnectError, RedisStore, RedisTls};
+use chat_store_redis::{ConnectError, RedisConfig, RedisStore, RedisTls};
 use chat_ws::Hub;
 
 use crate::flags::Flags;
@@ -173,6 +173,8 @@ async fn run(flags: Flags) -> ExitCode {
     };
     let store_kind = if flags.redis_url.is_some() {
         "redis"
+    } else if !flags.redis_cluster.is_empty() {
+        "redis-cluster"
     } else {
         "memory"
     };
@@ -214,7 +216,8 @@ async fn run(flags: Flags) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The store and bus: Redis when `--redis-url` is given, else one in-memory store for both.
+/// The store and bus: Redis when `--redis-url` (or a cluster when `--redis-cluster`) is given,
+/// else one in-memory store for both.
 /// The Redis bus's counters (deliveries dropped, disconnects, resubscriptions, …) are added to
 /// `metrics`, so `/metrics` shows them without chat-http knowing of Redis.
 async fn open_store(
@@ -222,24 +225,27 @@ async fn open_store(
     node: &NodeId,
     metrics: &Metrics,
 ) -> Result<(Arc<dyn Store>, Arc<dyn EventBus>), ConnectError> {
-    match &flags.redis_url {
-        Some(url) => {
-            let tls = RedisTls::from_files(
-                flags.redis_ca_file.as_deref(),
-                flags.redis_client_cert.as_deref(),
-                flags.redis_client_key.as_deref(),
-            )?;
-            let redis = Arc::new(
-                RedisStore::connect_with_tls(url, &flags.key_prefix, node.clone(), &tls).await?,
-            );
-            metrics.register_collector(redis.bus_collector());
-            Ok((redis.clone(), redis))
-        }
+    let mut config = match &flags.redis_url {
+        Some(url) => RedisConfig::single(url),
+        None if !flags.redis_cluster.is_empty() => RedisConfig::cluster(&flags.redis_cluster),
         None => {
+            if flags.redis_wait_replicas > 0 {
+                tracing::warn!("--redis-wait-replicas has no effect without Redis");
+            }
             let memory = Arc::new(MemoryStore::new());
-            Ok((memory.clone(), memory))
+            return Ok((memory.clone(), memory));
         }
-    }
+    };
+    config.tls = RedisTls::from_files(
+        flags.redis_ca_file.as_deref(),
+        flags.redis_client_cert.as_deref(),
+        flags.redis_client_key.as_deref(),
+    )?;
+    config.wait_replicas = flags.redis_wait_replicas;
+    let redis =
+        Arc::new(RedisStore::connect_config(&config, &flags.key_prefix, node.clone()).await?);
+    metrics.register_collector(redis.bus_collector());
+    Ok((redis.clone(), redis))
 }
 
 /// Runs the lifetimes every [`TICK`] until `stop`. Each tick runs on its own task, so a panic

@@ -20,6 +20,7 @@ pub mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 pub use crate::http::Response;
 pub use crate::server::Server;
 pub use crate::ws::{Auth, EVENT_TIMEOUT, Next, RawWs, Ws};
-pub use chat_store_redis::test_server::RedisServer;
+pub use chat_store_redis::test_server::{RedisCluster, RedisServer};
 
 /// The bound on one whole test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -50,6 +51,8 @@ pub enum Backend {
     Memory,
     /// A private redis-server.
     Redis,
+    /// A private Redis Cluster (3 masters, 3 replicas): `--redis-cluster`.
+    RedisCluster,
 }
 
 /// Generates, for each named `async fn name(backend: Backend)` of the enclosing module, a test
@@ -239,6 +242,8 @@ pub struct App {
     pub server: Server,
     /// The private redis-server, for [`Backend::Redis`].
     pub redis: Option<RedisServer>,
+    /// The private Redis Cluster, for [`Backend::RedisCluster`].
+    pub cluster: Option<Arc<RedisCluster>>,
     /// The key prefix the server uses on that Redis.
     pub prefix: String,
     client: Client,
@@ -273,8 +278,33 @@ impl App {
         let redis = match backend {
             Backend::Memory => None,
             Backend::Redis => Some(start_redis().await),
+            Backend::RedisCluster => {
+                return App::start_on_cluster(Arc::new(start_cluster().await), flags).await;
+            }
         };
         App::start_on(redis, flags).await
+    }
+
+    /// Starts a server on this Redis Cluster (`--redis-cluster` with every node's URL) with
+    /// extra `flags`.
+    pub async fn start_on_cluster(cluster: Arc<RedisCluster>, flags: &[&str]) -> App {
+        let prefix = unique_prefix();
+        let mut args = with_defaults(flags);
+        args.extend([
+            "--redis-cluster".into(),
+            cluster.url(),
+            "--key-prefix".into(),
+            prefix.clone(),
+        ]);
+        let server = Server::start(&args).await;
+        let client = Client::new(server.addr);
+        App {
+            server,
+            redis: None,
+            cluster: Some(cluster),
+            prefix,
+            client,
+        }
     }
 
     /// Starts a server on this redis-server (or the in-memory store) with extra `flags`.
@@ -294,6 +324,7 @@ impl App {
         App {
             server,
             redis,
+            cluster: None,
             prefix,
             client,
         }
@@ -321,6 +352,13 @@ pub async fn start_redis() -> RedisServer {
     tokio::task::spawn_blocking(RedisServer::start)
         .await
         .expect("redis start task")
+}
+
+/// Starts a private Redis Cluster (3 masters, 3 replicas) off the async threads.
+pub async fn start_cluster() -> RedisCluster {
+    tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("redis cluster start task")
 }
 
 /// Starts a private redis-server with AOF `appendfsync always` (survives its own restart).

@@ -11,8 +11,19 @@ const C: &str = "+14155550143";
 
 #[tokio::test]
 async fn users_on_two_nodes_find_each_other_and_chat() {
-    bounded(async {
-        let app = App::start(Backend::Redis, &[]).await;
+    bounded(two_nodes_chat(Backend::Redis)).await;
+}
+
+/// The same on a Redis Cluster: the users are in the directory's slot, each room in its own
+/// (so the rooms of this test are spread over the three shards), events on sharded channels.
+#[tokio::test]
+async fn users_on_two_nodes_chat_over_a_redis_cluster() {
+    bounded(two_nodes_chat(Backend::RedisCluster)).await;
+}
+
+async fn two_nodes_chat(backend: Backend) {
+    {
+        let app = App::start(backend, &[]).await;
         let node2 = app.another_node().await;
         let n1 = Client::new(app.server.addr);
         let n2 = Client::new(node2.addr);
@@ -208,8 +219,7 @@ async fn users_on_two_nodes_find_each_other_and_chat() {
             assert_eq!(ev["data"], json!({"room": room, "by": B}));
         }
         drop(node2);
-    })
-    .await
+    }
 }
 
 #[tokio::test]
@@ -471,8 +481,18 @@ async fn lifetimes_are_announced_once_across_nodes() {
 /// nodes at once, two users asking each other at once. Each ends in exactly one winner.
 #[tokio::test]
 async fn races_through_two_nodes_have_one_winner() {
-    bounded(async {
-        let app = App::start(Backend::Redis, &[]).await;
+    bounded(races_through_two_nodes(Backend::Redis)).await;
+}
+
+/// The same races on a Redis Cluster, where accepting is a directory step then a room step.
+#[tokio::test]
+async fn races_through_two_nodes_over_a_redis_cluster_have_one_winner() {
+    bounded(races_through_two_nodes(Backend::RedisCluster)).await;
+}
+
+async fn races_through_two_nodes(backend: Backend) {
+    {
+        let app = App::start(backend, &[]).await;
         let node2 = app.another_node().await;
         let n1 = Client::new(app.server.addr);
         let n2 = Client::new(node2.addr);
@@ -568,6 +588,5 @@ async fn races_through_two_nodes_have_one_winner() {
                 );
             }
         }
-    })
-    .await
+    }
 }
