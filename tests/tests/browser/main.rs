@@ -150,6 +150,7 @@ async fn scenario(backend: Backend) {
     let variant = match backend {
         Backend::Memory => "memory",
         Backend::Redis => "redis",
+        Backend::RedisCluster => "redis-cluster",
     };
     let mut shots = Shots::new(variant);
     let flags = flags(backend);
