@@ -160,7 +160,7 @@ async fn scenario(backend: Backend) {
     // origins while a node restarts.
     let mut node_b: Option<Server> = match backend {
         Backend::Memory => None,
-        Backend::Redis => Some(app.another_node().await),
+        Backend::Redis | Backend::RedisCluster => Some(app.another_node().await),
     };
     let proxy_a = Proxy::start(app.server.addr).await;
     let proxy_b = match &node_b {
