@@ -34,6 +34,13 @@ pub struct Flags {
     #[arg(long, env = "CHAT_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 
+    /// The format of the events this node publishes through Redis (1 or 2; it reads both). 1
+    /// only during a rolling upgrade from a release before format versions, until every node
+    /// runs this one (see the README's "Upgrading node by node").
+    #[arg(long, env = "CHAT_BUS_FORMAT", default_value_t = chat_store_redis::bus::FORMAT,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(chat_store_redis::bus::FORMAT)))]
+    pub bus_format: u8,
+
     /// PEM CA certificate(s) to trust for a rediss:// URL instead of the system's roots.
     #[arg(long, env = "CHAT_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,

@@ -242,6 +242,7 @@ async fn open_store(
         flags.redis_client_key.as_deref(),
     )?;
     config.wait_replicas = flags.redis_wait_replicas;
+    config.bus_format = flags.bus_format;
     let redis =
         Arc::new(RedisStore::connect_config(&config, &flags.key_prefix, node.clone()).await?);
     metrics.register_collector(redis.bus_collector());

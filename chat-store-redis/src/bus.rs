@@ -42,6 +42,25 @@
 //! connection, and Redis would soon disconnect a subscriber that does not read (its pub/sub
 //! output buffer limit), losing more. Sockets that missed messages catch up from history.
 //!
+//! ## Format versions
+//!
+//! What nodes publish carries the version of its format, so nodes of two releases can share a
+//! deployment during a rolling upgrade:
+//!
+//! | version | a delivery (JSON) | a message on its room's channel |
+//! |---|---|---|
+//! | 1 (releases before versioning) | `{"audience":…,"event":…}` | `<id>\|<entry>` |
+//! | 2 ([`FORMAT`]) | `{"v":2,"audience":…,"event":…}` | `2:<id>\|<entry>` |
+//!
+//! A node reads both; it writes the version it is configured with
+//! ([`RedisConfig::bus_format`](crate::RedisConfig::bus_format), default [`FORMAT`]). A node of
+//! version 1 reads the JSON of version 2 (it ignores the `v` field) but not its messages, so an
+//! upgrade from version 1 runs the new release with `--bus-format 1` until every node runs it,
+//! then drops the flag (a second rolling restart). A payload of a version this node does not
+//! know (a newer release writing a newer format) is not dropped silently: it is counted in
+//! `chat_bus_unknown_format_total` and logged (once per thousand) with the version, the sign
+//! that the newer nodes write a format the older ones cannot read yet.
+//!
 //! ## Metrics
 //!
 //! [`BusStats`] and the loss count reach `/metrics` through a [`BusCollector`]
@@ -69,6 +88,10 @@ use crate::conn::Conn;
 /// bounding memory (a delivery is at most a few KiB of JSON).
 pub const DELIVERY_QUEUE: usize = 16_384;
 
+/// The bus format this release writes by default, and the newest it reads (see
+/// [Format versions](self#format-versions)).
+pub const FORMAT: u8 = 2;
+
 /// How often the watchdog checks the subscriber connection.
 pub const WATCHDOG_EVERY: Duration = Duration::from_millis(500);
 
@@ -84,6 +107,9 @@ pub struct BusStats {
     pub dropped: AtomicU64,
     /// Payloads that were not a `Delivery`.
     pub undecodable: AtomicU64,
+    /// Payloads of a format version newer than this node reads (see
+    /// [Format versions](self#format-versions)).
+    pub unknown_format: AtomicU64,
     /// Disconnects of the subscriber connection seen.
     pub disconnects: AtomicU64,
     /// Times the watchdog subscribed every wanted channel again after a loss of the subscriber
@@ -93,6 +119,7 @@ pub struct BusStats {
 
 /// The bus's counters as a `prometheus-client` [`Collector`], read at each scrape. Names:
 /// `chat_bus_delivered_total`, `chat_bus_dropped_total`, `chat_bus_undecodable_total`,
+/// `chat_bus_unknown_format_total`,
 /// `chat_bus_disconnects_total`, `chat_bus_losses_total`, `chat_bus_resubscriptions_total`.
 #[derive(Debug, Clone)]
 pub struct BusCollector {
@@ -121,6 +148,12 @@ impl Collector for BusCollector {
                 "chat_bus_undecodable",
                 "Pub/sub payloads that were not a delivery.",
                 &s.undecodable,
+            ),
+            (
+                "chat_bus_unknown_format",
+                "Pub/sub payloads of a format version newer than this node reads: a newer node \
+                 writes a format this one cannot read (see --bus-format).",
+                &s.unknown_format,
             ),
             (
                 "chat_bus_disconnects",
@@ -507,11 +540,24 @@ pub(crate) async fn dispatch(
 ) {
     while let Some(received) = rx.recv().await {
         match decode(&naming, &received) {
-            Some(delivery) => {
+            Decoded::Delivery(delivery) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 sink.deliver(&delivery);
             }
-            None => {
+            Decoded::Unknown(version) => {
+                let n = stats.unknown_format.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::error!(
+                        version,
+                        reads_up_to = FORMAT,
+                        unknown_total = n,
+                        channel = %String::from_utf8_lossy(&received.channel),
+                        "pub/sub payload of a newer bus format; ignored. Run the newer nodes \
+                         with --bus-format {FORMAT} until every node is upgraded"
+                    );
+                }
+            }
+            Decoded::Invalid => {
                 stats.undecodable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     channel = %String::from_utf8_lossy(&received.channel),
@@ -522,12 +568,163 @@ pub(crate) async fn dispatch(
     }
 }
 
-/// A JSON `Delivery` (it starts with `{`), or a message payload on a room's channel.
-fn decode(naming: &Naming, received: &Received) -> Option<Delivery> {
-    if received.payload.first() == Some(&b'{') {
-        return serde_json::from_slice(&received.payload).ok();
+/// What a payload is.
+#[derive(Debug)]
+enum Decoded {
+    Delivery(Delivery),
+    /// Of this format version, newer than [`FORMAT`].
+    Unknown(u64),
+    /// Of no format.
+    Invalid,
+}
+
+/// A JSON delivery's version: the `v` field it opens with (`{"v":N,`), 1 without one.
+fn json_version(payload: &[u8]) -> Option<u64> {
+    let Some(rest) = payload.strip_prefix(b"{\"v\":") else {
+        return Some(1);
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// A JSON delivery of format `format`: version 1 as serialized, later ones with the version as
+/// their first field.
+pub(crate) fn encode_json(json: String, format: u8) -> String {
+    if format < 2 {
+        return json;
     }
-    let room = naming.room(&received.channel)?;
-    let message = crate::entry::decode_payload(room, &received.payload)?;
+    // `json` is a non-empty JSON object: `{"audience":…}`.
+    let mut out = String::with_capacity(json.len() + 8);
+    out.push_str("{\"v\":");
+    out.push_str(&format.to_string());
+    out.push(',');
+    out.push_str(json.get(1..).unwrap_or_default());
+    out
+}
+
+/// Decodes one payload: a JSON delivery (it starts with `{`), or a message payload on a room's
+/// channel (`<id>|<entry>` of version 1, `<version>:<id>|<entry>` from version 2 on).
+fn decode(naming: &Naming, received: &Received) -> Decoded {
+    let payload = &received.payload;
+    if payload.first() == Some(&b'{') {
+        return match json_version(payload) {
+            Some(v) if v > u64::from(FORMAT) => Decoded::Unknown(v),
+            Some(_) => serde_json::from_slice(payload).map_or(Decoded::Invalid, Decoded::Delivery),
+            None => Decoded::Invalid,
+        };
+    }
+    // A stream id has no `:` before its `|`: a `:` there ends the version.
+    let head = payload
+        .iter()
+        .position(|&b| b == b'|' || b == b':')
+        .map(|at| (at, payload[at]));
+    let body = match head {
+        Some((at, b':')) => {
+            let version = std::str::from_utf8(&payload[..at])
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            match version {
+                Some(v) if v > u64::from(FORMAT) => return Decoded::Unknown(v),
+                Some(v) if v >= 2 => &payload[at + 1..],
+                _ => return Decoded::Invalid,
+            }
+        }
+        _ => payload.as_slice(),
+    };
+    decode_message(naming, &received.channel, body).map_or(Decoded::Invalid, Decoded::Delivery)
+}
+
+/// A message payload (`<id>|<entry>`) on a room's channel.
+fn decode_message(naming: &Naming, channel: &[u8], payload: &[u8]) -> Option<Delivery> {
+    let room = naming.room(channel)?;
+    let message = crate::entry::decode_payload(room, payload)?;
     Some(Delivery::to_room(room, Event::ReceiveMessage(message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_core::{Message, MessageId, Phone};
+
+    use super::*;
+
+    fn received(channel: String, payload: &str) -> Received {
+        Received {
+            channel: channel.into_bytes(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    fn message(room: RoomId) -> Message {
+        Message {
+            id: MessageId {
+                ms: 1_700_000_000_000,
+                seq: 3,
+            },
+            room,
+            sender: Phone::parse("+15550000001").expect("phone"),
+            message: "hi: there | you".into(),
+            timestamp: 1_700_000_000_000,
+            client_id: Some("c:1".into()),
+        }
+    }
+
+    /// Every version this release reads decodes to the same delivery; a newer one is told
+    /// apart from garbage.
+    #[test]
+    fn reads_both_formats_and_names_newer_ones() {
+        for cluster in [false, true] {
+            let naming = Naming::new("chat:", cluster);
+            let room = RoomId::generate();
+            let m = message(room);
+            let channel = naming.channel(&Audience::Room(room));
+            let entry =
+                crate::entry::encode(&m.sender, m.timestamp, m.client_id.as_deref(), &m.message);
+            let want = Delivery::to_room(room, Event::ReceiveMessage(m));
+            for payload in [
+                format!("{}|{entry}", want_id()),
+                format!("2:{}|{entry}", want_id()),
+            ] {
+                match decode(&naming, &received(channel.clone(), &payload)) {
+                    Decoded::Delivery(d) => assert_eq!(d, want, "{payload}"),
+                    other => panic!("{payload}: {other:?}"),
+                }
+            }
+            let v3 = format!("3:{}|{entry}", want_id());
+            assert!(matches!(
+                decode(&naming, &received(channel.clone(), &v3)),
+                Decoded::Unknown(3)
+            ));
+            for bad in ["", "x:1-0|y", "1:1700000000000-3|x", "nonsense"] {
+                assert!(
+                    matches!(
+                        decode(&naming, &received(channel.clone(), bad)),
+                        Decoded::Invalid
+                    ),
+                    "{bad:?}"
+                );
+            }
+
+            let json = serde_json::to_string(&want).expect("json");
+            for format in [1, 2] {
+                let payload = encode_json(json.clone(), format);
+                assert_eq!(payload.starts_with("{\"v\":2,"), format == 2);
+                match decode(&naming, &received(channel.clone(), &payload)) {
+                    Decoded::Delivery(d) => assert_eq!(d, want),
+                    other => panic!("{payload}: {other:?}"),
+                }
+                // A node of version 1 reads JSON with serde alone: the `v` field is ignored.
+                let plain: Delivery = serde_json::from_str(&payload).expect("v1 reader");
+                assert_eq!(plain, want);
+            }
+            let newer = format!("{{\"v\":7,{}", &json[1..]);
+            assert!(matches!(
+                decode(&naming, &received(channel, &newer)),
+                Decoded::Unknown(7)
+            ));
+        }
+    }
+
+    fn want_id() -> &'static str {
+        "1700000000000-3"
+    }
 }

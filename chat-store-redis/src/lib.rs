@@ -227,6 +227,8 @@ pub(crate) struct Inner {
     pub(crate) library: Library,
     /// Replicas a new message must reach before it is acknowledged (`WAIT`), 0 for none.
     pub(crate) wait_replicas: u32,
+    /// The bus format this node writes.
+    pub(crate) bus_format: u8,
     pub(crate) bus: Bus,
 }
 
@@ -335,6 +337,10 @@ pub struct RedisConfig {
     /// wait. A message not confirmed in time is answered `store_unavailable`; the client's
     /// retry with its `client_id` gets the stored message back, never a second one.
     pub wait_replicas: u32,
+    /// The bus format this node writes (1 or 2, default [`bus::FORMAT`]); it reads both. 1 only
+    /// while nodes of a release before format versions still run: see
+    /// [Format versions](bus#format-versions).
+    pub bus_format: u8,
 }
 
 impl RedisConfig {
@@ -345,6 +351,7 @@ impl RedisConfig {
             cluster: false,
             tls: RedisTls::default(),
             wait_replicas: 0,
+            bus_format: bus::FORMAT,
         }
     }
 
@@ -355,6 +362,7 @@ impl RedisConfig {
             cluster: true,
             tls: RedisTls::default(),
             wait_replicas: 0,
+            bus_format: bus::FORMAT,
         }
     }
 }
@@ -401,6 +409,13 @@ impl RedisStore {
         if config.urls.is_empty() {
             return Err(ConnectError::Config("no Redis URL".into()));
         }
+        if !(1..=bus::FORMAT).contains(&config.bus_format) {
+            return Err(ConnectError::Config(format!(
+                "bus format {} is not one this release writes (1 to {})",
+                config.bus_format,
+                bus::FORMAT
+            )));
+        }
         if !tls.is_empty() && !config.urls.iter().all(|u| u.starts_with("rediss://")) {
             return Err(ConnectError::Config(
                 "TLS files were given but the Redis URL is not rediss://".into(),
@@ -437,7 +452,7 @@ impl RedisStore {
         let sink = Arc::new(SinkSlot::default());
         let (tx, rx) = mpsc::channel(bus::DELIVERY_QUEUE);
         let push = bus::push_sender(tx, stats.clone(), lost.clone());
-        let library = Library::new(config.cluster);
+        let library = Library::new(config.cluster, config.bus_format);
 
         let setup = async {
             let (conn, pubsub) = if config.cluster {
@@ -521,6 +536,7 @@ impl RedisStore {
             conn,
             library,
             wait_replicas: config.wait_replicas,
+            bus_format: config.bus_format,
             bus: Bus::new(naming, pubsub, sink, stats, lost),
         });
         tokio::spawn(watchdog(Arc::downgrade(&inner)));

@@ -154,7 +154,10 @@ impl Library {
     /// The library for one Redis, or for a cluster (`cluster`): there the room hot path
     /// publishes with `SPUBLISH` (sharded pub/sub: the message stays in the room's shard), which
     /// also gives the cluster's library its own version.
-    pub(crate) fn new(cluster: bool) -> Library {
+    ///
+    /// `format` is the bus format the hot path's publish writes (see `bus`'s format versions):
+    /// from 2 on its message payload opens with `<format>:`.
+    pub(crate) fn new(cluster: bool, format: u8) -> Library {
         let mut code = format!(
             "#!lua name=chat_{TAG}\n{PRELUDE}\nlocal function reg(name, f) \
              redis.register_function('chat_{TAG}_' .. name, f) end\n"
@@ -168,6 +171,11 @@ impl Library {
         }
         if cluster {
             code = code.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'");
+        }
+        if format >= 2 {
+            const V1: &str = "id .. '|' .. entry)";
+            debug_assert!(code.contains(V1));
+            code = code.replace(V1, &format!("'{format}:' .. id .. '|' .. entry)"));
         }
         // The version: a hash of the code itself (SHA1, as Redis names scripts).
         let tag = Script::new(&code).get_hash()[..16].to_owned();
@@ -191,7 +199,7 @@ mod tests {
     /// the function library calls.
     #[test]
     fn acl_commands_cover_the_library() {
-        let lib = super::Library::new(false);
+        let lib = super::Library::new(false, crate::bus::FORMAT);
         let granted: Vec<&str> = crate::ACL_COMMANDS.split_whitespace().collect();
         let mut called: Vec<String> = lib
             .code
@@ -215,7 +223,7 @@ mod tests {
 
     #[test]
     fn every_operation_has_its_function_and_the_tag_is_filled_in() {
-        let lib = Library::new(false);
+        let lib = Library::new(false, crate::bus::FORMAT);
         assert!(!lib.code.contains(TAG));
         assert!(lib.code.starts_with("#!lua name=chat_"));
         for (i, &f) in Function::ALL.iter().enumerate() {
@@ -231,14 +239,22 @@ mod tests {
         }
         // The same code, the same names: nodes of one version share the library.
         assert_eq!(
-            Library::new(false).name(Function::Append),
+            Library::new(false, crate::bus::FORMAT).name(Function::Append),
             lib.name(Function::Append)
         );
         // The cluster's library publishes with SPUBLISH, and is a version of its own.
-        let cluster = Library::new(true);
+        let cluster = Library::new(true, crate::bus::FORMAT);
         assert!(cluster.code.contains("redis.call('SPUBLISH'"));
         assert!(!cluster.code.contains("redis.call('PUBLISH'"));
         assert_ne!(cluster.name(Function::Append), lib.name(Function::Append));
+        // The bus format is part of the code: version 1's publish is the bare `<id>|<entry>`.
+        assert!(lib.code.contains("'2:' .. id .. '|' .. entry)"));
+        let v1 = Library::new(false, 1);
+        assert!(
+            v1.code
+                .contains("redis.call('PUBLISH', ARGV[4], id .. '|' .. entry)")
+        );
+        assert_ne!(v1.name(Function::Append), lib.name(Function::Append));
     }
 
     /// Every file of `src/lua/` is the prelude or a declared function: none is forgotten.
@@ -270,6 +286,7 @@ mod tests {
     #[ignore = "a tool, run by perf/callgrind.sh"]
     fn write_library() {
         let path = std::env::var("CHAT_LIBRARY_OUT").expect("CHAT_LIBRARY_OUT");
-        std::fs::write(path, Library::new(false).code).expect("write the library");
+        std::fs::write(path, Library::new(false, crate::bus::FORMAT).code)
+            .expect("write the library");
     }
 }

@@ -398,7 +398,10 @@ impl RedisStore {
     fn event(&self, delivery: &Delivery) -> Result<(String, String)> {
         let json =
             serde_json::to_string(delivery).map_err(|_| bad_reply("delivery not serialisable"))?;
-        Ok((self.inner.bus.channel(&delivery.audience), json))
+        Ok((
+            self.inner.bus.channel(&delivery.audience),
+            crate::bus::encode_json(json, self.inner.bus_format),
+        ))
     }
 
     async fn command(&self, cmd: &redis::Cmd) -> Result<Value> {

@@ -12,8 +12,11 @@ use chat_core::{
     Audience, ChatService, Config, ConnKey, Delivery, Event, EventBus, ManualClock, NewMessage,
     NodeId, Phone, Session, Store, Token,
 };
+use std::sync::atomic::Ordering;
+
+use chat_store_redis::bus;
 use chat_store_redis::test_server::RedisServer;
-use common::{node, now, prefix, raw};
+use common::{node, node_with_format, now, prefix, raw};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -121,10 +124,22 @@ async fn events_cross_nodes_by_subscription_with_counted_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_nodes_see_a_rooms_messages_in_history_order() {
+    history_order(bus::FORMAT, bus::FORMAT).await;
+}
+
+/// A rolling upgrade from a release before bus format versions: a node writing format 1 (as
+/// the old release, and the new one with `--bus-format 1`) and a node writing format 2 hear
+/// each other's requests, accepts and messages, and neither counts a payload it could not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_writing_bus_formats_1_and_2_hear_each_other() {
+    history_order(1, 2).await;
+}
+
+async fn history_order(format_a: u8, format_b: u8) {
     let server = RedisServer::start();
     let prefix = prefix();
-    let (a, wa) = node(&server, &prefix).await;
-    let (b, wb) = node(&server, &prefix).await;
+    let (a, wa) = node_with_format(&server, &prefix, format_a).await;
+    let (b, wb) = node_with_format(&server, &prefix, format_b).await;
     let (p1, p2) = (phone(11), phone(12));
     let t = now();
     register(&a, &p1, t + 60_000).await;
@@ -199,6 +214,11 @@ async fn both_nodes_see_a_rooms_messages_in_history_order() {
             .map(|d| d.event)
             .collect();
         assert_eq!(got, expected, "each node sees history order, once each");
+    }
+    for store in [&a, &b] {
+        let stats = store.bus_stats();
+        assert_eq!(stats.undecodable.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.unknown_format.load(Ordering::Relaxed), 0);
     }
 }
 

@@ -61,6 +61,24 @@ pub async fn node(server: &RedisServer, prefix: &str) -> (RedisStore, Arc<Waiter
     (store, waiter)
 }
 
+/// [`node`] writing bus format `format`.
+pub async fn node_with_format(
+    server: &RedisServer,
+    prefix: &str,
+    format: u8,
+) -> (RedisStore, Arc<Waiter>) {
+    let config = chat_store_redis::RedisConfig {
+        bus_format: format,
+        ..chat_store_redis::RedisConfig::single(&server.url())
+    };
+    let store = RedisStore::connect_config(&config, prefix, NodeId::random())
+        .await
+        .expect("connect");
+    let waiter = Arc::new(Waiter::default());
+    store.attach(waiter.clone());
+    (store, waiter)
+}
+
 /// A plain connection for looking at Redis directly.
 pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
