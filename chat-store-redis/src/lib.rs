@@ -1,9 +1,9 @@
 //! # chat-store-redis
 //!
 //! chat-core's [`Store`](chat_core::Store) and [`EventBus`](chat_core::EventBus) on Redis
-//! (7.0 or later), so that several server processes sharing one Redis and key prefix behave as
-//! one server. [`RedisStore`] is both; clones share one command connection and one subscriber
-//! connection.
+//! (7.0 or later), so that several server processes sharing one Redis (or one Redis Cluster)
+//! and key prefix behave as one server. [`RedisStore`] is both; clones share one command
+//! connection and one subscriber connection. See [On a Redis Cluster](#on-a-redis-cluster).
 //!
 //! This crate knows Redis, the JSON of chat-core's types and its own compact text of a message
 //! (`src/entry.rs`), and nothing of HTTP or WebSocket.
@@ -18,7 +18,8 @@
 //! function, put together in `src/scripts.rs`): Redis runs it whole, so races between nodes
 //! (two accepts, an accept against a crossed request, a reap by two nodes) resolve to one
 //! serial order and a failure leaves nothing half-written. No operation reads, decides in Rust,
-//! then writes.
+//! then writes. (On a cluster, those that make or close a room are two functions, each atomic in
+//! its slot: see [On a Redis Cluster](#on-a-redis-cluster).)
 //!
 //! Logical time is the caller's (`now`, deadlines). Redis's clock is used only for key expiry:
 //! each key expires `MARGIN` (see [Lifetimes](#lifetimes)) after the later of its deadline and Redis's now, so
@@ -27,7 +28,10 @@
 //!
 //! ## Key map
 //!
-//! `P` is the key prefix (default `chat:`; it must not contain `{` or `}`).
+//! `P` is the key prefix (default `chat:`; it must not contain `{` or `}`). On a cluster the
+//! directory's keys (every key below but a room's `P {<room>}:…`) are named `{P}…` instead of
+//! `P…` (`{chat:}s:<phone>`, `{chat:}online`): the prefix in a hash tag, so they all share one
+//! slot (see [On a Redis Cluster](#on-a-redis-cluster)).
 //!
 //! | key | type | content | lifetime |
 //! |---|---|---|---|
@@ -45,21 +49,80 @@
 //! | `P bb:<phone>` | set | the users whose sessions block this phone (reverse of `bl:`) | no expiry; entries leave when the blocker unblocks or their session ends, or (freed by expiry) when `hidden` reads them |
 //! | `P cd:<phone>` | hash | decline cooldowns of the user's requests: decliner → until (ms) | as `s:`; ended entries leave at the next decline; deleted when the session ends |
 //! | `P pr:<a>:<b>` | string | the room two users share (`a` < `b` bytewise) | room's expiry |
+//! | `{P}rm:<room>` | hash | cluster only: the directory's record of a room, `a`, `b`, `c`, `x` (on one Redis the directory reads the room's `:m` itself) | `x` + `MARGIN` |
 //! | `P {<room>}:m` | hash | room meta: `a`, `b` (members, requester first), `c` created_at, `x` expires_at; `ra`, `rb` the read marks of `a` and `b` (message ids, absent before the first `mark_read`) | `x` + `MARGIN` |
 //! | `P {<room>}:h` | stream | history; one field `v`: `<sender>\|<timestamp>\|<client id length, empty if none>\|[<client_id>\|]<text>` (entries of older versions, fields `s`, `m`, `t`, `c`, are still read) | as `:m` (set when the first message creates it) |
 //! | `P {<room>}:d` | hash | dedupe, newer generation: `<sender>\|<client_id>` → message id; at `history_max` fields it becomes `:o` | as `:m` (set when created) |
 //! | `P {<room>}:o` | hash | dedupe, older generation (the previous `:d`, whole) | as `:m` |
+//! | `P {<room>}:z` | string | cluster only: the room was closed (a tombstone, so an `open_room` still on its way does not make it again) | 1 minute |
 //! | `P timers` | sorted set | `Timer::encode()` → due time (ms) | permanent (one key); entries leave when handled |
 //! | `P nq:<phone>` | list | the user's offline notifications, oldest first: `<seq>\|<to>\|<kind m\|r>\|<from>\|<at>\|<room>\|<message id>\|<preview>` (room, id and preview empty for a request) | deleted when its last entry is delivered or given up |
 //! | `P nd` | sorted set | recipient → when the head of their `nq:` is due (or its lease ends); a member exactly while its `nq:` is not empty | permanent (one key) |
 //! | `P na` | hash | recipient → failed attempts of their head | field removed with the head |
 //! | `P nn` / `P ns` | string | entries queued in all `nq:` (the bound is checked against it) / the last entry number | permanent |
 //!
-//! A room's keys share the hash tag `{<room>}`, so the hot path (append, history) stays in one
-//! slot. The other functions compute key names from the prefix and span users, rooms and the
-//! global sets: they assume one Redis (or one shard), which is what this crate supports today.
+//! A room's keys share the hash tag `{<room>}`, so the hot path (append, history, read marks)
+//! stays in one slot. The other functions compute key names from the prefix and span users,
+//! requests and the global sets: on one Redis they may also touch a room's keys (accepting
+//! makes the room, closing deletes it, in the same function); on a cluster they stay in the
+//! directory's slot and the room's part is a step of its own.
 //!
-//! Channels: `P u:<phone>` (a user's sockets) and `P r:<room>` (sockets joined to a room).
+//! Channels: `P u:<phone>` (a user's sockets) and `P r:<room>` (sockets joined to a room); on a
+//! cluster `P u:{<phone>}` and `P r:{<room>}`, sharded, each in its audience's slot.
+//!
+//! ## On a Redis Cluster
+//!
+//! [`RedisConfig::cluster`] (`chat-server --redis-cluster`) runs on a Redis Cluster through the
+//! redis crate's cluster client: it routes each command by its first key's slot, follows
+//! `MOVED`/`ASK`, and refreshes its slot map after a failover or a resharding. Every atomic step
+//! touches one slot, by this key map:
+//!
+//! - **A room's keys under the room's tag** (`P {<room>}:m|h|d|o|z`), and its channel
+//!   `P r:{<room>}` in the same slot: the whole message path (`append`: membership, dedupe,
+//!   `XADD`, `SPUBLISH`) is one function in one slot, and rooms, the bulk of the traffic,
+//!   spread over the shards by their random ids.
+//! - **The directory in one slot** (`{P}…`): sessions, tokens, tickets, sockets, presence,
+//!   requests, blocks, cooldowns, the nodes, the timers, the notification queue, and each
+//!   room's directory record. The contract's races are between users (two accepts, a request
+//!   crossing one, a block racing an accept, a reap by two nodes, the online listing and its
+//!   cursor): keeping them in one slot keeps each of them one function, as on one Redis,
+//!   instead of a protocol of steps across slots. The price is that this slot's shard carries
+//!   every directory step (registrations, connects, requests, presence); see the README's scale
+//!   note for what that allows.
+//! - **Operations that span the directory and a room are two steps**, directory first:
+//!   - accepting (`accept`, and `send_request` crossing a request) records the room in the
+//!     directory (requests dropped, `rm:`, `pr:`, `ur:`, expiry timer), then `open_room` makes
+//!     its meta in its slot, and only then are the `request_accepted` events published, so a
+//!     member who sends at once finds the room;
+//!   - closing (`delete_room`, `block`, `end_session`) removes the room from the directory (the
+//!     winner of two closes is the one that removed it, and only it announces `room_closed`),
+//!     then `close_room` deletes its keys in its slot and leaves a tombstone for a minute, so an
+//!     `open_room` of an accept that lost a race with the close does nothing;
+//!   - listing (`room_overviews`) reads the user's rooms from the directory, then each room's
+//!     unread count and newest message from its slot, all at once; a room closed in between
+//!     is left out.
+//!
+//!   Between the two steps of an accept, the room is listed (`rooms_of`) but not open: a
+//!   message sent in that window (one round trip, before the events go out) is answered
+//!   `room_not_found`. A node dying between them leaves a directory record whose room never
+//!   opened: its expiry timer removes it. Between the two steps of a close, a message may still
+//!   be stored, then deleted with the room, as a message sent just before the close would be.
+//! - **Pub/sub is sharded**: `SSUBSCRIBE`/`SPUBLISH` on the channels above, so an event goes
+//!   only to the shard that owns its channel's slot (plain `PUBLISH` on a cluster is broadcast
+//!   to every node). The append function publishes from inside (its channel is in its slot); the
+//!   directory's events are published by the caller after the step that made them.
+//! - **Functions on every master**: `FUNCTION LOAD` is sent to every master (the client's
+//!   routing for it), and replicas copy it; a call answered "Function not found" (a master
+//!   added by a resharding, a flush) loads it on every master again and is retried. The
+//!   cluster's library publishes with `SPUBLISH` and so has a version of its own.
+//! - **Failover**: a call to a master that died fails with `StoreUnavailable` (the client
+//!   retries within [`OP_TIMEOUT`], then the service answers `store_unavailable`); once the
+//!   cluster promoted the replica, the client finds it and traffic resumes, without a restart.
+//!   Redis replication is asynchronous: a message acknowledged just before its master died may
+//!   be lost with it. [`RedisConfig::wait_replicas`] (`--redis-wait-replicas N`) makes the
+//!   acknowledgement wait for `WAIT N 500` after the append (in the same pipeline, one round
+//!   trip): a message not confirmed by N replicas is answered `store_unavailable`, and the
+//!   client's retry with its `client_id` returns the stored message, once.
 //!
 //! ## Lifetimes
 //!
@@ -77,8 +140,10 @@
 //!
 //! ## Round trips per operation
 //!
-//! Every operation but `take_ticket` is one round trip (one command or one `FCALL`; a call that finds the library
-//! missing, after Redis lost it, costs two more: `FUNCTION LOAD` and the call again):
+//! On one Redis, every operation is one round trip (one command or one `FCALL`) but
+//! `take_ticket`, `room_overviews`, and the events `send_request` and `accept_request` publish
+//! after their function. A call that finds the library missing, after Redis lost it, costs two
+//! more: `FUNCTION LOAD` and the call again.
 //!
 //! | operation | command |
 //! |---|---|
@@ -88,27 +153,27 @@
 //! | `create_ticket` | `SET … PX` |
 //! | `take_ticket` | `GETDEL`, then `session`'s function (two round trips; once per socket opened by ticket) |
 //! | `reap_dead_nodes`, `remove_node` | one function (O(sockets of the dead node)) |
-//! | `send_request`, `accept_request` | one function each, which also checks the target is online (`send_request`) and `PUBLISH`es the `chat_request` / `request_accepted` deliveries the caller encoded |
+//! | `send_request`, `accept_request` | one function each (`send_request` also checks the target is online), then the `PUBLISH` of the `chat_request` / `request_accepted` deliveries; on a cluster an accepted request also runs `open_room` before them |
 //! | `remove_request`, `requests` | one function each |
 //! | `block`, `unblock`, `hidden_from`, `decline_request` | one function each (`block` also drops the two's requests and deletes their room) |
 //! | `blocked` | `SMEMBERS` |
 //! | `send_request_capped` | `send_request`'s function with the cap (it counts the sender's `out:` entries) |
 //! | `room` | `HMGET` |
-//! | `rooms_of`, `delete_room`, `end_session` | one function each |
-//! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH`; with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry |
-//! | `append_messages` | a pipeline of `append_message` functions: one write, one round trip, run in order |
+//! | `rooms_of`, `delete_room`, `end_session` | one function each; on a cluster a closed room's `close_room` after it (all at once) |
+//! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH` (`SPUBLISH` on a cluster); with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry; with `wait_replicas` a `WAIT` in the same pipeline |
+//! | `append_messages` | a pipeline of `append_message` functions: one write, one round trip, run in order (on a cluster one pipeline per room, all at once) |
 //! | `history` | `MULTI`, `EXISTS` (room check), `XRANGE (after` / `XREVRANGE`, `EXEC`: one round trip, atomic, no Lua |
 //! | `mark_read` | one function: `HMGET` (membership, current mark), `XRANGE id id` (the history holds the id), `HSET` when the mark moves |
 //! | `read_marks` | `HMGET` |
-//! | `room_overviews` | one function for all the user's rooms: per room `HMGET`, `XRANGE (mark` in chunks until `UNREAD_MAX` of the other member's messages are counted or the history ends, `XREVRANGE + - COUNT 1` |
+//! | `room_overviews` | `rooms_of`, then one function per room, all at once: `HMGET`, `XRANGE (mark` in chunks until `UNREAD_MAX` of the other member's messages are counted or the history ends, `XREVRANGE + - COUNT 1` |
 //! | `schedule` | `ZADD` |
 //! | `due_timers`, `finish_timer` | one function each |
 //! | `enqueue_notification` | one function: `HMGET` of the room (a message), `SCARD` of the recipient's sockets, then `GET`, `INCR`, `RPUSH`, `INCR`, `ZADD` when it queues; called after `append_message` / `send_request` only when notifications are on (see below) |
 //! | `due_notifications`, `ack_notification`, `retry_notification` | one function each |
 //! | `notification_queue_len` | `GET` |
 //! | `ping` | `PING`, once the bus is serving (else none: `StoreUnavailable` at once) |
-//! | `publish` | `PUBLISH` |
-//! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` on the first / last count (or while a failed one is pending), else none |
+//! | `publish` | `PUBLISH` (`SPUBLISH` on a cluster) |
+//! | `subscribe` / `unsubscribe` | `SUBSCRIBE` / `UNSUBSCRIBE` (`SSUBSCRIBE` / `SUNSUBSCRIBE` on a cluster) on the first / last count (or while a failed one is pending), else none |
 //!
 //! ## Offline notifications
 //!
@@ -130,9 +195,9 @@
 //! RESP3 subscriber connection that resubscribes by itself, a bounded delivery queue.
 //! `append_message` publishes the `receive_message` delivery inside its function, right after the
 //! `XADD`, so every node sees a room's messages in history order. It publishes
-//! `<id>|<entry>` (the stored entry behind its id, no JSON) on the room's channel, which names
-//! the room; every other delivery crosses as the JSON of chat-core's `Delivery` (those of
-//! `send_request` and `accept_request` from inside their functions too, encoded by the caller).
+//! `<id>|<entry>` (the stored entry behind its id, no JSON; `2:<id>|<entry>` in bus format 2)
+//! on the room's channel, which names the room; every other delivery crosses as the JSON of
+//! chat-core's `Delivery` (with `"v":2` first in format 2; see the bus's format versions).
 //!
 //! chat-core's `EventBus` contract as this crate keeps it, including on failure:
 //!
