@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chat_core::store::prelude::*;
-use chat_core::store::{NewRoom, RequestOutcome};
-use chat_core::{ChatRequest, NewMessage, NodeId, Phone, RoomId, Session, Token};
+use chat_core::{NewMessage, NodeId, Phone, Session, Token};
 use chat_store_redis::test_server::RedisCluster;
 use chat_store_redis::{RedisConfig, RedisStore};
-use common::{now, prefix};
+use common::{make_room, now, prefix};
 use redis::aio::MultiplexedConnection;
 
 fn phone(n: u32) -> Phone {
@@ -61,41 +60,6 @@ async fn register(store: &RedisStore, p: &Phone, t: u64) -> Session {
     session
 }
 
-fn new_room(t: u64) -> NewRoom {
-    NewRoom {
-        id: RoomId::generate(),
-        created_at: t,
-        expires_at: t + 600_000,
-        names: Default::default(),
-    }
-}
-
-fn request(from: &Phone, to: &Phone, t: u64) -> ChatRequest {
-    ChatRequest {
-        from: from.clone(),
-        to: to.clone(),
-        created_at: t,
-        expires_at: t + 60_000,
-    }
-}
-
-async fn make_room(store: &RedisStore, a: &Phone, b: &Phone, t: u64) -> RoomId {
-    let room = new_room(t);
-    assert_eq!(
-        store
-            .send_request(request(a, b, t), room.clone())
-            .await
-            .expect("send"),
-        RequestOutcome::Sent
-    );
-    store
-        .accept_request(a, b, room, t)
-        .await
-        .expect("accept")
-        .expect("pending")
-        .id
-}
-
 fn message(sender: &Phone, text: &str) -> NewMessage {
     NewMessage {
         sender: sender.clone(),
@@ -133,7 +97,7 @@ async fn the_directory_is_one_slot_and_rooms_spread_over_the_shards() {
         let (a, b) = (phone(2 * i), phone(2 * i + 1));
         register(&store, &a, t).await;
         register(&store, &b, t).await;
-        let room = make_room(&store, &a, &b, t).await;
+        let room = make_room(&store, &a, &b, t, 600_000).await;
         store
             .append_message(&room, message(&a, "hello"), 100)
             .await
@@ -193,7 +157,7 @@ async fn functions_come_back_on_every_master_after_they_forget_them() {
     let (a, b) = (phone(100), phone(101));
     register(&store, &a, t).await;
     register(&store, &b, t).await;
-    let room = make_room(&store, &a, &b, t).await;
+    let room = make_room(&store, &a, &b, t, 600_000).await;
     for port in cluster.masters() {
         let mut con = direct(port).await;
         redis::cmd("FUNCTION")
@@ -231,7 +195,7 @@ async fn a_room_closed_before_it_opened_stays_closed() {
     let (a, b) = (phone(200), phone(201));
     register(&store, &a, t).await;
     register(&store, &b, t).await;
-    let room = make_room(&store, &a, &b, t).await;
+    let room = make_room(&store, &a, &b, t, 600_000).await;
     // Close it (directory step and room step), then replay an open as a slow accept would.
     assert!(store.delete_room(&room).await.expect("delete").is_some());
     let tag = format!("{p}{{{room}}}:");

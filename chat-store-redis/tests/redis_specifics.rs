@@ -17,7 +17,7 @@ use chat_core::{
 use chat_store_redis::bus::DELIVERY_QUEUE;
 use chat_store_redis::test_server::RedisServer;
 use chat_store_redis::{ConnectError, RedisStore};
-use common::{Waiter, node, now, prefix, raw};
+use common::{Waiter, make_room, node, now, prefix, raw};
 use redis::aio::MultiplexedConnection;
 
 const MARGIN: u64 = 3_600_000;
@@ -39,34 +39,6 @@ async fn register(store: &RedisStore, p: &Phone, created_at: u64, http_until: u6
         .await
         .expect("create_session");
     session
-}
-
-async fn make_room(store: &RedisStore, a: &Phone, b: &Phone, t: u64, ttl: u64) -> RoomId {
-    let new_room = NewRoom {
-        id: RoomId::generate(),
-        created_at: t,
-        expires_at: t + ttl,
-        names: Default::default(),
-    };
-    let req = ChatRequest {
-        from: a.clone(),
-        to: b.clone(),
-        created_at: t,
-        expires_at: t + 60_000,
-    };
-    assert_eq!(
-        store
-            .send_request(req, new_room.clone())
-            .await
-            .expect("send"),
-        RequestOutcome::Sent
-    );
-    store
-        .accept_request(a, b, new_room, t)
-        .await
-        .expect("accept")
-        .expect("pending")
-        .id
 }
 
 async fn pexpiretime(con: &mut MultiplexedConnection, key: &str) -> i64 {

@@ -288,43 +288,37 @@ impl App {
     /// Starts a server on this Redis Cluster (`--redis-cluster` with every node's URL) with
     /// extra `flags`.
     pub async fn start_on_cluster(cluster: Arc<RedisCluster>, flags: &[&str]) -> App {
-        let prefix = unique_prefix();
-        let mut args = with_defaults(flags);
-        args.extend([
-            "--redis-cluster".into(),
-            cluster.url(),
-            "--key-prefix".into(),
-            prefix.clone(),
-        ]);
-        let server = Server::start(&args).await;
-        let client = Client::new(server.addr);
-        App {
-            server,
-            redis: None,
-            cluster: Some(cluster),
-            prefix,
-            client,
-        }
+        App::launch(flags, None, Some(cluster)).await
     }
 
     /// Starts a server on this redis-server (or the in-memory store) with extra `flags`.
     pub async fn start_on(redis: Option<RedisServer>, flags: &[&str]) -> App {
+        App::launch(flags, redis, None).await
+    }
+
+    /// Starts a server on the redis-server, else the cluster, else the in-memory store, under a
+    /// key prefix of its own.
+    async fn launch(
+        flags: &[&str],
+        redis: Option<RedisServer>,
+        cluster: Option<Arc<RedisCluster>>,
+    ) -> App {
         let prefix = unique_prefix();
         let mut args = with_defaults(flags);
-        if let Some(r) = &redis {
-            args.extend([
-                "--redis-url".into(),
-                r.url(),
-                "--key-prefix".into(),
-                prefix.clone(),
-            ]);
+        let store = match (&redis, &cluster) {
+            (Some(r), _) => Some(("--redis-url", r.url())),
+            (None, Some(c)) => Some(("--redis-cluster", c.url())),
+            (None, None) => None,
+        };
+        if let Some((flag, url)) = store {
+            args.extend([flag.into(), url, "--key-prefix".into(), prefix.clone()]);
         }
         let server = Server::start(&args).await;
         let client = Client::new(server.addr);
         App {
             server,
             redis,
-            cluster: None,
+            cluster,
             prefix,
             client,
         }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_core::store::RequestStore;
 use chat_core::{Delivery, EventBus, EventSink, NodeId};
 use chat_store_redis::RedisStore;
 use chat_store_redis::test_server::RedisServer;
@@ -95,4 +96,39 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64
+}
+
+/// A room of `a` and `b` made by a request from `a` and its accept at `t`, ending at `t + ttl`.
+pub async fn make_room(
+    store: &RedisStore,
+    a: &chat_core::Phone,
+    b: &chat_core::Phone,
+    t: u64,
+    ttl: u64,
+) -> chat_core::RoomId {
+    let new_room = chat_core::store::NewRoom {
+        id: chat_core::RoomId::generate(),
+        created_at: t,
+        expires_at: t + ttl,
+        names: Default::default(),
+    };
+    let req = chat_core::ChatRequest {
+        from: a.clone(),
+        to: b.clone(),
+        created_at: t,
+        expires_at: t + 60_000,
+    };
+    assert_eq!(
+        store
+            .send_request(req, new_room.clone())
+            .await
+            .expect("send"),
+        chat_core::store::RequestOutcome::Sent
+    );
+    store
+        .accept_request(a, b, new_room, t)
+        .await
+        .expect("accept")
+        .expect("pending")
+        .id
 }
