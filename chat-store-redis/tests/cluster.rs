@@ -37,11 +37,13 @@ async fn start() -> Arc<RedisCluster> {
     )
 }
 
-/// A plain connection to one node (no cluster routing), for looking at it.
+/// A plain connection to one node (no cluster routing), for looking at it. No response
+/// timeout: a busy machine must not fail the test's own look.
 async fn direct(port: u16) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .expect("client")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connect to a node")
 }
