@@ -189,32 +189,71 @@ impl RedisStore {
 
     /// After the directory's step made `room`: opens it in its own slot (on a cluster), then
     /// tells both members. The events go out only once a message can be sent to the room, so a
-    /// client that joins and sends at once never finds it missing. Fails when the open fails
-    /// (the room stays in the directory and its expiry timer removes it).
+    /// client that joins and sends at once finds it. When the open fails (the room's shard is
+    /// failing over), the accept still stands and the events still go out: the room opens at
+    /// its first use instead ([`RedisStore::reopened`]).
     async fn opened(&self, room: &Room, names: &Names) -> Result<()> {
         if self.is_cluster() {
-            let mut key = RoomKey::new(&self.inner.prefix, &room.id);
-            let function = self.inner.library.name(Function::OpenRoom);
-            let [a, b] = &room.members;
-            let (created, expires) = (room.created_at.to_string(), room.expires_at.to_string());
-            let mut cmd = fcall(function, 2, 6, 256);
-            cmd.arg(key.part("m")).arg(key.part("z"));
-            cmd.arg(a.as_str())
-                .arg(b.as_str())
-                .arg(&created)
-                .arg(&expires);
-            let open: i64 = decode(self.invoke(&cmd).await?)?;
-            if open == 0 {
-                // Closed (a block, a session ending) between the two steps: whoever closed it
-                // told the members; the accept stands as it happened before the close.
-                tracing::debug!(room = %room.id, "room closed before it opened");
-                return Ok(());
+            match self.open(room).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Closed (a block, a session ending) between the two steps: whoever closed
+                    // it told the members; the accept stands as it happened before the close.
+                    tracing::debug!(room = %room.id, "room closed before it opened");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room.id, error = %e, "opening a room failed; it opens at its first use");
+                }
             }
         }
         for delivery in Delivery::request_accepted(room.id, &room.members, names) {
             self.publish_now(&delivery).await;
         }
         Ok(())
+    }
+
+    /// On a cluster, `open_room`: the room's meta in its slot, unless it was closed. Whether
+    /// it is open.
+    async fn open(&self, room: &Room) -> Result<bool> {
+        let mut key = RoomKey::new(&self.inner.prefix, &room.id);
+        let function = self.inner.library.name(Function::OpenRoom);
+        let [a, b] = &room.members;
+        let (created, expires) = (room.created_at.to_string(), room.expires_at.to_string());
+        let mut cmd = fcall(function, 2, 6, 256);
+        cmd.arg(key.part("m")).arg(key.part("z"));
+        cmd.arg(a.as_str())
+            .arg(b.as_str())
+            .arg(&created)
+            .arg(&expires);
+        let open: i64 = decode(self.invoke(&cmd).await?)?;
+        Ok(open == 1)
+    }
+
+    /// On a cluster, for a room its slot does not have: when the directory still holds it (its
+    /// accept's second step failed, or the node making it died between the steps), opens it now
+    /// and answers true, so the caller looks again. False on one Redis (one step there) and for
+    /// a room that is gone or closed.
+    async fn reopened(&self, id: &RoomId) -> Result<bool> {
+        if !self.is_cluster() {
+            return Ok(false);
+        }
+        let meta: RoomMeta = decode(
+            self.command(
+                redis::cmd("HMGET")
+                    .arg(self.key(&format!("rm:{id}")))
+                    .arg(&["a", "b", "c", "x"]),
+            )
+            .await?,
+        )?;
+        let Some(room) = meta.room(*id) else {
+            return Ok(false);
+        };
+        let open = self.open(&room).await?;
+        if open {
+            tracing::info!(room = %id, "room opened at its first use");
+        }
+        Ok(open)
     }
 
     /// On a cluster, the room's part of deleting `rooms` after the directory's step removed
@@ -337,6 +376,41 @@ impl RedisStore {
             cmd.arg(cid);
         }
         cmd
+    }
+
+    /// On a cluster, [`RoomStore::append_messages`]: one pipeline per room (a pipeline goes to
+    /// one slot), all at once, answered in the batch's order.
+    async fn append_grouped(
+        &self,
+        batch: Vec<(RoomId, NewMessage)>,
+        history_max: usize,
+    ) -> Vec<Result<Appended>> {
+        if batch.iter().all(|(r, _)| *r == batch[0].0) {
+            return self.append_batch(batch, history_max).await;
+        }
+        // Group by room, keeping each room's order; answer in the batch's order.
+        let mut groups: Vec<(RoomId, Vec<(usize, NewMessage)>)> = Vec::new();
+        for (i, (room, message)) in batch.into_iter().enumerate() {
+            match groups.iter_mut().find(|(r, _)| *r == room) {
+                Some((_, g)) => g.push((i, message)),
+                None => groups.push((room, vec![(i, message)])),
+            }
+        }
+        let total: usize = groups.iter().map(|(_, g)| g.len()).sum();
+        let calls = groups.into_iter().map(|(room, group)| {
+            let (at, messages): (Vec<usize>, Vec<NewMessage>) = group.into_iter().unzip();
+            let batch = messages.into_iter().map(|m| (room, m)).collect();
+            async move { (at, self.append_batch(batch, history_max).await) }
+        });
+        let mut out: Vec<Option<Result<Appended>>> = (0..total).map(|_| None).collect();
+        for (at, results) in futures_util::future::join_all(calls).await {
+            for (i, r) in at.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(bad_reply("append pipeline length"))))
+            .collect()
     }
 
     /// Appends `batch` in one pipeline (one slot on a cluster: the caller groups by room),
@@ -788,7 +862,10 @@ impl RoomStore for RedisStore {
             )
             .await?,
         )?;
-        Ok(meta.room(*id))
+        match meta.room(*id) {
+            None if self.reopened(id).await? => self.room(id).await,
+            room => Ok(room),
+        }
     }
 
     async fn rooms_of(&self, phone: &Phone) -> Result<Vec<Room>> {
@@ -818,7 +895,11 @@ impl RoomStore for RedisStore {
                 .unwrap_or_else(|| Err(bad_reply("append pipeline length")));
         }
         let cmd = self.append_cmd(room_, &message, history_max);
-        appended(*room_, message, decode(self.invoke(&cmd).await?)?)
+        let reply: AppendReply = decode(self.invoke(&cmd).await?)?;
+        if matches!(reply, AppendReply::NoRoom) && self.reopened(room_).await? {
+            return appended(*room_, message, decode(self.invoke(&cmd).await?)?);
+        }
+        appended(*room_, message, reply)
     }
 
     /// One pipeline of the batch's `FCALL`s: one write, one round trip, run by Redis in order.
@@ -835,32 +916,27 @@ impl RoomStore for RedisStore {
             }
             return results;
         }
-        if !self.is_cluster() || batch.iter().all(|(r, _)| *r == batch[0].0) {
+        if !self.is_cluster() {
             return self.append_batch(batch, history_max).await;
         }
-        // Group by room, keeping each room's order; answer in the batch's order.
-        let mut groups: Vec<(RoomId, Vec<(usize, NewMessage)>)> = Vec::new();
-        for (i, (room, message)) in batch.into_iter().enumerate() {
-            match groups.iter_mut().find(|(r, _)| *r == room) {
-                Some((_, g)) => g.push((i, message)),
-                None => groups.push((room, vec![(i, message)])),
+        let retry: Vec<(RoomId, NewMessage)> = batch.clone();
+        let mut results = self.append_grouped(batch, history_max).await;
+        // A room the directory holds but its slot does not (see `reopened`): open it and run
+        // its messages again, in order.
+        let mut reopened: Vec<RoomId> = Vec::new();
+        for (i, (room, message)) in retry.into_iter().enumerate() {
+            if !matches!(results[i], Err(Error::RoomNotFound)) {
+                continue;
             }
-        }
-        let total: usize = groups.iter().map(|(_, g)| g.len()).sum();
-        let calls = groups.into_iter().map(|(room, group)| {
-            let (at, messages): (Vec<usize>, Vec<NewMessage>) = group.into_iter().unzip();
-            let batch = messages.into_iter().map(|m| (room, m)).collect();
-            async move { (at, self.append_batch(batch, history_max).await) }
-        });
-        let mut out: Vec<Option<Result<Appended>>> = (0..total).map(|_| None).collect();
-        for (at, results) in futures_util::future::join_all(calls).await {
-            for (i, r) in at.into_iter().zip(results) {
-                out[i] = Some(r);
+            if !reopened.contains(&room) {
+                match self.reopened(&room).await {
+                    Ok(true) => reopened.push(room),
+                    _ => continue,
+                }
             }
+            results[i] = self.append_message(&room, message, history_max).await;
         }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(bad_reply("append pipeline length"))))
-            .collect()
+        results
     }
 
     async fn history(
@@ -906,6 +982,9 @@ impl RoomStore for RedisStore {
         let (exists, entries): (i64, Vec<StreamEntry>) =
             decode(bounded(pipe.query_async::<Value>(&mut conn)).await?)?;
         if exists == 0 {
+            if self.reopened(room_).await? {
+                return self.history(room_, after, limit).await;
+            }
             return Err(Error::RoomNotFound);
         }
         let mut messages = entries
@@ -931,7 +1010,10 @@ impl RoomStore for RedisStore {
             .arg(key.part("h"))
             .arg(phone.as_str())
             .arg(&id);
-        let outcome: i64 = decode(self.invoke(&cmd).await?)?;
+        let mut outcome: i64 = decode(self.invoke(&cmd).await?)?;
+        if outcome == 0 && self.reopened(room_).await? {
+            outcome = decode(self.invoke(&cmd).await?)?;
+        }
         match outcome {
             0 => Err(Error::RoomNotFound),
             1 => Err(Error::forbidden("you are not a member of this room")),

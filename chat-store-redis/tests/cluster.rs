@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chat_core::store::prelude::*;
-use chat_core::{NewMessage, NodeId, Phone, Session, Token};
+use chat_core::{NewMessage, NodeId, Phone, RoomId, Session, Token};
 use chat_store_redis::test_server::RedisCluster;
 use chat_store_redis::{RedisConfig, RedisStore};
 use common::{make_room, now, prefix};
@@ -252,4 +252,60 @@ async fn a_room_closed_before_it_opened_stays_closed() {
     ));
     assert!(store.room(&room).await.expect("room").is_none());
     assert!(store.rooms_of(&a).await.expect("rooms").is_empty());
+}
+
+/// An accept whose room step never ran (the room's shard failing over, the node dying between
+/// the steps) leaves a room the directory holds and its slot does not: it opens at its first
+/// use (a message, a look-up, history), not at its expiry hours later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_open_was_lost_opens_at_its_first_use() {
+    let cluster = start().await;
+    let p = prefix();
+    let store = store(&cluster, &p).await;
+    let t = now();
+    let (a, b) = (phone(300), phone(301));
+    register(&store, &a, t).await;
+    register(&store, &b, t).await;
+    let lose_open = |room: RoomId| {
+        let key = format!("{p}{{{room}}}:m");
+        let port = cluster.master_of_key(&key);
+        async move {
+            let mut con = direct(port).await;
+            let n: i64 = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .expect("DEL");
+            assert_eq!(n, 1);
+        }
+    };
+    let room = make_room(&store, &a, &b, t, 600_000).await;
+    lose_open(room).await;
+    let m = store
+        .append_message(&room, message(&a, "first"), 100)
+        .await
+        .expect("the first message opens the room");
+    assert_eq!(m.into_message().message, "first");
+    let found = store.room(&room).await.expect("room").expect("open");
+    assert_eq!(found.members, [a.clone(), b.clone()]);
+
+    // The same through a look-up, and through a batch of messages.
+    assert!(store.delete_room(&room).await.expect("close").is_some());
+    let room = make_room(&store, &a, &b, t, 600_000).await;
+    lose_open(room).await;
+    assert!(store.room(&room).await.expect("room").is_some());
+    lose_open(room).await;
+    let results = store
+        .append_messages(
+            vec![(room, message(&b, "x")), (room, message(&a, "y"))],
+            100,
+        )
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let page = store.history(&room, None, 10).await.expect("history");
+    let texts: Vec<_> = page.messages.iter().map(|m| m.message.as_str()).collect();
+    assert_eq!(texts, ["x", "y"]);
+    // A closed room stays closed: nothing reopens it.
+    assert!(store.delete_room(&room).await.expect("close").is_some());
+    assert!(store.room(&room).await.expect("room").is_none());
 }
