@@ -102,10 +102,11 @@
 //!     unread count and newest message from its slot, all at once; a room closed in between
 //!     is left out.
 //!
-//!   Between the two steps of an accept, the room is listed (`rooms_of`) but not open: a
-//!   message sent in that window (one round trip, before the events go out) is answered
-//!   `room_not_found`. A node dying between them leaves a directory record whose room never
-//!   opened: its expiry timer removes it. Between the two steps of a close, a message may still
+//!   Between the two steps of an accept, the room is listed (`rooms_of`) but not open yet.
+//!   Whatever finds a room missing in its slot (a look-up, a message, history, a read mark)
+//!   checks the directory's record and opens it then, so a room whose open failed (its shard
+//!   failing over) or never ran (the node died between the steps) opens at its first use; the
+//!   tombstone keeps a closed room closed. Between the two steps of a close, a message may still
 //!   be stored, then deleted with the room, as a message sent just before the close would be.
 //! - **Pub/sub is sharded**: `SSUBSCRIBE`/`SPUBLISH` on the channels above, so an event goes
 //!   only to the shard that owns its channel's slot (plain `PUBLISH` on a cluster is broadcast
