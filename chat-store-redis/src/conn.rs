@@ -34,7 +34,7 @@ impl Conn {
     pub(crate) async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Conn::Single(c) => c.subscribe(channels).await,
-            Conn::Cluster(c) => c.ssubscribe(channels).await,
+            Conn::Cluster(c) => per_channel(c, channels, true).await,
         }
     }
 
@@ -42,9 +42,34 @@ impl Conn {
     pub(crate) async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Conn::Single(c) => c.unsubscribe(channels).await,
-            Conn::Cluster(c) => c.sunsubscribe(channels).await,
+            Conn::Cluster(c) => per_channel(c, channels, false).await,
         }
     }
+}
+
+/// `SSUBSCRIBE` (or `SUNSUBSCRIBE`) each channel with a command of its own, all at once: one
+/// command naming channels of different slots is refused (`CROSSSLOT`), and each slot may live
+/// on another shard. The first failure is returned once every command has answered.
+async fn per_channel(
+    c: &ClusterConnection,
+    channels: &[String],
+    subscribe: bool,
+) -> RedisResult<()> {
+    let calls = channels.iter().map(|ch| {
+        let mut c = c.clone();
+        async move {
+            if subscribe {
+                c.ssubscribe(ch).await
+            } else {
+                c.sunsubscribe(ch).await
+            }
+        }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect::<RedisResult<Vec<()>>>()
+        .map(drop)
 }
 
 impl ConnectionLike for Conn {

@@ -384,6 +384,40 @@ impl RedisCluster {
             .kill();
     }
 
+    /// Starts the killed node on `port` again, on its port and directory: it keeps its cluster
+    /// identity (`nodes.conf`), learns that its replica took over, and rejoins as that one's
+    /// replica, with an empty dataset it then syncs. Blocks until it answers `PING`; see
+    /// [`RedisCluster::wait_until_whole`].
+    ///
+    /// # Panics
+    /// When no node of this cluster listens on `port`, or it does not come up.
+    pub fn restart(&self, port: u16) {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
+            .restart();
+    }
+
+    /// Polls (every 50 ms) until the cluster is whole again: all six nodes answer with
+    /// `cluster_state:ok` and know each other, and three replicas have their link to their
+    /// master up. Returns how long that took from the call.
+    ///
+    /// # Panics
+    /// When that does not happen within `timeout`, with what was still missing.
+    pub fn wait_until_whole(&self, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let Some(why) = self.not_ready() else {
+                return start.elapsed();
+            };
+            if start.elapsed() > timeout {
+                panic!("the Redis Cluster is not whole again within {timeout:?}: {why}");
+            }
+            std::thread::sleep(CLUSTER_POLL);
+        }
+    }
+
     /// Polls (every 50 ms) until every live node reports `cluster_state:ok` with all slots served
     /// again and none sees `old_master` serving a slot any more, so another node (its promoted
     /// replica) serves them. Returns how long that took from the call: call it right after

@@ -9,6 +9,7 @@ mod bad_input;
 mod blocking;
 mod ceiling;
 mod cluster;
+mod failover;
 mod lifecycle;
 mod openapi;
 mod pages;
