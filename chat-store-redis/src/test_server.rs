@@ -377,11 +377,7 @@ impl RedisCluster {
     /// # Panics
     /// When no node of this cluster listens on `port`.
     pub fn kill(&self, port: u16) {
-        self.nodes
-            .iter()
-            .find(|n| n.port() == port)
-            .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
-            .kill();
+        self.node(port).kill();
     }
 
     /// Starts the killed node on `port` again, on its port and directory: it keeps its cluster
@@ -392,11 +388,15 @@ impl RedisCluster {
     /// # Panics
     /// When no node of this cluster listens on `port`, or it does not come up.
     pub fn restart(&self, port: u16) {
+        self.node(port).restart();
+    }
+
+    /// The node on `port`.
+    fn node(&self, port: u16) -> &RedisServer {
         self.nodes
             .iter()
             .find(|n| n.port() == port)
             .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
-            .restart();
     }
 
     /// Polls (every 50 ms) until the cluster is whole again: all six nodes answer with
