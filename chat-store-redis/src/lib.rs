@@ -123,7 +123,12 @@
 //!   be lost with it. [`RedisConfig::wait_replicas`] (`--redis-wait-replicas N`) makes the
 //!   acknowledgement wait for `WAIT N 500` after the append (in the same pipeline, one round
 //!   trip): a message not confirmed by N replicas is answered `store_unavailable`, and the
-//!   client's retry with its `client_id` returns the stored message, once.
+//!   client's retry with its `client_id` returns the stored message, once. A promoted replica
+//!   has no replica of its own until one rejoins (the dead node restarted, or a second replica
+//!   per master), and until then its shard acknowledges no message: that is the price of the
+//!   guarantee. The subscriber finds the new master too: it counts the lost connection, stops
+//!   serving (`/readyz`), and the bus's watchdog subscribes every wanted channel again, one
+//!   `SSUBSCRIBE` per channel (one naming channels of several slots is refused, `CROSSSLOT`).
 //!
 //! ## Lifetimes
 //!
