@@ -207,9 +207,9 @@ impl RedisStore {
                 }
             }
         }
-        for delivery in Delivery::request_accepted(room.id, &room.members, names) {
-            self.publish_now(&delivery).await;
-        }
+        // One event per member, to two audiences: sent at once (one round trip).
+        let deliveries = Delivery::request_accepted(room.id, &room.members, names);
+        futures_util::future::join_all(deliveries.iter().map(|d| self.publish_now(d))).await;
         Ok(())
     }
 
