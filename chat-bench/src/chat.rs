@@ -26,7 +26,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Progress, Report, histogram};
-use crate::stats::{Observers, ProcReader, ProcSample, Window, cpu_delta, per};
+use crate::stats::{
+    Observers, ProcReader, ProcSample, Window, cpu_delta, memory_delta, per, per_signed,
+};
 use crate::target::Target;
 use crate::users::{Plan, Population, raise_nofile};
 use crate::ws::{ErrorData, Incoming, MessageData, Ws};
@@ -225,7 +227,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
 
     // Setup: registered, paired users with their sockets open, and a reader on each socket.
     let users = args.pairs * 2;
-    let pop = populate(&target, &args, users).await?;
+    let pop = populate(&target, &args, users, &observers).await?;
     let senders: Vec<usize> = (0..users).filter(|u| !args.one_way || u % 2 == 0).collect();
     let shared = Shared::new(users, load);
     let mut sockets = Sockets::start(pop.sockets, &shared);
@@ -255,14 +257,19 @@ pub async fn run(args: ChatArgs) -> Result<()> {
 }
 
 /// Registers `users` users, pairs them into one room per pair and opens their sockets.
-async fn populate(target: &Target, args: &ChatArgs, users: usize) -> Result<Population> {
+async fn populate(
+    target: &Target,
+    args: &ChatArgs,
+    users: usize,
+    observers: &Observers,
+) -> Result<Population> {
     let plan = Plan {
         users,
         per_addr: args.per_addr,
         read_buffer: 16 << 10,
         connect_concurrency: args.common.connect_concurrency,
     };
-    crate::users::build(target, &args.common, plan).await
+    crate::users::build(target, &args.common, plan, observers).await
 }
 
 /// This process's CPU time over the measurement window: the load generator shares the cores
@@ -662,6 +669,16 @@ fn report(args: &ChatArgs, load: Load, shared: &Shared, m: &Measured) -> Report 
             "redis_cpu_us_per_msg",
             per(redis_cpu, delivered as f64),
             "µs per delivered message",
+        )
+        .add(
+            "redis_used_memory_delta",
+            memory_delta(window_start, window_end),
+            "bytes of used_memory growth over the window + drain",
+        )
+        .num(
+            "redis_bytes_per_msg",
+            per_signed(memory_delta(window_start, window_end), acked as f64),
+            "used_memory growth per acked message",
         )
         .num(
             "client_cpu_us_per_msg",

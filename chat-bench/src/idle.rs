@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Progress, Report};
-use crate::stats::{Observers, cpu_delta, per};
+use crate::stats::{Observers, cpu_delta, memory_delta, per, per_signed};
 use crate::target::Target;
 use crate::users::{Plan, raise_nofile};
 use crate::{CommonArgs, Result, secs};
@@ -63,7 +63,7 @@ pub async fn run(args: IdleArgs) -> Result<()> {
         read_buffer: 2 << 10,
         connect_concurrency: args.common.connect_concurrency,
     };
-    let pop = crate::users::build(&target, &args.common, plan).await?;
+    let pop = crate::users::build(&target, &args.common, plan, &observers).await?;
 
     let closed = Arc::new(AtomicU64::new(0));
     let pings = Arc::new(AtomicU64::new(0));
@@ -175,6 +175,16 @@ pub async fn run(args: IdleArgs) -> Result<()> {
             "redis_cpu_us_per_socket_sec",
             per(redis_cpu, socket_secs),
             "µs per socket-second",
+        )
+        .num(
+            "redis_bytes_per_socket",
+            per_signed(memory_delta(&pop.before_connect, &start), users as f64),
+            "used_memory growth per socket connected and joined",
+        )
+        .num(
+            "redis_bytes_per_online_user",
+            per_signed(memory_delta(&before, &start), users as f64),
+            "used_memory growth per user: registration, half a room, socket",
         )
         .add("client_nofile", nofile, "this process's open-file limit");
     r.print(args.common.json);

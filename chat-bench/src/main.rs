@@ -72,7 +72,8 @@ pub struct CommonArgs {
     /// The server's process id: enables its CPU and RSS figures (read from /proc).
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// The Redis the server uses (redis://127.0.0.1:PORT): enables Redis CPU figures (INFO cpu).
+    /// The Redis the server uses (redis://127.0.0.1:PORT): enables Redis CPU and memory figures
+    /// (INFO cpu memory). Several URLs, comma-separated (a cluster's nodes), are summed.
     #[arg(long)]
     pub redis_url: Option<String>,
     /// Print one JSON line on stdout instead of the table.

@@ -10,7 +10,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 
 use crate::report::{Progress, Report, histogram};
-use crate::stats::{Observers, cpu_delta, per};
+use crate::stats::{Observers, cpu_delta, memory_delta, per, per_signed};
 use crate::target::Target;
 use crate::{CommonArgs, Result, api, work};
 
@@ -161,6 +161,21 @@ pub async fn run(args: SetupArgs) -> Result<()> {
             "server_rss_kib",
             s2.server.map(|s| s.rss_kib),
             "KiB at the end",
+        )
+        .add(
+            "redis_used_memory_before",
+            s0.redis_used_memory,
+            "bytes (INFO memory used_memory)",
+        )
+        .num(
+            "redis_bytes_per_registration",
+            per_signed(memory_delta(&s0, &s1), 2.0 * n as f64),
+            "used_memory growth per registration",
+        )
+        .num(
+            "redis_bytes_per_request_accept",
+            per_signed(memory_delta(&s1, &s2), n as f64),
+            "used_memory growth per request+accept (a room)",
         );
     r.print(args.common.json);
     Ok(())

@@ -1,5 +1,6 @@
 //! Resource use read from outside the processes under test: the server's CPU time and RSS from
-//! `/proc/<pid>`, and Redis's CPU time from `INFO cpu` over a raw RESP connection.
+//! `/proc/<pid>`, and Redis's CPU time and memory from `INFO cpu memory` over a raw RESP
+//! connection.
 
 use std::time::Duration;
 
@@ -80,7 +81,17 @@ fn parse_status_rss_kib(status: &str) -> Option<u64> {
         .ok()
 }
 
-/// A Redis to ask for its CPU time. Speaks RESP directly: one command, one bulk reply.
+/// One reading of Redis's `INFO cpu memory`.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisSample {
+    /// used_cpu_sys + used_cpu_user, in microseconds.
+    pub cpu_us: u64,
+    /// used_memory (the allocator's count of bytes Redis holds: data, overheads, buffers).
+    pub used_memory: Option<u64>,
+}
+
+/// A Redis to ask for its CPU time and memory. Speaks RESP directly: one command, one bulk
+/// reply.
 #[derive(Debug, Clone)]
 pub struct RedisInfo {
     addr: std::net::SocketAddr,
@@ -108,21 +119,25 @@ impl RedisInfo {
             password,
             timeout,
         };
-        info.cpu_us().await?;
+        info.sample().await?;
         Ok(info)
     }
 
-    /// used_cpu_sys + used_cpu_user of the Redis process, in microseconds.
-    pub async fn cpu_us(&self) -> Result<u64> {
-        let text = tokio::time::timeout(self.timeout, self.info_cpu())
+    /// used_cpu_sys + used_cpu_user of the Redis process, and its used_memory.
+    pub async fn sample(&self) -> Result<RedisSample> {
+        let text = tokio::time::timeout(self.timeout, self.info())
             .await
             .map_err(|_| "Redis INFO: no answer in time")?
             .map_err(|e| format!("Redis INFO: {e}"))?;
-        parse_info_cpu_us(&text)
-            .ok_or_else(|| "Redis INFO cpu without used_cpu_sys/used_cpu_user".into())
+        let cpu_us =
+            parse_info_cpu_us(&text).ok_or("Redis INFO cpu without used_cpu_sys/used_cpu_user")?;
+        Ok(RedisSample {
+            cpu_us,
+            used_memory: parse_info_field(&text, "used_memory"),
+        })
     }
 
-    async fn info_cpu(&self) -> Result<String> {
+    async fn info(&self) -> Result<String> {
         let stream = tokio::net::TcpStream::connect(self.addr).await?;
         let mut conn = BufReader::new(stream);
         if let Some(pw) = &self.password {
@@ -135,7 +150,7 @@ impl RedisInfo {
             }
         }
         conn.get_mut()
-            .write_all(b"*2\r\n$4\r\nINFO\r\n$3\r\ncpu\r\n")
+            .write_all(b"*3\r\n$4\r\nINFO\r\n$3\r\ncpu\r\n$6\r\nmemory\r\n")
             .await?;
         let mut line = String::new();
         conn.read_line(&mut line).await?;
@@ -150,6 +165,13 @@ impl RedisInfo {
         conn.read_exact(&mut body).await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
+}
+
+/// An integer field of an INFO reply (`name:value`).
+fn parse_info_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn parse_info_cpu_us(text: &str) -> Option<u64> {
@@ -167,35 +189,45 @@ fn parse_info_cpu_us(text: &str) -> Option<u64> {
 pub struct Window {
     pub server: Option<ProcSample>,
     pub redis_cpu_us: Option<u64>,
+    pub redis_used_memory: Option<u64>,
 }
 
-/// The optional observers of a run.
+/// The optional observers of a run. Several Redis nodes (every node of a cluster, say) are
+/// read one after the other and their figures summed.
 #[derive(Debug, Clone, Default)]
 pub struct Observers {
     pub server: Option<ProcReader>,
-    pub redis: Option<RedisInfo>,
+    pub redis: Vec<RedisInfo>,
 }
 
 impl Observers {
     pub async fn new(args: &crate::CommonArgs) -> Result<Observers> {
         let server = args.server_pid.map(ProcReader::new).transpose()?;
-        let redis = match &args.redis_url {
-            Some(url) => Some(RedisInfo::new(url, args.connect_timeout()).await?),
-            None => None,
-        };
+        let mut redis = Vec::new();
+        if let Some(urls) = &args.redis_url {
+            for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                redis.push(RedisInfo::new(url, args.connect_timeout()).await?);
+            }
+        }
         Ok(Observers { server, redis })
     }
 
     pub async fn sample(&self) -> Result<Window> {
         let server = self.server.as_ref().map(ProcReader::sample).transpose()?;
-        let redis_cpu_us = match &self.redis {
-            Some(r) => Some(r.cpu_us().await?),
-            None => None,
-        };
-        Ok(Window {
+        let mut window = Window {
             server,
-            redis_cpu_us,
-        })
+            ..Window::default()
+        };
+        for (i, r) in self.redis.iter().enumerate() {
+            let s = r.sample().await?;
+            window.redis_cpu_us = Some(window.redis_cpu_us.unwrap_or(0) + s.cpu_us);
+            window.redis_used_memory = match (i, window.redis_used_memory, s.used_memory) {
+                (0, _, m) => m,
+                (_, Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+        Ok(window)
     }
 }
 
@@ -210,6 +242,19 @@ pub fn cpu_delta(start: &Window, end: &Window) -> (Option<u64>, Option<u64>) {
         _ => None,
     };
     (server, redis)
+}
+
+/// Redis's used_memory growth between two windows, in bytes (negative when it shrank).
+pub fn memory_delta(start: &Window, end: &Window) -> Option<i64> {
+    match (start.redis_used_memory, end.redis_used_memory) {
+        (Some(a), Some(b)) => Some(b as i64 - a as i64),
+        _ => None,
+    }
+}
+
+/// `x / n` for a signed `x`, or `None` when `n` is zero.
+pub fn per_signed(x: Option<i64>, n: f64) -> Option<f64> {
+    x.filter(|_| n > 0.0).map(|x| x as f64 / n)
 }
 
 /// `x / n`, or `None` when `n` is zero.
@@ -236,6 +281,10 @@ mod tests {
         );
         let info = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:0.250000\r\nused_cpu_sys_children:9\r\n";
         assert_eq!(parse_info_cpu_us(info), Some(1_750_000));
+        let info =
+            "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nused_memory_rss:2\r\n";
+        assert_eq!(parse_info_field(info, "used_memory"), Some(1_048_576));
+        assert_eq!(parse_info_field(info, "used_memory_peak"), None);
     }
 
     #[test]

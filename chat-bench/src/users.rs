@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::http::HttpClient;
 use crate::report::Progress;
+use crate::stats::{Observers, Window};
 use crate::target::{Target, source_addr};
 use crate::ws::Ws;
 use crate::{CommonArgs, Result, api, work};
@@ -20,6 +21,8 @@ pub struct Population {
     pub sockets: Vec<Ws>,
     /// Seconds spent registering, pairing and connecting.
     pub setup_secs: [f64; 3],
+    /// The observers' readings after pairing, before the first socket connects.
+    pub before_connect: Window,
 }
 
 /// How the population is built.
@@ -50,15 +53,25 @@ pub fn http_workers(target: &Target, common: &CommonArgs) -> Vec<HttpClient> {
         .collect()
 }
 
-pub async fn build(target: &Target, common: &CommonArgs, plan: Plan) -> Result<Population> {
+pub async fn build(
+    target: &Target,
+    common: &CommonArgs,
+    plan: Plan,
+    observers: &Observers,
+) -> Result<Population> {
     let timeout = common.setup_timeout();
-    match tokio::time::timeout(timeout, build_inner(target, common, plan)).await {
+    match tokio::time::timeout(timeout, build_inner(target, common, plan, observers)).await {
         Ok(r) => r,
         Err(_) => Err(format!("setup did not finish within --setup-timeout {timeout:?}").into()),
     }
 }
 
-async fn build_inner(target: &Target, common: &CommonArgs, plan: Plan) -> Result<Population> {
+async fn build_inner(
+    target: &Target,
+    common: &CommonArgs,
+    plan: Plan,
+    observers: &Observers,
+) -> Result<Population> {
     let users = plan.users;
     let prefix = api::run_prefix();
     let phones: Arc<Vec<String>> = Arc::new((0..users).map(|u| api::phone(prefix, u)).collect());
@@ -116,6 +129,7 @@ async fn build_inner(target: &Target, common: &CommonArgs, plan: Plan) -> Result
     )
     .await?;
     let t2 = Instant::now();
+    let before_connect = observers.sample().await?;
 
     let rooms = Arc::new(rooms);
     let (tk, rm, tg) = (tokens.clone(), rooms.clone(), target.clone());
@@ -152,6 +166,7 @@ async fn build_inner(target: &Target, common: &CommonArgs, plan: Plan) -> Result
             (t2 - t1).as_secs_f64(),
             (t3 - t2).as_secs_f64(),
         ],
+        before_connect,
     })
 }
 
