@@ -61,6 +61,11 @@ pub struct Flags {
     #[arg(long, env = "CHAT_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Threads that run the server's tasks (default: the CPUs this process may use, as
+    /// `taskset` or a container's CPU set allows).
+    #[arg(long, env = "CHAT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// How long a session outlives its user's last moment online.
     #[arg(long, env = "CHAT_SESSION_IDLE_SECS", default_value_t = 21_600, value_parser = positive)]
     pub session_idle_secs: u64,
@@ -470,6 +475,11 @@ mod tests {
     fn checks_what_clap_cannot() {
         assert!(parse(&["--node-id", "a b"]).unwrap().check().is_err());
         assert!(parse(&["--node-id", "node-1"]).unwrap().check().is_ok());
+        assert_eq!(
+            parse(&["--worker-threads", "2"]).unwrap().worker_threads,
+            Some(2)
+        );
+        assert!(parse(&["--worker-threads", "0"]).is_err());
         assert!(parse(&["--allowed-origins", ","]).unwrap().check().is_err());
         assert!(
             parse(&["--allowed-origins", "chat.example"])
