@@ -563,6 +563,88 @@ async fn a_full_delivery_queue_drops_and_counts_without_blocking_redis() {
     );
 }
 
+/// Room messages that do not fit a full queue are not lost to the node's sockets: once the
+/// queue has emptied they are read from the room's history and handed over in order, each once,
+/// and the room's later messages follow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_messages_that_miss_a_full_queue_come_from_history_in_order() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let store = RedisStore::connect(&server.url(), &p, NodeId::random())
+        .await
+        .expect("connect");
+    let gate = Arc::new(Gate {
+        open: Mutex::new(false),
+        opened: Condvar::new(),
+        inner: Waiter::default(),
+    });
+    store.attach(gate.clone());
+    let _release = Release(gate.clone());
+    let (a, b) = (phone(61), phone(62));
+    let t = now();
+    register(&store, &a, t, t + 600_000).await;
+    register(&store, &b, t, t + 600_000).await;
+    let room = make_room(&store, &a, &b, t, 600_000).await;
+    store
+        .subscribe(Audience::Room(room))
+        .await
+        .expect("subscribe");
+    // More than the queue holds, while the sink is stuck on the first; all kept in history.
+    let total = DELIVERY_QUEUE + 4_000;
+    let keep = total * 2;
+    let mut sent = 0;
+    while sent < total {
+        let batch: Vec<_> = (sent..(sent + 500).min(total))
+            .map(|i| (room, msg(&a, &format!("m{i}"), None)))
+            .collect();
+        sent += batch.len();
+        for r in store.append_messages(batch, keep).await {
+            r.expect("append");
+        }
+    }
+    let stats = store.bus_stats();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.dropped_deliveries() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.release();
+    // One more after the gate opened: it comes after everything else.
+    store
+        .append_message(&room, msg(&b, "last", None), keep)
+        .await
+        .expect("append");
+    let last = |d: &Delivery| matches!(&d.event, Event::ReceiveMessage(m) if m.message == "last");
+    assert!(
+        gate.inner.wait_for(Duration::from_secs(30), last).await,
+        "the last message was not delivered"
+    );
+    let texts: Vec<String> = gate
+        .inner
+        .all()
+        .into_iter()
+        .filter_map(|d| match d.event {
+            Event::ReceiveMessage(m) => Some(m.message),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (0..total)
+        .map(|i| format!("m{i}"))
+        .chain(["last".to_owned()])
+        .collect();
+    assert_eq!(texts.len(), want.len(), "every message once");
+    assert!(texts == want, "in order");
+    let recovered = stats.recovered.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(recovered > 0, "some came from history");
+    assert!(
+        bus_exposition(&store).contains(&format!("\nchat_bus_recovered_total {recovered}\n")),
+        "recovered reaches /metrics"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_payloads_are_counted_and_skipped() {
     let server = RedisServer::start();
