@@ -560,12 +560,7 @@ pub(crate) async fn dispatch(
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let received = match rx.try_recv() {
-            Ok(r) => {
-                // What `recv().await` would do: take a unit of the task's budget, so a long
-                // queue does not keep the sockets' tasks on this thread from running.
-                tokio::task::consume_budget().await;
-                r
-            }
+            Ok(r) => r,
             Err(mpsc::error::TryRecvError::Disconnected) => return,
             Err(mpsc::error::TryRecvError::Empty) if backlog.is_pending() => {
                 if let Some(at) = retry_at {
