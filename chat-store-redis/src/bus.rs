@@ -37,14 +37,10 @@
 //!
 //! Received messages go through a bounded queue ([`DELIVERY_QUEUE`]) to one dispatcher task that
 //! decodes them (a JSON `Delivery`, or a message's compact payload on a room channel) and hands
-//! them to the attached sink. A full queue does not block: that would stall the reading of the
-//! Redis connection, and Redis would soon disconnect a subscriber that does not read (its
-//! pub/sub output buffer limit), losing more. What does not fit is counted
-//! ([`BusStats::dropped`]) and logged; a room message that does not fit is not lost, though:
-//! its room falls behind, takes no queued messages, and once the queue has
-//! emptied the dispatcher reads the room's messages from history, from the first one missed, and
-//! hands them over in order ([`BusStats::recovered`]). Other events that do not fit (presence,
-//! typing, request events) are dropped: they are not kept anywhere to be read again.
+//! them to the attached sink. A full queue drops the delivery, counts it
+//! ([`BusStats::dropped`]) and logs: blocking instead would stall the reading of the Redis
+//! connection, and Redis would soon disconnect a subscriber that does not read (its pub/sub
+//! output buffer limit), losing more. Sockets that missed messages catch up from history.
 //!
 //! ## Format versions
 //!
@@ -78,7 +74,7 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chat_core::event::SinkSlot;
-use chat_core::{Audience, Delivery, Error, Event, MessageId, Result, RoomId};
+use chat_core::{Audience, Delivery, Error, Event, Result, RoomId};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use redis::{PushInfo, PushKind, Value};
@@ -119,14 +115,11 @@ pub struct BusStats {
     /// Times the watchdog subscribed every wanted channel again after a loss of the subscriber
     /// connection.
     pub resubscriptions: AtomicU64,
-    /// Room messages that did not fit the queue (counted in `dropped`) and were read from the
-    /// room's history instead and handed to the sink in order (see the module docs).
-    pub recovered: AtomicU64,
 }
 
 /// The bus's counters as a `prometheus-client` [`Collector`], read at each scrape. Names:
 /// `chat_bus_delivered_total`, `chat_bus_dropped_total`, `chat_bus_undecodable_total`,
-/// `chat_bus_unknown_format_total`, `chat_bus_recovered_total`,
+/// `chat_bus_unknown_format_total`,
 /// `chat_bus_disconnects_total`, `chat_bus_losses_total`, `chat_bus_resubscriptions_total`.
 #[derive(Debug, Clone)]
 pub struct BusCollector {
@@ -148,15 +141,8 @@ impl Collector for BusCollector {
             ),
             (
                 "chat_bus_dropped",
-                "Deliveries not queued because the queue to this node's sockets was full \
-                 (room messages among them are read from history instead: recovered).",
+                "Deliveries dropped because the queue to this node's sockets was full.",
                 &s.dropped,
-            ),
-            (
-                "chat_bus_recovered",
-                "Room messages that did not fit the queue, read from the room's history and \
-                 delivered in order once the queue had emptied.",
-                &s.recovered,
             ),
             (
                 "chat_bus_undecodable",
@@ -510,8 +496,6 @@ pub(crate) fn push_sender(
     tx: mpsc::Sender<Received>,
     stats: Arc<BusStats>,
     lost: Arc<AtomicU64>,
-    naming: Naming,
-    backlog: Arc<Backlog>,
 ) -> impl Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync + 'static {
     move |push: PushInfo| {
         match push.kind {
@@ -520,14 +504,19 @@ pub(crate) fn push_sender(
                 if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
                     (data.next(), data.next())
                 {
-                    // Which room message it is, worked out only when the queue is full or a
-                    // room is behind (not on every push).
-                    let message = |r: &Received| {
-                        naming
-                            .room(&r.channel)
-                            .and_then(|room| Some((room, message_id(&r.payload)?)))
-                    };
-                    backlog.queue(&tx, &stats, Received { channel, payload }, message);
+                    match tx.try_send(Received { channel, payload }) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            let n = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n == 1 || n.is_multiple_of(1000) {
+                                tracing::warn!(
+                                    dropped_total = n,
+                                    "delivery queue full ({DELIVERY_QUEUE}); delivery dropped"
+                                );
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
                 }
             }
             PushKind::Disconnection => {
@@ -543,59 +532,15 @@ pub(crate) fn push_sender(
 
 /// Decodes queued payloads and hands them to the sink, in the order Redis delivered them.
 /// A message payload's room is named by its channel.
-///
-/// When the queue is empty and rooms are behind (their messages did not fit it), it reads those
-/// rooms' messages from history first (see [`Backlog`]); queued messages that history already
-/// gave are skipped.
 pub(crate) async fn dispatch(
     mut rx: mpsc::Receiver<Received>,
     sink: Arc<SinkSlot>,
     stats: Arc<BusStats>,
     naming: Naming,
-    backlog: Arc<Backlog>,
-    store: std::sync::Weak<crate::Inner>,
 ) {
-    // Room → the newest message history gave: queued ones up to it were delivered already.
-    let mut given: HashMap<RoomId, MessageId> = HashMap::new();
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    loop {
-        let received = match rx.try_recv() {
-            Ok(r) => r,
-            Err(mpsc::error::TryRecvError::Disconnected) => return,
-            Err(mpsc::error::TryRecvError::Empty) if backlog.is_pending() => {
-                if let Some(at) = retry_at {
-                    // The last read failed: wait a little, or for the next delivery.
-                    match tokio::time::timeout_at(at, rx.recv()).await {
-                        Ok(Some(r)) => r,
-                        Ok(None) => return,
-                        Err(_) => {
-                            retry_at = None;
-                            continue;
-                        }
-                    }
-                } else {
-                    if !catch_up(&backlog, &store, &sink, &stats, &mut given).await {
-                        retry_at = Some(tokio::time::Instant::now() + CATCH_UP_RETRY);
-                    }
-                    continue;
-                }
-            }
-            Err(mpsc::error::TryRecvError::Empty) => match rx.recv().await {
-                Some(r) => r,
-                None => return,
-            },
-        };
+    while let Some(received) = rx.recv().await {
         match decode(&naming, &received) {
             Decoded::Delivery(delivery) => {
-                if let (Audience::Room(room), Event::ReceiveMessage(m)) =
-                    (&delivery.audience, &delivery.event)
-                    && let Some(upto) = given.get(room)
-                {
-                    if m.id <= *upto {
-                        continue;
-                    }
-                    given.remove(room);
-                }
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 sink.deliver(&delivery);
             }
@@ -621,177 +566,6 @@ pub(crate) async fn dispatch(
             }
         }
     }
-}
-
-/// How long the dispatcher waits before reading a room's history again after a failed read.
-const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
-/// Messages read from one room's history per catch-up, at most (in pages of
-/// [`CATCH_UP_PAGE`]); beyond it the room's oldest missed messages stay in history only.
-const CATCH_UP_MAX: usize = 10_000;
-const CATCH_UP_PAGE: usize = 500;
-
-/// Rooms whose messages fell behind: a room message that does not fit the delivery queue is
-/// not lost to this node's sockets. From that message on, the room's messages are not queued
-/// (they would overtake it); once the queue is empty, so that everything queued before has been
-/// handed over, the dispatcher reads the room's history from that message on and hands it to
-/// the sink in order, then takes the room's queued messages again, skipping those history
-/// already gave. A delivery of any other kind (a JSON event) that does not fit is dropped and
-/// counted, as before: it is not in history.
-#[derive(Debug, Default)]
-pub(crate) struct Backlog {
-    /// Room → the first of its messages that was not queued.
-    rooms: std::sync::Mutex<HashMap<RoomId, MessageId>>,
-    /// Whether `rooms` is not empty (read without the lock on every push).
-    pending: std::sync::atomic::AtomicBool,
-}
-
-impl Backlog {
-    fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::SeqCst)
-    }
-
-    fn rooms(&self) -> MutexGuard<'_, HashMap<RoomId, MessageId>> {
-        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `received`, or counts it dropped; a room message (`message` names its room and
-    /// id) that is dropped puts its room behind.
-    fn queue(
-        &self,
-        tx: &mpsc::Sender<Received>,
-        stats: &BusStats,
-        received: Received,
-        message: impl Fn(&Received) -> Option<(RoomId, MessageId)>,
-    ) {
-        // Rooms behind take no queued messages until history has caught them up. The lock is
-        // held to the end, so a room cannot fall behind between the check and the send.
-        let mut rooms = None;
-        if self.is_pending()
-            && let Some((room, _)) = message(&received)
-        {
-            let behind = self.rooms();
-            if behind.contains_key(&room) {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            rooms = Some(behind);
-        }
-        match tx.try_send(received) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(received)) => {
-                let n = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some((room, id)) = message(&received) {
-                    rooms.get_or_insert_with(|| self.rooms()).insert(room, id);
-                    self.pending.store(true, Ordering::SeqCst);
-                }
-                if n == 1 || n.is_multiple_of(1000) {
-                    tracing::warn!(
-                        dropped_total = n,
-                        "delivery queue full ({DELIVERY_QUEUE}); delivery not queued (a room's \
-                         messages are read from its history once the queue has emptied)"
-                    );
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
-    }
-}
-
-/// Reads every room behind from its history and hands the messages to the sink; `given` keeps,
-/// per room, the newest one handed over. False when a read failed (those rooms stay behind).
-async fn catch_up(
-    backlog: &Backlog,
-    store: &std::sync::Weak<crate::Inner>,
-    sink: &SinkSlot,
-    stats: &BusStats,
-    given: &mut HashMap<RoomId, MessageId>,
-) -> bool {
-    let Some(inner) = store.upgrade() else {
-        return true;
-    };
-    let store = crate::RedisStore { inner };
-    // Taken before reading: a message published from now on is queued again, behind what the
-    // reads below hand over.
-    let rooms: Vec<(RoomId, MessageId)> = {
-        let mut rooms = backlog.rooms();
-        backlog.pending.store(false, Ordering::SeqCst);
-        rooms.drain().collect()
-    };
-    let mut ok = true;
-    for (room, first) in rooms {
-        match read_from(&store, room, first).await {
-            Ok(messages) => {
-                let n = messages.len();
-                for m in messages {
-                    given.insert(room, m.id);
-                    sink.deliver(&Delivery::to_room(room, Event::ReceiveMessage(m)));
-                }
-                stats.recovered.fetch_add(n as u64, Ordering::Relaxed);
-                stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
-                tracing::info!(%room, recovered = n, "room messages that missed the delivery queue were read from history");
-            }
-            Err(Error::RoomNotFound) => {}
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "reading a room's missed messages failed; retried");
-                let mut behind = backlog.rooms();
-                let at = behind.entry(room).or_insert(first);
-                *at = (*at).min(first);
-                backlog.pending.store(true, Ordering::SeqCst);
-                ok = false;
-            }
-        }
-    }
-    ok
-}
-
-/// The room's messages from `first` (included) on, oldest first, at most [`CATCH_UP_MAX`].
-async fn read_from(
-    store: &crate::RedisStore,
-    room: RoomId,
-    first: MessageId,
-) -> Result<Vec<chat_core::Message>> {
-    use chat_core::store::RoomStore;
-    // `history` reads strictly after its cursor: start just before `first`.
-    let mut after = match first {
-        MessageId { ms, seq } if seq > 0 => Some(MessageId { ms, seq: seq - 1 }),
-        MessageId { ms, .. } if ms > 0 => Some(MessageId {
-            ms: ms - 1,
-            seq: u64::MAX,
-        }),
-        // 0-0 is no id Redis gives out: nothing precedes it.
-        _ => Some(MessageId { ms: 0, seq: 0 }),
-    };
-    let mut out = Vec::new();
-    while out.len() < CATCH_UP_MAX {
-        let page = store.history(&room, after, CATCH_UP_PAGE).await?;
-        after = page.messages.last().map(|m| m.id).or(after);
-        out.extend(page.messages);
-        if !page.more {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// The stream id a room message payload (`[<version>:]<id>|<entry>`) opens with.
-fn message_id(payload: &[u8]) -> Option<MessageId> {
-    if payload.first() == Some(&b'{') {
-        return None;
-    }
-    let bar = payload.iter().position(|&b| b == b'|')?;
-    let head = std::str::from_utf8(&payload[..bar]).ok()?;
-    let id = match head.split_once(':') {
-        Some((version, id))
-            if version
-                .parse::<u8>()
-                .is_ok_and(|v| (2..=FORMAT).contains(&v)) =>
-        {
-            id
-        }
-        Some(_) => return None,
-        None => head,
-    };
-    MessageId::parse(id).ok()
 }
 
 /// What a payload is.

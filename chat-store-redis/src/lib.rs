@@ -522,15 +522,7 @@ impl RedisStore {
         let lost = Arc::new(AtomicU64::new(0));
         let sink = Arc::new(SinkSlot::default());
         let (tx, rx) = mpsc::channel(bus::DELIVERY_QUEUE);
-        let naming = bus::Naming::new(key_prefix, config.cluster);
-        let backlog = Arc::new(bus::Backlog::default());
-        let push = bus::push_sender(
-            tx,
-            stats.clone(),
-            lost.clone(),
-            naming.clone(),
-            backlog.clone(),
-        );
+        let push = bus::push_sender(tx, stats.clone(), lost.clone());
         let library = Library::new(config.cluster, config.bus_format);
 
         let setup = async {
@@ -596,6 +588,13 @@ impl RedisStore {
             }
         };
 
+        let naming = bus::Naming::new(key_prefix, config.cluster);
+        tokio::spawn(bus::dispatch(
+            rx,
+            sink.clone(),
+            stats.clone(),
+            naming.clone(),
+        ));
         let dir = if config.cluster {
             format!("{{{key_prefix}}}")
         } else {
@@ -609,16 +608,8 @@ impl RedisStore {
             library,
             wait_replicas: config.wait_replicas,
             bus_format: config.bus_format,
-            bus: Bus::new(naming.clone(), pubsub, sink.clone(), stats.clone(), lost),
+            bus: Bus::new(naming, pubsub, sink, stats, lost),
         });
-        tokio::spawn(bus::dispatch(
-            rx,
-            sink,
-            stats,
-            naming,
-            backlog,
-            Arc::downgrade(&inner),
-        ));
         tokio::spawn(watchdog(Arc::downgrade(&inner)));
         tracing::debug!(
             prefix = key_prefix,
