@@ -32,22 +32,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# start_server NAME [flags...] → sets SERVER_PID and URL
-start_server() {
-    local name=$1; shift
-    local log="$OUT/$name-server.log"
-    "$SERVER" --bind 127.0.0.1:0 --registrations-per-min 100000000 \
-        --frames-per-sec 1000000 --frame-burst 1000000 "$@" 2>"$log" &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
-    URL="http://$(grep -o 'listening on [0-9.:]*' "$log" | head -1 | sed 's/listening on //')"
-    echo "== $name: chat-server pid $SERVER_PID at $URL" >&2
-}
-
-stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
+# shellcheck source=chat-bench/servers.sh
+source chat-bench/servers.sh
 
 # run NAME ARGS... : one bench run, JSON to $OUT/NAME.json; on Redis also what each Redis
 # command cost per message (see cmdstats)

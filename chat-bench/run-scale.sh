@@ -70,20 +70,8 @@ start_redis() {
     echo "redis-server on $port did not start" >&2; exit 1
 }
 
-# start_server NAME [flags...] → sets SERVER_PID and URL
-start_server() {
-    local name=$1; shift
-    local log="$OUT/$name-server.log"
-    "$SERVER" --bind 127.0.0.1:0 --registrations-per-min 100000000 \
-        --frames-per-sec 1000000 --frame-burst 1000000 "$@" 2>"$log" &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
-    URL="http://$(grep -o 'listening on [0-9.:]*' "$log" | head -1 | sed 's/listening on //')"
-    echo "== $name: chat-server pid $SERVER_PID at $URL" >&2
-}
-
-stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
+# shellcheck source=chat-bench/servers.sh
+source chat-bench/servers.sh
 
 snap() { python3 "$STATS" snap "${NODES[@]}" >"$OUT/$1.snap"; }
 
