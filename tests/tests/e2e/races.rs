@@ -1,7 +1,8 @@
 //! Clients that do not wait: frames pipelined without waiting for replies, both members of a
 //! room acting at the same instant, a join racing a message, a close, a leave, and a hundred
-//! sockets reconnecting at once. Each runs on the memory store, on Redis, and on two nodes
-//! sharing one Redis (the first member of each pair on one node, the second on the other).
+//! sockets reconnecting at once. Each runs on the memory store, on Redis, on two nodes sharing
+//! one Redis (the first member of each pair on one node, the second on the other), and on two
+//! nodes sharing a Redis Cluster.
 //!
 //! These are the races an outside client finds first (a client that waits for its own
 //! `user_joined` before sending hangs forever if it is lost), so each test repeats its race
@@ -16,8 +17,8 @@ use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 
-/// Generates `memory::name`, `redis::name` and `two_nodes::name` for each `async fn
-/// name(topology: Topology)`.
+/// Generates `memory::name`, `redis::name`, `two_nodes::name` and
+/// `two_nodes_on_a_cluster::name` for each `async fn name(topology: Topology)`.
 macro_rules! topologies {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -47,6 +48,15 @@ macro_rules! topologies {
             )*
             use super::bounded;
         }
+        mod two_nodes_on_a_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    bounded(super::$name(super::Topology::TwoNodesOnACluster)).await
+                }
+            )*
+            use super::bounded;
+        }
     };
 }
 
@@ -69,6 +79,9 @@ enum Topology {
     One(Backend),
     /// Two servers on one Redis: first members on the first, second members on the second.
     TwoNodes,
+    /// The same on a Redis Cluster (3 masters, 3 replicas): the users in the directory's slot,
+    /// the rooms spread over the shards.
+    TwoNodesOnACluster,
 }
 
 /// The servers of a test.
@@ -86,10 +99,11 @@ impl Setup {
         let backend = match topology {
             Topology::One(b) => b,
             Topology::TwoNodes => Backend::Redis,
+            Topology::TwoNodesOnACluster => Backend::RedisCluster,
         };
         let app = App::start(backend, flags).await;
         let node2 = match topology {
-            Topology::TwoNodes => Some(app.another_node().await),
+            Topology::TwoNodes | Topology::TwoNodesOnACluster => Some(app.another_node().await),
             Topology::One(_) => None,
         };
         Setup { app, node2 }
