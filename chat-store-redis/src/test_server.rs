@@ -220,6 +220,9 @@ impl RedisServer {
                 .args(["--tls-key-file", &tls.key.to_string_lossy()])
                 .args(["--tls-ca-cert-file", &tls.ca.to_string_lossy()])
                 .args(["--tls-auth-clients", "optional"]);
+            if self.cluster_port.is_some() {
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
         }
         for rules in &self.options.users {
             cmd.arg("--user").args(rules.split_whitespace());
@@ -291,9 +294,20 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is not installed, or the cluster is not ready within
     /// 30 s.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(RedisServerOptions::default())
+    }
+
+    /// [`RedisCluster::start`] with every node started with `options`. With
+    /// [`RedisServerOptions::tls`] the nodes also listen with TLS and speak it to each other
+    /// (`tls-cluster`, `tls-replication`), and a client that comes in over TLS is told the
+    /// nodes' TLS ports: [`RedisCluster::tls_urls`] are its seeds.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    pub fn start_with(options: RedisServerOptions) -> RedisCluster {
         let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
         let nodes = (0..6)
-            .map(|_| RedisServer::start_node(RedisServerOptions::default(), true))
+            .map(|_| RedisServer::start_node(options.clone(), true))
             .collect();
         let cluster = RedisCluster { nodes };
         cluster.create(deadline);
@@ -312,6 +326,16 @@ impl RedisCluster {
         self.ports()
             .into_iter()
             .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// `rediss://127.0.0.1:<tls port>` of every node, for a cluster started with TLS (empty
+    /// otherwise).
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter_map(RedisServer::tls_port)
+            .map(|port| format!("rediss://127.0.0.1:{port}"))
             .collect()
     }
 

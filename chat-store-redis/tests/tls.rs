@@ -1,18 +1,20 @@
 //! `RedisStore` over TLS (`rediss://`) with AUTH as an ACL user granted only
-//! [`ACL_COMMANDS`], as against a managed Redis service: the whole conformance suite, and the
-//! refusals (a wrong password, an untrusted CA, plain text to the TLS port).
+//! [`ACL_COMMANDS`], as against a managed Redis service: the whole conformance suite, on one
+//! Redis and on a Redis Cluster whose nodes speak TLS to clients and to each other (seeded with
+//! their TLS ports), and the refusals (a wrong password, an untrusted CA, plain text to the TLS
+//! port).
 //!
 //! Each test starts its own `redis-server --tls-port` with certificates made here by `rcgen`
 //! (a CA, and a server certificate for 127.0.0.1 signed by it).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use chat_core::NodeId;
 use chat_core::testing::Fixture;
-use chat_store_redis::test_server::{RedisServer, RedisServerOptions, TlsFiles};
-use chat_store_redis::{ACL_COMMANDS, ConnectError, RedisStore, RedisTls};
+use chat_store_redis::test_server::{RedisCluster, RedisServer, RedisServerOptions, TlsFiles};
+use chat_store_redis::{ACL_COMMANDS, ConnectError, RedisConfig, RedisStore, RedisTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 const USER: &str = "chat";
@@ -110,6 +112,57 @@ async fn fixture() -> Fixture {
 }
 
 chat_core::store_conformance!(tls, fixture());
+
+/// The options of every node of the TLS cluster: TLS between clients and nodes, between nodes
+/// and to replicas, and the ACL user, whose key patterns also cover the directory's hash tag
+/// (`{<prefix>}…`, see the README's ACL section).
+fn tls_cluster_options() -> RedisServerOptions {
+    RedisServerOptions {
+        tls: Some(certs().server()),
+        users: vec![format!(
+            "{USER} on >{PASSWORD} resetkeys ~{PREFIX_ROOT}* ~{{{PREFIX_ROOT}* resetchannels \
+             &{PREFIX_ROOT}* -@all {ACL_COMMANDS}"
+        )],
+        ..RedisServerOptions::default()
+    }
+}
+
+/// One TLS Redis Cluster for the tests of this binary that run at the same time (as the
+/// conformance suite's plain one).
+fn shared_tls_cluster() -> Arc<RedisCluster> {
+    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(cluster) = shared.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(RedisCluster::start_with(tls_cluster_options()));
+    *shared = Arc::downgrade(&cluster);
+    cluster
+}
+
+/// The store on a Redis Cluster over TLS, as the ACL user, seeded with the nodes' TLS ports.
+async fn cluster_fixture() -> Fixture {
+    let cluster = tokio::task::spawn_blocking(shared_tls_cluster)
+        .await
+        .expect("start the TLS cluster");
+    let seeds: Vec<String> = cluster
+        .tls_urls()
+        .iter()
+        .map(|u| u.replacen("rediss://", &format!("rediss://{USER}:{PASSWORD}@"), 1))
+        .collect();
+    let prefix = format!("{PREFIX_ROOT}{}:", uuid::Uuid::new_v4().simple());
+    let config = RedisConfig {
+        tls: trusting(&certs().ca()),
+        ..RedisConfig::cluster(&seeds)
+    };
+    let store = RedisStore::connect_config(&config, &prefix, NodeId::random())
+        .await
+        .expect("connect to the TLS cluster as the ACL user");
+    assert!(store.is_cluster());
+    Fixture::new(Arc::new(store.clone()), Arc::new(store)).keep_alive(cluster)
+}
+
+chat_core::store_conformance!(tls_cluster, cluster_fixture());
 
 /// What a connection that must fail answers, within a bound.
 async fn refused(url: &str, tls: &RedisTls) -> ConnectError {
