@@ -16,8 +16,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// How long a started (or restarted) server may take to answer `PING`.
@@ -311,12 +311,33 @@ impl RedisCluster {
             .collect();
         let cluster = RedisCluster { nodes };
         cluster.create(deadline);
-        while let Some(why) = cluster.not_ready() {
-            if Instant::now() > deadline {
-                panic!("the Redis Cluster is not ready within {CLUSTER_READY_TIMEOUT:?}: {why}");
-            }
-            std::thread::sleep(CLUSTER_POLL);
+        let left = deadline.saturating_duration_since(Instant::now());
+        poll_until(left, || cluster.not_ready()).unwrap_or_else(|why| {
+            panic!("the Redis Cluster is not ready within {CLUSTER_READY_TIMEOUT:?}: {why}")
+        });
+        cluster
+    }
+
+    /// A cluster started with `options` for the tests of one test binary that run at the same
+    /// time: each holds it while it runs, the last to let go stops it (a later call starts
+    /// another).
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    pub fn shared(options: RedisServerOptions) -> Arc<RedisCluster> {
+        type Shared = Vec<(RedisServerOptions, Weak<RedisCluster>)>;
+        static SHARED: Mutex<Shared> = Mutex::new(Vec::new());
+        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.retain(|(_, cluster)| cluster.strong_count() > 0);
+        if let Some(cluster) = shared
+            .iter()
+            .filter(|(o, _)| *o == options)
+            .find_map(|(_, cluster)| cluster.upgrade())
+        {
+            return cluster;
         }
+        let cluster = Arc::new(RedisCluster::start_with(options.clone()));
+        shared.push((options, Arc::downgrade(&cluster)));
         cluster
     }
 
@@ -430,16 +451,9 @@ impl RedisCluster {
     /// # Panics
     /// When that does not happen within `timeout`, with what was still missing.
     pub fn wait_until_whole(&self, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let Some(why) = self.not_ready() else {
-                return start.elapsed();
-            };
-            if start.elapsed() > timeout {
-                panic!("the Redis Cluster is not whole again within {timeout:?}: {why}");
-            }
-            std::thread::sleep(CLUSTER_POLL);
-        }
+        poll_until(timeout, || self.not_ready()).unwrap_or_else(|why| {
+            panic!("the Redis Cluster is not whole again within {timeout:?}: {why}")
+        })
     }
 
     /// Polls (every 50 ms) until every live node reports `cluster_state:ok` with all slots served
@@ -450,16 +464,9 @@ impl RedisCluster {
     /// # Panics
     /// When that does not happen within `timeout`, with what was still missing.
     pub fn wait_for_failover(&self, old_master: u16, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let Some(why) = self.failover_pending(old_master) else {
-                return start.elapsed();
-            };
-            if start.elapsed() > timeout {
-                panic!("no failover of master {old_master} within {timeout:?}: {why}");
-            }
-            std::thread::sleep(CLUSTER_POLL);
-        }
+        poll_until(timeout, || self.failover_pending(old_master)).unwrap_or_else(|why| {
+            panic!("no failover of master {old_master} within {timeout:?}: {why}")
+        })
     }
 
     /// Runs `redis-cli --cluster create` over all nodes, bounded by `deadline`; its output goes to
@@ -613,6 +620,21 @@ fn cluster_not_ok(port: u16, info: &str) -> Option<String> {
         return Some(format!("node {port}: cluster_slots_ok {slots_ok:?}"));
     }
     None
+}
+
+/// Calls `pending` every [`CLUSTER_POLL`] until it has nothing left to wait for; how long that
+/// took, or, past `timeout`, what it last said was missing.
+fn poll_until(timeout: Duration, pending: impl Fn() -> Option<String>) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let Some(why) = pending() else {
+            return Ok(start.elapsed());
+        };
+        if start.elapsed() > timeout {
+            return Err(why);
+        }
+        std::thread::sleep(CLUSTER_POLL);
+    }
 }
 
 /// One line of `CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> <master> <ping-sent>

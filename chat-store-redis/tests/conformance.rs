@@ -2,7 +2,7 @@
 //! redis-server) and on a Redis Cluster (shared by the tests running at once); each test its
 //! own key prefix.
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
 
 use chat_core::NodeId;
 use chat_core::testing::Fixture;
@@ -20,21 +20,9 @@ async fn fixture() -> Fixture {
 
 chat_core::store_conformance!(redis, fixture());
 
-/// One Redis Cluster (3 masters, 3 replicas) for the tests of this binary that run at the same
-/// time: each holds it while it runs, the last to finish stops it (a later test starts another).
-fn shared_cluster() -> Arc<RedisCluster> {
-    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
-    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(cluster) = shared.upgrade() {
-        return cluster;
-    }
-    let cluster = Arc::new(RedisCluster::start());
-    *shared = Arc::downgrade(&cluster);
-    cluster
-}
-
 async fn cluster_fixture() -> Fixture {
-    let cluster = tokio::task::spawn_blocking(shared_cluster)
+    // One cluster (3 masters, 3 replicas) for the tests of this binary that run at once.
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::shared(Default::default()))
         .await
         .expect("start the test cluster");
     let prefix = format!("conf{}:", uuid::Uuid::new_v4().simple());

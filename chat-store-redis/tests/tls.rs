@@ -8,7 +8,7 @@
 //! (a CA, and a server certificate for 127.0.0.1 signed by it).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chat_core::NodeId;
@@ -127,22 +127,9 @@ fn tls_cluster_options() -> RedisServerOptions {
     }
 }
 
-/// One TLS Redis Cluster for the tests of this binary that run at the same time (as the
-/// conformance suite's plain one).
-fn shared_tls_cluster() -> Arc<RedisCluster> {
-    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
-    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(cluster) = shared.upgrade() {
-        return cluster;
-    }
-    let cluster = Arc::new(RedisCluster::start_with(tls_cluster_options()));
-    *shared = Arc::downgrade(&cluster);
-    cluster
-}
-
 /// The store on a Redis Cluster over TLS, as the ACL user, seeded with the nodes' TLS ports.
 async fn cluster_fixture() -> Fixture {
-    let cluster = tokio::task::spawn_blocking(shared_tls_cluster)
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::shared(tls_cluster_options()))
         .await
         .expect("start the TLS cluster");
     let seeds: Vec<String> = cluster
