@@ -14,11 +14,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_tests::{App, Client, User, Ws, bounded};
+use chat_tests::{App, Client, RedisCluster, User, Ws, bounded};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 /// Acknowledgements each sender collects before the kill, and again after the failover.
 const BEFORE: usize = 15;
@@ -106,11 +107,7 @@ async fn failover_run(wait: Wait, shard: Shard, pace: Duration) -> Run {
     let node2 = app.another_node().await;
     let n1 = Client::new(app.server.addr);
     let n2 = Client::new(node2.addr);
-    let directory = {
-        let c = cluster.clone();
-        let key = format!("{{{}}}online", app.prefix);
-        blocking(move || c.master_of_key(&key)).await
-    };
+    let directory = master_of(&cluster, format!("{{{}}}online", app.prefix)).await;
 
     // A room on the wanted shard (each room's slot is its id's: try pairs until one lands).
     let (a, b, room, master) = {
@@ -124,9 +121,7 @@ async fn failover_run(wait: Wait, shard: Shard, pace: Duration) -> Run {
             let a = n1.register(&format!("+1415555{:04}", 2 * tries)).await;
             let b = n2.register(&format!("+1415555{:04}", 2 * tries + 1)).await;
             let room = n1.make_room(&a, &b).await;
-            let c = cluster.clone();
-            let key = format!("{}{{{room}}}:m", app.prefix);
-            let master = blocking(move || c.master_of_key(&key)).await;
+            let master = master_of(&cluster, format!("{}{{{room}}}:m", app.prefix)).await;
             if (master == directory) == (shard == Shard::TheDirectorys) {
                 break (a, b, room, master);
             }
@@ -138,20 +133,24 @@ async fn failover_run(wait: Wait, shard: Shard, pace: Duration) -> Run {
     b_ws.join(&room).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    // Each sender publishes its count of acknowledgements; the test waits on them.
+    let mut counts = Vec::new();
     let senders = [(a_ws, "a"), (b_ws, "b")]
         .into_iter()
-        .zip(&counts)
-        .map(|((ws, tag), count)| {
-            let (room, stop, count) = (room.clone(), stop.clone(), count.clone());
+        .map(|(ws, tag)| {
+            let (count, seen) = watch::channel(0);
+            counts.push(seen);
+            let (room, stop) = (room.clone(), stop.clone());
             tokio::spawn(async move { send_until_stopped(ws, room, tag, pace, stop, count).await })
         })
         .collect::<Vec<_>>();
     let at_least = |n: usize| {
-        let counts = counts.clone();
+        let mut counts = counts.clone();
         async move {
-            while counts.iter().any(|c| c.load(Ordering::SeqCst) < n) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            for c in &mut counts {
+                c.wait_for(|&acked| acked >= n)
+                    .await
+                    .expect("a sender stopped early");
             }
         }
     };
@@ -301,7 +300,7 @@ async fn send_until_stopped(
     tag: &'static str,
     pace: Duration,
     stop: Arc<AtomicBool>,
-    count: Arc<AtomicUsize>,
+    count: watch::Sender<usize>,
 ) -> (Ws, Sent) {
     let mut sent = Sent::default();
     let mut last_ack = Instant::now();
@@ -321,7 +320,7 @@ async fn send_until_stopped(
                 sent.acked.push((cid, id));
                 sent.longest_gap = sent.longest_gap.max(last_ack.elapsed());
                 last_ack = Instant::now();
-                count.fetch_add(1, Ordering::SeqCst);
+                count.send_modify(|acked| *acked += 1);
                 n += 1;
                 for m in ws.drain_backlog("receive_message") {
                     if let Some(c) = m["data"]["client_id"].as_str() {
@@ -356,6 +355,12 @@ async fn full_history(client: &Client, user: &User, room: &str) -> Vec<Value> {
     page["messages"].as_array().cloned().unwrap_or_default()
 }
 
+/// The port of the master serving `key`'s slot now.
+async fn master_of(cluster: &Arc<RedisCluster>, key: String) -> u16 {
+    let c = cluster.clone();
+    blocking(move || c.master_of_key(&key)).await
+}
+
 /// Runs blocking cluster administration off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
@@ -363,7 +368,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("cluster admin task")
 }
 
-/// The two senders' acknowledgement counts now.
-fn snapshot(counts: &[Arc<AtomicUsize>; 2]) -> [usize; 2] {
-    [0, 1].map(|i| counts[i].load(Ordering::SeqCst))
+/// The senders' acknowledgement counts now.
+fn snapshot(counts: &[watch::Receiver<usize>]) -> Vec<usize> {
+    counts.iter().map(|c| *c.borrow()).collect()
 }
