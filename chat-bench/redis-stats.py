@@ -4,7 +4,8 @@
   redis-stats.py snap PORT...            JSON on stdout: per node role, used_cpu (sys+user, s),
                                          used_memory, INFO commandstats calls/usec
   redis-stats.py diff BEFORE AFTER [--per N] [--unit NAME] [--label TEXT]
-                                         per node deltas and shares of the masters' total;
+                                         per node deltas and shares of the masters' total,
+                                         with --per each command's calls and µs per unit;
                                          a table on stdout, the same as JSON to --json FILE
 
 Only 127.0.0.1 nodes, through redis-cli; every call is bounded by a timeout.
@@ -87,11 +88,27 @@ def diff(before, after, per, unit, label):
         "nodes": sorted(rows, key=lambda r: (r["role"] != "master", r["port"])),
     }
     if per:
+        by_cmd = {}
+        for r in masters:
+            for cmd, c in r["by_command"].items():
+                t = by_cmd.setdefault(cmd, {"calls": 0, "usec": 0})
+                t["calls"] += c["calls"]
+                t["usec"] += c["usec"]
         result["per_unit"] = {
             "calls": tot["calls"] / per,
             "usec": tot["usec"] / per,
             "cpu_us_masters": tot["cpu_us"] / per,
             "cpu_us_all_nodes": all_cpu / per,
+            # Each command on the masters: calls and µs per unit, µs per call (a function's own
+            # commands are counted apart from its FCALL, whose µs include theirs).
+            "by_command": {
+                cmd: {
+                    "calls": t["calls"] / per,
+                    "usec": t["usec"] / per,
+                    "usec_per_call": t["usec"] / t["calls"] if t["calls"] else None,
+                }
+                for cmd, t in sorted(by_cmd.items(), key=lambda kv: -kv[1]["usec"])
+            },
         }
     print(f"== {label}")
     print(f"{'node':>7} {'role':>7} {'calls':>10} {'calls%':>7} {'usec':>10} {'usec%':>7} "

@@ -9,7 +9,7 @@
 #   chat closed loop at windows 1 4 16 64 (saturation), chat open loop at half the best
 #   closed-loop rate (p99), idle with IDLE_SOCKETS sockets, setup at concurrency 16 and 64,
 # and writes one JSON line per run to OUT_DIR/<store>-<run>.json (stderr next to it); on Redis
-# also OUT_DIR/redis-<run>.cmdstats(.json), each Redis command's calls and µs per message. With
+# also OUT_DIR/redis-<run>.cmdstats.json, each Redis command's calls and µs per message. With
 # Redis it then runs run-idle-cluster.sh: CLUSTER_SOCKETS (50000) idle sockets over
 # CLUSTER_NODES (3) nodes, past the open-file limit of one process (OUT_DIR/cluster.json).
 # Every server it started is stopped at the end, and only those.
@@ -36,48 +36,21 @@ trap cleanup EXIT
 source chat-bench/servers.sh
 
 # run NAME ARGS... : one bench run, JSON to $OUT/NAME.json; on Redis also what each Redis
-# command cost per message (see cmdstats)
+# command cost per unit of the run (a delivered message for chat, a registration for setup):
+# redis-stats.py readings before and after, and their difference in NAME.cmdstats.json
 run() {
     local name=$1; shift
     echo "-- $name: chat-bench $* (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    [[ -n ${REDIS_PORT:-} ]] && redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
+    [[ -n ${REDIS_PORT:-} ]] && python3 chat-bench/redis-stats.py snap "$REDIS_PORT" >"$OUT/$name.start.snap"
     "$BENCH" "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err"
     cat "$OUT/$name.json"
     if [[ -n ${REDIS_PORT:-} ]]; then
-        redis-cli -p "$REDIS_PORT" INFO commandstats >"$OUT/$name.cmdstats"
-        cmdstats "$OUT/$name"
+        python3 chat-bench/redis-stats.py snap "$REDIS_PORT" >"$OUT/$name.end.snap"
+        local units
+        units=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('delivered') or d.get('registrations') or 0)" "$OUT/$name.json")
+        python3 chat-bench/redis-stats.py diff "$OUT/$name.start.snap" "$OUT/$name.end.snap" \
+            --per "$units" --unit unit --label "$name" --json "$OUT/$name.cmdstats.json" >&2
     fi
-}
-
-# cmdstats BASE: BASE.cmdstats (INFO commandstats since the run's CONFIG RESETSTAT) per unit
-# of BASE.json (a delivered message for chat, a registration for setup): each command's calls
-# per unit, µs per call and µs per unit, as Redis counts them (a function's own commands are
-# counted apart from its FCALL, whose µs include theirs). Written to BASE.cmdstats.json and
-# printed as one line.
-cmdstats() {
-    python3 - "$1" <<'PY'
-import json, sys
-base = sys.argv[1]
-run = json.load(open(base + ".json"))
-units = run.get("delivered") or run.get("registrations") or 0
-stats = {}
-for line in open(base + ".cmdstats"):
-    if not line.startswith("cmdstat_"):
-        continue
-    name, fields = line.strip()[len("cmdstat_"):].split(":", 1)
-    kv = dict(f.split("=", 1) for f in fields.split(","))
-    calls, usec = int(kv["calls"]), int(kv["usec"])
-    if calls and name not in ("config", "info"):
-        stats[name] = {
-            "calls_per_unit": round(calls / units, 3) if units else None,
-            "usec_per_call": round(usec / calls, 2),
-            "usec_per_unit": round(usec / units, 2) if units else None,
-        }
-json.dump({"units": units, "commands": stats}, open(base + ".cmdstats.json", "w"))
-print("   redis commandstats per unit:", ", ".join(
-    f"{k} {v['calls_per_unit']} x {v['usec_per_call']} us" for k, v in
-    sorted(stats.items(), key=lambda kv: -(kv[1]["usec_per_unit"] or 0))))
-PY
 }
 
 figures() {

@@ -167,21 +167,17 @@ impl RedisInfo {
     }
 }
 
-/// An integer field of an INFO reply (`name:value`).
-fn parse_info_field(text: &str, name: &str) -> Option<u64> {
+/// A field of an INFO reply (`name:value`).
+fn parse_info_field<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
 }
 
 fn parse_info_cpu_us(text: &str) -> Option<u64> {
-    let field = |name: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let total = field("used_cpu_sys")? + field("used_cpu_user")?;
-    Some((total * 1e6).round() as u64)
+    let sys: f64 = parse_info_field(text, "used_cpu_sys")?;
+    let user: f64 = parse_info_field(text, "used_cpu_user")?;
+    Some(((sys + user) * 1e6).round() as u64)
 }
 
 /// Start-of-window readings, to turn into deltas at the end.
@@ -214,20 +210,21 @@ impl Observers {
 
     pub async fn sample(&self) -> Result<Window> {
         let server = self.server.as_ref().map(ProcReader::sample).transpose()?;
-        let mut window = Window {
-            server,
-            ..Window::default()
-        };
-        for (i, r) in self.redis.iter().enumerate() {
-            let s = r.sample().await?;
-            window.redis_cpu_us = Some(window.redis_cpu_us.unwrap_or(0) + s.cpu_us);
-            window.redis_used_memory = match (i, window.redis_used_memory, s.used_memory) {
-                (0, _, m) => m,
-                (_, Some(a), Some(b)) => Some(a + b),
-                _ => None,
-            };
+        let mut samples = Vec::with_capacity(self.redis.len());
+        for r in &self.redis {
+            samples.push(r.sample().await?);
         }
-        Ok(window)
+        // Without Redis nodes: no figures; memory only when every node reported it.
+        let any = !samples.is_empty();
+        Ok(Window {
+            server,
+            redis_cpu_us: any.then(|| samples.iter().map(|s| s.cpu_us).sum()),
+            redis_used_memory: samples
+                .iter()
+                .map(|s| s.used_memory)
+                .sum::<Option<u64>>()
+                .filter(|_| any),
+        })
     }
 }
 
@@ -283,8 +280,8 @@ mod tests {
         assert_eq!(parse_info_cpu_us(info), Some(1_750_000));
         let info =
             "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nused_memory_rss:2\r\n";
-        assert_eq!(parse_info_field(info, "used_memory"), Some(1_048_576));
-        assert_eq!(parse_info_field(info, "used_memory_peak"), None);
+        assert_eq!(parse_info_field(info, "used_memory"), Some(1_048_576u64));
+        assert_eq!(parse_info_field::<u64>(info, "used_memory_peak"), None);
     }
 
     #[test]
