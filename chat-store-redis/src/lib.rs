@@ -242,6 +242,7 @@ use tokio::sync::mpsc;
 pub mod bus;
 mod conn;
 mod entry;
+mod members;
 mod scripts;
 mod store;
 #[cfg(feature = "test-server")]
@@ -301,6 +302,8 @@ pub(crate) struct Inner {
     /// The bus format this node writes.
     pub(crate) bus_format: u8,
     pub(crate) bus: Bus,
+    /// Senders the append function accepted, per room: their messages skip its membership read.
+    pub(crate) members: members::KnownMembers,
 }
 
 /// Every Redis command the store and the bus send, directly or from inside its functions, as
@@ -609,6 +612,7 @@ impl RedisStore {
             wait_replicas: config.wait_replicas,
             bus_format: config.bus_format,
             bus: Bus::new(naming, pubsub, sink, stats, lost),
+            members: members::KnownMembers::default(),
         });
         tokio::spawn(watchdog(Arc::downgrade(&inner)));
         tracing::debug!(

@@ -362,7 +362,7 @@ impl RedisStore {
             + entry.len()
             + cid.map_or(0, str::len);
         let keys = if cid.is_some() { 4 } else { 2 };
-        let mut cmd = fcall(function, keys, keys + 5, len);
+        let mut cmd = fcall(function, keys, keys + 6, len);
         let mut key = RoomKey::new(p, room_);
         cmd.arg(key.part("m")).arg(key.part("h"));
         if cid.is_some() {
@@ -371,7 +371,12 @@ impl RedisStore {
         cmd.arg(message.sender.as_str())
             .arg(&entry)
             .arg(history_max.max(1))
-            .arg(key.channel(self.is_cluster()));
+            .arg(key.channel(self.is_cluster()))
+            .arg(if self.inner.members.knows(room_, &message.sender) {
+                "1"
+            } else {
+                "0"
+            });
         if let Some(cid) = cid {
             cmd.arg(cid);
         }
@@ -463,9 +468,18 @@ impl RedisStore {
             .into_iter()
             .zip(appends)
             .map(|((room, message), reply)| {
-                appended(room, message, decode(reply.map_err(crate::unavailable)?)?)
+                self.appended(room, message, decode(reply.map_err(crate::unavailable)?)?)
             })
             .collect()
+    }
+
+    /// What the append function's reply means, remembering an accepted sender as a member of
+    /// the room (see `members.rs`).
+    fn appended(&self, room_: RoomId, message: NewMessage, reply: AppendReply) -> Result<Appended> {
+        if matches!(reply, AppendReply::New(_) | AppendReply::Duplicate(_)) {
+            self.inner.members.learn(room_, &message.sender);
+        }
+        appended(room_, message, reply)
     }
 
     /// A delivery as published: its audience's channel and its JSON.
@@ -897,9 +911,9 @@ impl RoomStore for RedisStore {
         let cmd = self.append_cmd(room_, &message, history_max);
         let reply: AppendReply = decode(self.invoke(&cmd).await?)?;
         if matches!(reply, AppendReply::NoRoom) && self.reopened(room_).await? {
-            return appended(*room_, message, decode(self.invoke(&cmd).await?)?);
+            return self.appended(*room_, message, decode(self.invoke(&cmd).await?)?);
         }
-        appended(*room_, message, reply)
+        self.appended(*room_, message, reply)
     }
 
     /// One pipeline of the batch's `FCALL`s: one write, one round trip, run by Redis in order.

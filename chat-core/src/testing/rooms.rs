@@ -39,11 +39,31 @@ pub async fn room_lookup_and_delete(fx: Fixture) {
         fx.store.history(&ab.id, None, 10).await,
         Err(Error::RoomNotFound)
     );
+    // A member who wrote to the room before, alone, with a client id and in a burst.
     assert_eq!(
         fx.store
             .append_message(&ab.id, message(&fx, &a, "late", None), 100)
             .await,
         Err(Error::RoomNotFound)
+    );
+    assert_eq!(
+        fx.store
+            .append_message(&ab.id, message(&fx, &a, "late", Some("c-1")), 100)
+            .await,
+        Err(Error::RoomNotFound)
+    );
+    let burst = vec![
+        (ab.id, message(&fx, &a, "late 1", None)),
+        (ab.id, message(&fx, &a, "late 2", None)),
+    ];
+    assert_eq!(
+        fx.store.append_messages(burst, 100).await,
+        vec![Err(Error::RoomNotFound), Err(Error::RoomNotFound)]
+    );
+    assert_eq!(
+        fx.store.history(&ab.id, None, 10).await,
+        Err(Error::RoomNotFound),
+        "no late message made the room's history again"
     );
     assert_eq!(
         fx.store.room(&RoomId::generate()).await.expect("room"),
@@ -96,6 +116,22 @@ pub async fn append_message_needs_room_and_membership(fx: Fixture) {
     assert!(matches!(got, Err(Error::Forbidden(_))), "{got:?}");
     let page = fx.store.history(&room.id, None, 10).await.expect("history");
     assert!(page.messages.is_empty(), "a refused message is not stored");
+    // Once the members have written (and a store may remember them), a stranger is still refused.
+    append_new(&fx, &room, message(&fx, &a, "a", None)).await;
+    append_new(&fx, &room, message(&fx, &b, "b", None)).await;
+    for client_id in [None, Some("c-1")] {
+        let got = fx
+            .store
+            .append_message(&room.id, message(&fx, &c, "x", client_id), 100)
+            .await;
+        assert!(matches!(got, Err(Error::Forbidden(_))), "{got:?}");
+    }
+    let page = fx.store.history(&room.id, None, 10).await.expect("history");
+    assert_eq!(
+        page.messages.len(),
+        2,
+        "only the members' messages are stored"
+    );
 }
 
 /// Ids strictly increase in append order, whatever the timestamps do.

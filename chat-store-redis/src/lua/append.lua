@@ -1,5 +1,13 @@
 -- The room hot path, one round trip: membership, dedupe, XADD, PUBLISH. Three commands
--- (`HMGET`, `XADD`, `PUBLISH`) for a message without a client id, once the room has history.
+-- (`HMGET`, `XADD`, `PUBLISH`) for a message without a client id, once the room has history;
+-- two (`XADD`, `PUBLISH`) when the node already knows the sender is a member.
+--
+-- - Membership: a room's two members never change, so a node that saw this function accept a
+--   sender in a room says so (`known` = '1') and the `HMGET` is skipped. The room may have been
+--   deleted since: its history stream went with it (in the same step, or in the room's step on a
+--   cluster), and expires with it, so `XADD NOMKSTREAM` finds no stream and the function checks
+--   the room as for an unknown sender before making one. The stream exists only while the room
+--   does, so a known sender never writes to a deleted room.
 --
 -- - The history is trimmed with `MAXLEN ~`: Redis drops whole stream nodes only, so a room
 --   keeps between `history_max` and `history_max` + one node (`stream-node-max-entries`, 100
@@ -18,14 +26,24 @@
 --
 -- KEYS: room meta, history stream, and with a client id the dedupe hashes (newer, older) —
 -- one hash tag.
--- ARGV: sender, entry, history_max (>= 1), channel, and the client id when there is one.
+-- ARGV: sender, entry, history_max (>= 1), channel, known ('1' | '0'), and the client id when
+-- there is one.
 -- → 0 (no room) | 1 (not a member) | id (new) | {id, {field, value...}} (the earlier message)
 
-local sender, entry, max = ARGV[1], ARGV[2], ARGV[3]
-local meta = redis.call('HMGET', KEYS[1], 'a', 'b')
-if not meta[1] then return 0 end
-if sender ~= meta[1] and sender ~= meta[2] then return 1 end
-local cid = ARGV[5]
+local sender, entry, max, known = ARGV[1], ARGV[2], ARGV[3], ARGV[5] == '1'
+
+-- nil when the room exists and `sender` is one of its members, else the refusal.
+local function refused()
+  local meta = redis.call('HMGET', KEYS[1], 'a', 'b')
+  if not meta[1] then return 0 end
+  if sender ~= meta[1] and sender ~= meta[2] then return 1 end
+end
+
+if not known then
+  local no = refused()
+  if no then return no end
+end
+local cid = ARGV[6]
 local field
 if cid then
   field = sender .. '|' .. cid
@@ -38,7 +56,12 @@ end
 local at
 local id = redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'v', entry)
 if not id then
-  -- The room's first message: create the stream, expiring with the room.
+  -- The room's first message, or a known sender's room deleted since: check it, then create
+  -- the stream, expiring with the room.
+  if known then
+    local no = refused()
+    if no then return no end
+  end
   id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', max, '*', 'v', entry)
   at = redis.call('PEXPIRETIME', KEYS[1])
   if at > 0 then redis.call('PEXPIREAT', KEYS[2], at) end
