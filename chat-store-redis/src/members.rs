@@ -30,9 +30,6 @@ impl KnownMembers {
 
     /// Remembers that the function accepted `sender` in `room`.
     pub(crate) fn learn(&self, room: RoomId, sender: &Phone) {
-        if self.knows(&room, sender) {
-            return;
-        }
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         if rooms.len() >= CAPACITY && !rooms.contains_key(&room) {
             rooms.clear();

@@ -346,7 +346,14 @@ impl RedisStore {
     }
 
     /// The `FCALL` that appends `message` to `room_` and publishes it.
-    fn append_cmd(&self, room_: &RoomId, message: &NewMessage, history_max: usize) -> redis::Cmd {
+    /// `known`: the node saw the function accept this sender in this room (see `members.rs`).
+    fn append_cmd(
+        &self,
+        room_: &RoomId,
+        message: &NewMessage,
+        history_max: usize,
+        known: bool,
+    ) -> redis::Cmd {
         let entry = entry::encode(
             &message.sender,
             message.timestamp,
@@ -372,11 +379,7 @@ impl RedisStore {
             .arg(&entry)
             .arg(history_max.max(1))
             .arg(key.channel(self.is_cluster()))
-            .arg(if self.inner.members.knows(room_, &message.sender) {
-                "1"
-            } else {
-                "0"
-            });
+            .arg(if known { "1" } else { "0" });
         if let Some(cid) = cid {
             cmd.arg(cid);
         }
@@ -430,8 +433,10 @@ impl RedisStore {
         let wait = self.inner.wait_replicas;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let mut known = Vec::with_capacity(batch.len());
         for (room, message) in &batch {
-            pipe.add_command(self.append_cmd(room, message, history_max));
+            known.push(self.inner.members.knows(room, &message.sender));
+            pipe.add_command(self.append_cmd(room, message, history_max, known[known.len() - 1]));
         }
         if wait > 0 {
             pipe.cmd("WAIT").arg(wait).arg(WAIT_TIMEOUT_MS);
@@ -467,16 +472,24 @@ impl RedisStore {
         batch
             .into_iter()
             .zip(appends)
-            .map(|((room, message), reply)| {
-                self.appended(room, message, decode(reply.map_err(crate::unavailable)?)?)
+            .zip(known)
+            .map(|(((room, message), reply), known)| {
+                let reply = decode(reply.map_err(crate::unavailable)?)?;
+                self.appended(room, message, reply, known)
             })
             .collect()
     }
 
-    /// What the append function's reply means, remembering an accepted sender as a member of
-    /// the room (see `members.rs`).
-    fn appended(&self, room_: RoomId, message: NewMessage, reply: AppendReply) -> Result<Appended> {
-        if matches!(reply, AppendReply::New(_) | AppendReply::Duplicate(_)) {
+    /// What the append function's reply means, remembering an accepted sender the call did not
+    /// know as a member of the room (see `members.rs`).
+    fn appended(
+        &self,
+        room_: RoomId,
+        message: NewMessage,
+        reply: AppendReply,
+        known: bool,
+    ) -> Result<Appended> {
+        if !known && matches!(reply, AppendReply::New(_) | AppendReply::Duplicate(_)) {
             self.inner.members.learn(room_, &message.sender);
         }
         appended(room_, message, reply)
@@ -908,12 +921,14 @@ impl RoomStore for RedisStore {
                 .pop()
                 .unwrap_or_else(|| Err(bad_reply("append pipeline length")));
         }
-        let cmd = self.append_cmd(room_, &message, history_max);
+        let known = self.inner.members.knows(room_, &message.sender);
+        let cmd = self.append_cmd(room_, &message, history_max, known);
         let reply: AppendReply = decode(self.invoke(&cmd).await?)?;
         if matches!(reply, AppendReply::NoRoom) && self.reopened(room_).await? {
-            return self.appended(*room_, message, decode(self.invoke(&cmd).await?)?);
+            let reply = decode(self.invoke(&cmd).await?)?;
+            return self.appended(*room_, message, reply, known);
         }
-        self.appended(*room_, message, reply)
+        self.appended(*room_, message, reply, known)
     }
 
     /// One pipeline of the batch's `FCALL`s: one write, one round trip, run by Redis in order.
