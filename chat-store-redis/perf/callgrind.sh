@@ -59,7 +59,7 @@ CID_ENTRY="$A|1732560000000|12|__rand_int__|$TEXT"
 bench() { redis-benchmark -p "$port" -c 4 -P 16 -r 100000000 "$@" >/dev/null; }
 
 # The room's history at 10,000 messages, so trimming runs as in a long-lived room.
-bench -n 10000 FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH"
+bench -n 10000 FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 0
 
 n=0
 measure() {
@@ -78,10 +78,15 @@ measure() {
     printf '%-40s %8d instructions per call  (%s)\n' "$what" $((ir / CALLS)) "$f"
 }
 
+# The last argument before the client id: whether the node knows the sender is a member.
 measure "append, no client id" \
-    FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH"
+    FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 0
+measure "append, no client id, known sender" \
+    FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 1
 measure "append, a new client id" \
-    FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A "$CID_ENTRY" 10000 "$CH" __rand_int__
+    FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A "$CID_ENTRY" 10000 "$CH" 0 __rand_int__
+measure "append, a new client id, known sender" \
+    FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A "$CID_ENTRY" 10000 "$CH" 1 __rand_int__
 # history is MULTI, EXISTS, XREVRANGE (or XRANGE), EXEC: the range is the part that counts.
 measure "history's XREVRANGE, latest 50" \
     XREVRANGE "$H" + - COUNT 51
