@@ -83,6 +83,10 @@ measure "append, no client id" \
     FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 0
 measure "append, no client id, known sender" \
     FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 1
+# A socket's burst of four to one room in one call (instructions per call, so per message / 4).
+measure "append_burst of 4, known sender" \
+    FCALL "${NS}_append_burst" 4 "$M" "$H" "$D" "$O" $A 10000 "$CH" 1 \
+    "$ENTRY" "" "$ENTRY" "" "$ENTRY" "" "$ENTRY" ""
 measure "append, a new client id" \
     FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A "$CID_ENTRY" 10000 "$CH" 0 __rand_int__
 measure "append, a new client id, known sender" \

@@ -109,6 +109,7 @@ functions! {
     Hidden = "hidden";
     Decline = "decline";
     Append = "append", keyed;
+    AppendBurst = "append_burst", keyed;
     MarkRead = "mark_read", keyed;
     RoomOverview = "room_overview", keyed;
     OpenRoom = "open_room", keyed;

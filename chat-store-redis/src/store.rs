@@ -386,6 +386,49 @@ impl RedisStore {
         cmd
     }
 
+    /// The `FCALL` of `append_burst`: `messages`, one sender's to `room_`, in one call.
+    fn append_burst_cmd(
+        &self,
+        room_: &RoomId,
+        messages: &[&NewMessage],
+        history_max: usize,
+        known: bool,
+    ) -> redis::Cmd {
+        let p = self.inner.prefix.as_str();
+        let entries: Vec<String> = messages
+            .iter()
+            .map(|m| entry::encode(&m.sender, m.timestamp, m.client_id.as_deref(), &m.message))
+            .collect();
+        let len = 32
+            + 5 * (p.len() + RoomKey::ROOM_LEN)
+            + messages
+                .iter()
+                .map(|m| m.sender.as_str().len())
+                .max()
+                .unwrap_or(0)
+            + entries.iter().map(String::len).sum::<usize>()
+            + messages
+                .iter()
+                .map(|m| m.client_id.as_deref().map_or(0, str::len))
+                .sum::<usize>();
+        let function = self.inner.library.name(Function::AppendBurst);
+        let mut cmd = fcall(function, 4, 8 + 2 * messages.len(), len);
+        let mut key = RoomKey::new(p, room_);
+        cmd.arg(key.part("m"))
+            .arg(key.part("h"))
+            .arg(key.part("d"))
+            .arg(key.part("o"));
+        let sender = messages.first().map_or("", |m| m.sender.as_str());
+        cmd.arg(sender)
+            .arg(history_max.max(1))
+            .arg(key.channel(self.is_cluster()))
+            .arg(if known { "1" } else { "0" });
+        for (m, entry) in messages.iter().zip(&entries) {
+            cmd.arg(entry).arg(m.client_id.as_deref().unwrap_or(""));
+        }
+        cmd
+    }
+
     /// On a cluster, [`RoomStore::append_messages`]: one pipeline per room (a pipeline goes to
     /// one slot), all at once, answered in the batch's order.
     async fn append_grouped(
@@ -425,33 +468,44 @@ impl RedisStore {
     /// followed by `WAIT` when acknowledgements wait for replicas: then a message is answered
     /// only once that many replicas hold it, and `StoreUnavailable` when they do not confirm
     /// in time (the message may be stored; the client's retry with its `client_id` finds it).
+    ///
+    /// A run of one sender's consecutive messages to one room (a socket's burst) is one
+    /// `append_burst` call, so the function machinery and the membership read are paid once.
     async fn append_batch(
         &self,
         batch: Vec<(RoomId, NewMessage)>,
         history_max: usize,
     ) -> Vec<Result<Appended>> {
         let wait = self.inner.wait_replicas;
+        let runs = runs(&batch);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let mut known = Vec::with_capacity(batch.len());
-        for (room, message) in &batch {
-            known.push(self.inner.members.knows(room, &message.sender));
-            pipe.add_command(self.append_cmd(room, message, history_max, known[known.len() - 1]));
+        let mut known = Vec::with_capacity(runs.len());
+        for run in &runs {
+            let (room, first) = &batch[run.start];
+            let k = self.inner.members.knows(room, &first.sender);
+            known.push(k);
+            if run.len() == 1 {
+                pipe.add_command(self.append_cmd(room, first, history_max, k));
+            } else {
+                let messages: Vec<&NewMessage> =
+                    batch[run.clone()].iter().map(|(_, m)| m).collect();
+                pipe.add_command(self.append_burst_cmd(room, &messages, history_max, k));
+            }
         }
         if wait > 0 {
             pipe.cmd("WAIT").arg(wait).arg(WAIT_TIMEOUT_MS);
         }
-        let replies = match self.invoke_pipeline(&pipe, batch.len()).await {
-            Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+        let fail_all = |e: Error| batch.iter().map(|_| Err(e.clone())).collect();
+        let replies = match self.invoke_pipeline(&pipe, runs.len()).await {
+            Err(e) => return fail_all(e),
             Ok(replies) => replies,
         };
-        let expected = batch.len() + usize::from(wait > 0);
-        if replies.len() != expected {
-            let e = bad_reply("append pipeline length");
-            return batch.iter().map(|_| Err(e.clone())).collect();
+        if replies.len() != runs.len() + usize::from(wait > 0) {
+            return fail_all(bad_reply("append pipeline length"));
         }
         let mut replies = replies.into_iter();
-        let appends: Vec<_> = replies.by_ref().take(batch.len()).collect();
+        let calls: Vec<_> = replies.by_ref().take(runs.len()).collect();
         if wait > 0 {
             let confirmed = match replies.next() {
                 Some(Ok(Value::Int(n))) => n,
@@ -463,21 +517,43 @@ impl RedisStore {
                     wanted = wait,
                     "replicas did not confirm new messages in time; answered store_unavailable"
                 );
-                let e = Error::unavailable(format!(
+                return fail_all(Error::unavailable(format!(
                     "{confirmed} of {wait} replicas confirmed the write within {WAIT_TIMEOUT_MS} ms"
-                ));
-                return batch.iter().map(|_| Err(e.clone())).collect();
+                )));
             }
         }
-        batch
-            .into_iter()
-            .zip(appends)
-            .zip(known)
-            .map(|(((room, message), reply), known)| {
-                let reply = decode(reply.map_err(crate::unavailable)?)?;
-                self.appended(room, message, reply, known)
-            })
-            .collect()
+        // Each call's replies, one per message of its run.
+        let mut answers: Vec<Result<AppendReply>> = Vec::with_capacity(batch.len());
+        for (run, reply) in runs.iter().zip(calls) {
+            let reply = reply.map_err(crate::unavailable);
+            if run.len() == 1 {
+                answers.push(reply.and_then(decode));
+                continue;
+            }
+            match reply.and_then(decode::<Vec<AppendReply>>) {
+                Ok(each) if each.len() == run.len() => answers.extend(each.into_iter().map(Ok)),
+                Ok(_) => answers.extend(run.clone().map(|_| Err(bad_reply("append_burst length")))),
+                Err(e) => answers.extend(run.clone().map(|_| Err(e.clone()))),
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        let mut answers = answers.into_iter();
+        let mut batch = batch.into_iter();
+        for (run, known) in runs.iter().zip(known) {
+            // A run's sender is learned once: the first of its messages the function accepted.
+            let mut known = known;
+            for _ in run.clone() {
+                let (Some((room, message)), Some(answer)) = (batch.next(), answers.next()) else {
+                    break;
+                };
+                out.push(answer.and_then(|reply| {
+                    let r = self.appended(room, message, reply, known);
+                    known |= r.is_ok();
+                    r
+                }));
+            }
+        }
+        out
     }
 
     /// What the append function's reply means, remembering an accepted sender the call did not
@@ -509,6 +585,25 @@ impl RedisStore {
         let mut conn = self.inner.conn.clone();
         bounded(cmd.query_async::<Value>(&mut conn)).await
     }
+}
+
+/// The batch as runs of consecutive messages of one sender to one room, each run to be one call:
+/// a message with an empty client id (which `append_burst` could not tell from none) is a run of
+/// its own.
+fn runs(batch: &[(RoomId, NewMessage)]) -> Vec<std::ops::Range<usize>> {
+    let burstable = |m: &NewMessage| m.client_id.as_deref() != Some("");
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, (room, message)) in batch.iter().enumerate() {
+        if let Some(last) = runs.last_mut() {
+            let (r, m) = &batch[last.start];
+            if r == room && m.sender == message.sender && burstable(m) && burstable(message) {
+                last.end = i + 1;
+                continue;
+            }
+        }
+        runs.push(i..i + 1);
+    }
+    runs
 }
 
 /// What the append function's reply means for `message` in `room_`.

@@ -274,6 +274,7 @@ macro_rules! store_conformance {
             append_message_dedupes_client_id,
             append_message_publishes_in_order,
             append_messages_answers_each_in_order,
+            append_messages_burst_is_each_message_alone,
             history_pages,
             history_max_keeps_last_n,
             end_session_conditions,

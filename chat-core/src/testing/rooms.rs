@@ -7,7 +7,7 @@ use tokio::task::JoinSet;
 use crate::error::Error;
 use crate::event::{Audience, Event};
 use crate::store::{Appended, RequestOutcome, Timer};
-use crate::types::{Message, MessageId, NewMessage, RoomId};
+use crate::types::{Message, MessageId, NewMessage, Phone, RoomId};
 
 use super::Fixture;
 use super::helpers::*;
@@ -291,6 +291,99 @@ pub async fn append_messages_answers_each_in_order(fx: Fixture) {
         fx.store.append_messages(Vec::new(), 100).await.is_empty(),
         "an empty batch answers nothing"
     );
+    fx.bus.unsubscribe(audience).await.expect("unsubscribe");
+}
+
+/// A burst, one sender's consecutive messages to one room (what a socket's frames that arrived
+/// together become), answers and stores each message as it would alone: the room's first
+/// messages, client ids new, repeated within the burst and repeated from before it; a stranger's
+/// burst and a burst to an unknown room are refused whole and store nothing.
+pub async fn append_messages_burst_is_each_message_alone(fx: Fixture) {
+    let [a, b, c] = [fx.phone(1), fx.phone(2), fx.phone(3)];
+    for p in [&a, &b, &c] {
+        register(&fx, p).await;
+    }
+    let room = room_between(&fx, &a, &b).await;
+    let audience = Audience::Room(room.id);
+    fx.bus.subscribe(audience.clone()).await.expect("subscribe");
+    let burst = |sender: &Phone, texts: &[(&str, Option<&str>)]| -> Vec<(RoomId, NewMessage)> {
+        texts
+            .iter()
+            .map(|(t, k)| (room.id, message(&fx, sender, t, *k)))
+            .collect()
+    };
+
+    // The room's first messages come as a burst.
+    let first = fx
+        .store
+        .append_messages(
+            burst(&a, &[("a0", None), ("a1", Some("k1")), ("a2", None)]),
+            100,
+        )
+        .await;
+    let first: Vec<Message> = first
+        .into_iter()
+        .map(|r| match r {
+            Ok(Appended::New(m)) => m,
+            other => panic!("expected a new message, got {other:?}"),
+        })
+        .collect();
+    let texts: Vec<&str> = first.iter().map(|m| m.message.as_str()).collect();
+    assert_eq!(texts, ["a0", "a1", "a2"]);
+    assert!(first.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+
+    // Repeats of a client id from before the burst and from within it.
+    let second = fx
+        .store
+        .append_messages(
+            burst(
+                &a,
+                &[
+                    ("a1 again", Some("k1")),
+                    ("a3", Some("k3")),
+                    ("a3 again", Some("k3")),
+                ],
+            ),
+            100,
+        )
+        .await;
+    assert_eq!(second[0], Ok(Appended::Duplicate(first[1].clone())));
+    let a3 = match &second[1] {
+        Ok(Appended::New(m)) => m.clone(),
+        other => panic!("expected a new message, got {other:?}"),
+    };
+    assert_eq!(a3.client_id.as_deref(), Some("k3"));
+    assert_eq!(second[2], Ok(Appended::Duplicate(a3.clone())));
+
+    // A stranger's burst, and a burst to a room that does not exist.
+    for got in fx
+        .store
+        .append_messages(burst(&c, &[("c0", None), ("c1", Some("k1"))]), 100)
+        .await
+    {
+        assert!(matches!(got, Err(Error::Forbidden(_))), "{got:?}");
+    }
+    let nowhere = RoomId::generate();
+    let lost: Vec<_> = ["x0", "x1"]
+        .iter()
+        .map(|t| (nowhere, message(&fx, &a, t, None)))
+        .collect();
+    assert_eq!(
+        fx.store.append_messages(lost, 100).await,
+        vec![Err(Error::RoomNotFound), Err(Error::RoomNotFound)]
+    );
+
+    let mut stored = first.clone();
+    stored.push(a3);
+    let history = fx
+        .store
+        .history(&room.id, None, 100)
+        .await
+        .expect("history");
+    assert_eq!(history.messages, stored, "each stored once, in order");
+    let published = fx.wait_for_events(&audience, stored.len()).await;
+    let expected: Vec<Event> = stored.into_iter().map(Event::ReceiveMessage).collect();
+    assert_eq!(published, expected, "published once each, in history order");
     fx.bus.unsubscribe(audience).await.expect("unsubscribe");
 }
 

@@ -283,3 +283,56 @@ local function session_expiry(phone, key)
   local at = redis.call('PEXPIRETIME', k_sess(phone))
   if at > 0 then redis.call('PEXPIREAT', key, at) end
 end
+
+-- nil when the room of `meta` (its meta hash) exists and `sender` is one of its members, else
+-- `append`'s refusal: 0 (no room) or 1 (not a member).
+local function room_refuses(meta, sender)
+  local m = redis.call('HMGET', meta, 'a', 'b')
+  if not m[1] then return 0 end
+  if sender ~= m[1] and sender ~= m[2] then return 1 end
+end
+
+-- One message of `append` or `append_burst` (their headers say how it is stored): KEYS as
+-- theirs; `cid` nil for none; `known` when the caller knows `sender` is a member.
+local function append_one(KEYS, sender, entry, max, channel, known, cid)
+  if not known then
+    local no = room_refuses(KEYS[1], sender)
+    if no then return no end
+  end
+  local field
+  if cid then
+    field = sender .. '|' .. cid
+    local prev = redis.call('HGET', KEYS[3], field) or redis.call('HGET', KEYS[4], field)
+    if prev then
+      local e = redis.call('XRANGE', KEYS[2], prev, prev)
+      if e[1] then return e[1] end
+    end
+  end
+  local at
+  local id = redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'v', entry)
+  if not id then
+    -- The room's first message, or a known sender's room deleted since: check it, then create
+    -- the stream, expiring with the room.
+    if known then
+      local no = room_refuses(KEYS[1], sender)
+      if no then return no end
+    end
+    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', max, '*', 'v', entry)
+    at = redis.call('PEXPIRETIME', KEYS[1])
+    if at > 0 then redis.call('PEXPIREAT', KEYS[2], at) end
+  end
+  if field then
+    local n = redis.call('HLEN', KEYS[3])
+    if n >= tonumber(max) then
+      redis.call('RENAME', KEYS[3], KEYS[4])
+      n = 0
+    end
+    redis.call('HSET', KEYS[3], field, id)
+    if n == 0 then
+      at = at or redis.call('PEXPIRETIME', KEYS[1])
+      if at > 0 then redis.call('PEXPIREAT', KEYS[3], at) end
+    end
+  end
+  redis.call('PUBLISH', channel, id .. '|' .. entry)
+  return id
+end
