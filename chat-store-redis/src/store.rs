@@ -296,7 +296,8 @@ impl RedisStore {
         bounded(async {
             match cmd.query_async::<Value>(&mut conn).await {
                 Err(e) if function_missing(&e) => {
-                    crate::load_library(&mut conn, &self.inner.library).await?;
+                    // Boxed: a rare path, kept out of the future every call allocates.
+                    Box::pin(crate::load_library(&mut conn, &self.inner.library)).await?;
                     cmd.query_async::<Value>(&mut conn).await
                 }
                 other => other,
@@ -337,7 +338,7 @@ impl RedisStore {
                     .iter()
                     .all(|r| matches!(r, Err(e) if function_missing(e)));
             if all_missing {
-                crate::load_library(&mut conn, &self.inner.library).await?;
+                Box::pin(crate::load_library(&mut conn, &self.inner.library)).await?;
                 return pipe.query_async(&mut conn).await;
             }
             Ok(replies)
@@ -427,6 +428,32 @@ impl RedisStore {
             cmd.arg(entry).arg(m.client_id.as_deref().unwrap_or(""));
         }
         cmd
+    }
+
+    /// [`RoomStore::append_messages`] on a cluster: [`Self::append_grouped`], then, once
+    /// opened, the messages again of a room the directory holds but its slot does not (see
+    /// `reopened`), in order.
+    async fn append_on_cluster(
+        &self,
+        batch: Vec<(RoomId, NewMessage)>,
+        history_max: usize,
+    ) -> Vec<Result<Appended>> {
+        let retry: Vec<(RoomId, NewMessage)> = batch.clone();
+        let mut results = self.append_grouped(batch, history_max).await;
+        let mut reopened: Vec<RoomId> = Vec::new();
+        for (i, (room, message)) in retry.into_iter().enumerate() {
+            if !matches!(results[i], Err(Error::RoomNotFound)) {
+                continue;
+            }
+            if !reopened.contains(&room) {
+                match self.reopened(&room).await {
+                    Ok(true) => reopened.push(room),
+                    _ => continue,
+                }
+            }
+            results[i] = self.append_message(&room, message, history_max).await;
+        }
+        results
     }
 
     /// On a cluster, [`RoomStore::append_messages`]: one pipeline per room (a pipeline goes to
@@ -1008,10 +1035,11 @@ impl RoomStore for RedisStore {
         message: NewMessage,
         history_max: usize,
     ) -> Result<Appended> {
+        // The rare paths' futures are boxed, so that the common one stays small: a future of
+        // over 1 KiB is a large allocation for the allocator, made per message.
         if self.inner.wait_replicas > 0 {
-            let mut results = self
-                .append_batch(vec![(*room_, message)], history_max)
-                .await;
+            let mut results =
+                Box::pin(self.append_batch(vec![(*room_, message)], history_max)).await;
             return results
                 .pop()
                 .unwrap_or_else(|| Err(bad_reply("append pipeline length")));
@@ -1019,7 +1047,7 @@ impl RoomStore for RedisStore {
         let known = self.inner.members.knows(room_, &message.sender);
         let cmd = self.append_cmd(room_, &message, history_max, known);
         let reply: AppendReply = decode(self.invoke(&cmd).await?)?;
-        if matches!(reply, AppendReply::NoRoom) && self.reopened(room_).await? {
+        if matches!(reply, AppendReply::NoRoom) && Box::pin(self.reopened(room_)).await? {
             let reply = decode(self.invoke(&cmd).await?)?;
             return self.appended(*room_, message, reply, known);
         }
@@ -1043,24 +1071,7 @@ impl RoomStore for RedisStore {
         if !self.is_cluster() {
             return self.append_batch(batch, history_max).await;
         }
-        let retry: Vec<(RoomId, NewMessage)> = batch.clone();
-        let mut results = self.append_grouped(batch, history_max).await;
-        // A room the directory holds but its slot does not (see `reopened`): open it and run
-        // its messages again, in order.
-        let mut reopened: Vec<RoomId> = Vec::new();
-        for (i, (room, message)) in retry.into_iter().enumerate() {
-            if !matches!(results[i], Err(Error::RoomNotFound)) {
-                continue;
-            }
-            if !reopened.contains(&room) {
-                match self.reopened(&room).await {
-                    Ok(true) => reopened.push(room),
-                    _ => continue,
-                }
-            }
-            results[i] = self.append_message(&room, message, history_max).await;
-        }
-        results
+        Box::pin(self.append_on_cluster(batch, history_max)).await
     }
 
     async fn history(
