@@ -166,8 +166,8 @@
 //! | `send_request_capped` | `send_request`'s function with the cap (it counts the sender's `out:` entries) |
 //! | `room` | `HMGET` |
 //! | `rooms_of`, `delete_room`, `end_session` | one function each; on a cluster a closed room's `close_room` after it (all at once) |
-//! | `append_message` | one function: `HMGET` (membership), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH` (`SPUBLISH` on a cluster); with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry; with `wait_replicas` a `WAIT` in the same pipeline |
-//! | `append_messages` | a pipeline of `append_message` functions: one write, one round trip, run in order (on a cluster one pipeline per room, all at once) |
+//! | `append_message` | one function: `HMGET` (membership; skipped for a sender this node saw the function accept in the room), `XADD NOMKSTREAM MAXLEN ~`, `PUBLISH` (`SPUBLISH` on a cluster); with a client id also `HGET`s, `HLEN`, `HSET` (dedupe); the room's first message also sets the stream's expiry; with `wait_replicas` a `WAIT` in the same pipeline |
+//! | `append_messages` | one pipeline: a run of one sender's consecutive messages to one room is one `append_burst` function (each message as `append_message` would store it, the membership read at most once), any other message one `append` function; one write, one round trip, run in order (on a cluster one pipeline per room, all at once) |
 //! | `history` | `MULTI`, `EXISTS` (room check), `XRANGE (after` / `XREVRANGE`, `EXEC`: one round trip, atomic, no Lua |
 //! | `mark_read` | one function: `HMGET` (membership, current mark), `XRANGE id id` (the history holds the id), `HSET` when the mark moves |
 //! | `read_marks` | `HMGET` |
