@@ -614,16 +614,25 @@ impl RedisStore {
     }
 }
 
-/// The batch as runs of consecutive messages of one sender to one room, each run to be one call:
-/// a message with an empty client id (which `append_burst` could not tell from none) is a run of
-/// its own.
+/// Messages one `append_burst` call stores at most, so that one call holds Redis for a bounded
+/// time (a socket's burst is at most `chat_ws`'s 64 frames; an embedder's batch may be longer).
+const MAX_RUN: usize = 64;
+
+/// The batch as runs of consecutive messages of one sender to one room, each run to be one call
+/// of at most [`MAX_RUN`]: a message with an empty client id (which `append_burst` could not tell
+/// from none) is a run of its own.
 fn runs(batch: &[(RoomId, NewMessage)]) -> Vec<std::ops::Range<usize>> {
     let burstable = |m: &NewMessage| m.client_id.as_deref() != Some("");
     let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
     for (i, (room, message)) in batch.iter().enumerate() {
         if let Some(last) = runs.last_mut() {
             let (r, m) = &batch[last.start];
-            if r == room && m.sender == message.sender && burstable(m) && burstable(message) {
+            if r == room
+                && m.sender == message.sender
+                && burstable(m)
+                && burstable(message)
+                && last.len() < MAX_RUN
+            {
                 last.end = i + 1;
                 continue;
             }
@@ -1385,6 +1394,43 @@ impl EventBus for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_is_each_run_of_one_senders_consecutive_messages_to_one_room() {
+        let (r1, r2) = (RoomId::generate(), RoomId::generate());
+        let a = Phone::parse("+15550000001").unwrap();
+        let b = Phone::parse("+15550000002").unwrap();
+        let m = |room: RoomId, sender: &Phone, cid: Option<&str>| {
+            let message = NewMessage {
+                sender: sender.clone(),
+                message: "x".into(),
+                timestamp: 0,
+                client_id: cid.map(Into::into),
+            };
+            (room, message)
+        };
+        let batch = vec![
+            m(r1, &a, None),
+            m(r1, &a, Some("k")),
+            m(r1, &a, None),
+            m(r2, &a, None),
+            m(r1, &a, None),
+            m(r1, &b, None),
+            m(r1, &b, Some("")),
+            m(r1, &b, None),
+        ];
+        assert_eq!(runs(&batch), vec![0..3, 3..4, 4..5, 5..6, 6..7, 7..8]);
+        assert!(runs(&[]).is_empty());
+        let long: Vec<_> = (0..MAX_RUN * 2 + 1).map(|_| m(r1, &a, None)).collect();
+        assert_eq!(
+            runs(&long),
+            vec![
+                0..MAX_RUN,
+                MAX_RUN..2 * MAX_RUN,
+                2 * MAX_RUN..2 * MAX_RUN + 1
+            ]
+        );
+    }
 
     #[test]
     fn room_keys_are_named_as_the_key_map_says() {
