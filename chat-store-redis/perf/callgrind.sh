@@ -87,6 +87,12 @@ measure "append, no client id, known sender" \
 measure "append_burst of 4, known sender" \
     FCALL "${NS}_append_burst" 4 "$M" "$H" "$D" "$O" $A 10000 "$CH" 1 \
     "$ENTRY" "" "$ENTRY" "" "$ENTRY" "" "$ENTRY" ""
+# The append's two commands sent alone (their own parsing and reply included), for the share of
+# an append that is the function machinery's.
+measure "XADD alone (as the append sends it)" \
+    XADD "$H" NOMKSTREAM MAXLEN '~' 10000 '*' v "$ENTRY"
+measure "PUBLISH alone (as the append sends it)" \
+    PUBLISH "$CH" "2:1732560000000-0|$ENTRY"
 measure "append, a new client id" \
     FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A "$CID_ENTRY" 10000 "$CH" 0 __rand_int__
 measure "append, a new client id, known sender" \
