@@ -253,7 +253,7 @@ mod tests {
         let v1 = Library::new(false, 1);
         assert!(
             v1.code
-                .contains("redis.call('PUBLISH', ARGV[4], id .. '|' .. entry)")
+                .contains("redis.call('PUBLISH', channel, id .. '|' .. entry)")
         );
         assert_ne!(v1.name(Function::Append), lib.name(Function::Append));
     }
