@@ -77,7 +77,11 @@ fn message(sender: &Phone, text: &str) -> NewMessage {
 async fn keys_by_master(cluster: &RedisCluster, prefix: &str) -> BTreeMap<u16, Vec<String>> {
     let mut out = BTreeMap::new();
     let serving = cluster.slot_counts();
-    for port in serving.iter().filter(|(_, n)| *n > 0).map(|(port, _)| *port) {
+    for port in serving
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(port, _)| *port)
+    {
         let mut con = direct(port).await;
         // A private cluster of a test: KEYS is fine here (the store never scans).
         let mut keys: Vec<String> = redis::cmd("KEYS")
