@@ -59,7 +59,7 @@ CID_ENTRY="$A|1732560000000|12|__rand_int__|$TEXT"
 bench() { redis-benchmark -p "$port" -c 4 -P 16 -r 100000000 "$@" >/dev/null; }
 
 # The room's history at 10,000 messages, so trimming runs as in a long-lived room.
-bench -n 10000 FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 0
+bench -n 10000 FCALL "${NS}_append" 2 "$M" "$H" $A 10000 "$CH" 0 "$ENTRY"
 
 n=0
 measure() {
@@ -78,11 +78,11 @@ measure() {
     printf '%-40s %8d instructions per call  (%s)\n' "$what" $((ir / CALLS)) "$f"
 }
 
-# The last argument before the client id: whether the node knows the sender is a member.
+# The argument before the entry: whether the node knows the sender is a member.
 measure "append, no client id" \
-    FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 0
+    FCALL "${NS}_append" 2 "$M" "$H" $A 10000 "$CH" 0 "$ENTRY"
 measure "append, no client id, known sender" \
-    FCALL "${NS}_append" 2 "$M" "$H" $A "$ENTRY" 10000 "$CH" 1
+    FCALL "${NS}_append" 2 "$M" "$H" $A 10000 "$CH" 1 "$ENTRY"
 # A socket's burst of four to one room in one call (instructions per call, so per message / 4).
 measure "append_burst of 4, known sender" \
     FCALL "${NS}_append_burst" 4 "$M" "$H" "$D" "$O" $A 10000 "$CH" 1 \
@@ -94,9 +94,9 @@ measure "XADD alone (as the append sends it)" \
 measure "PUBLISH alone (as the append sends it)" \
     PUBLISH "$CH" "2:1732560000000-0|$ENTRY"
 measure "append, a new client id" \
-    FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A "$CID_ENTRY" 10000 "$CH" 0 __rand_int__
+    FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A 10000 "$CH" 0 "$CID_ENTRY" __rand_int__
 measure "append, a new client id, known sender" \
-    FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A "$CID_ENTRY" 10000 "$CH" 1 __rand_int__
+    FCALL "${NS}_append" 4 "$M" "$H" "$D" "$O" $A 10000 "$CH" 1 "$CID_ENTRY" __rand_int__
 # history is MULTI, EXISTS, XREVRANGE (or XRANGE), EXEC: the range is the part that counts.
 measure "history's XREVRANGE, latest 50" \
     XREVRANGE "$H" + - COUNT 51

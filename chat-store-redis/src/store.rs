@@ -346,86 +346,53 @@ impl RedisStore {
         .await
     }
 
-    /// The `FCALL` that appends `message` to `room_` and publishes it.
-    /// `known`: the node saw the function accept this sender in this room (see `members.rs`).
-    fn append_cmd(
+    /// The `FCALL` that appends `messages`, one sender's to `room_`, and publishes them: `append`
+    /// for one, `append_burst` for several (their headers say what each takes). `known`: the node
+    /// saw the function accept this sender in this room (see `members.rs`).
+    fn append_cmd<'m>(
         &self,
         room_: &RoomId,
-        message: &NewMessage,
+        messages: impl ExactSizeIterator<Item = &'m NewMessage> + Clone,
         history_max: usize,
         known: bool,
     ) -> redis::Cmd {
-        let entry = entry::encode(
-            &message.sender,
-            message.timestamp,
-            message.client_id.as_deref(),
-            &message.message,
-        );
-        let p = self.inner.prefix.as_str();
-        let cid = message.client_id.as_deref();
-        let function = self.inner.library.name(Function::Append);
-        let len = 32
-            + 5 * (p.len() + RoomKey::ROOM_LEN)
-            + message.sender.as_str().len()
-            + entry.len()
-            + cid.map_or(0, str::len);
-        let keys = if cid.is_some() { 4 } else { 2 };
-        let mut cmd = fcall(function, keys, keys + 6, len);
-        let mut key = RoomKey::new(p, room_);
+        let burst = messages.len() > 1;
+        // `append` names the dedupe hashes, and passes a client id, only when it has one;
+        // `append_burst` always does, '' for none.
+        let dedupe = burst || messages.clone().any(|m| m.client_id.is_some());
+        let mut sender = "";
+        let mut len = 32 + 5 * (self.inner.prefix.len() + RoomKey::ROOM_LEN);
+        for m in messages.clone() {
+            sender = m.sender.as_str();
+            // The entry (`src/entry.rs`) holds the sender, the time, the client id and the text.
+            let cid = m.client_id.as_deref().map_or(0, str::len);
+            len += m.message.len() + sender.len() + 24 + 2 * cid;
+        }
+        len += sender.len();
+        let function = self.inner.library.name(if burst {
+            Function::AppendBurst
+        } else {
+            Function::Append
+        });
+        let keys = if dedupe { 4 } else { 2 };
+        let mut cmd = fcall(function, keys, keys + 4 + 2 * messages.len(), len);
+        let mut key = RoomKey::new(&self.inner.prefix, room_);
         cmd.arg(key.part("m")).arg(key.part("h"));
-        if cid.is_some() {
+        if dedupe {
             cmd.arg(key.part("d")).arg(key.part("o"));
         }
-        cmd.arg(message.sender.as_str())
-            .arg(&entry)
-            .arg(history_max.max(1))
-            .arg(key.channel(self.is_cluster()))
-            .arg(if known { "1" } else { "0" });
-        if let Some(cid) = cid {
-            cmd.arg(cid);
-        }
-        cmd
-    }
-
-    /// The `FCALL` of `append_burst`: `messages`, one sender's to `room_`, in one call.
-    fn append_burst_cmd(
-        &self,
-        room_: &RoomId,
-        messages: &[&NewMessage],
-        history_max: usize,
-        known: bool,
-    ) -> redis::Cmd {
-        let p = self.inner.prefix.as_str();
-        let entries: Vec<String> = messages
-            .iter()
-            .map(|m| entry::encode(&m.sender, m.timestamp, m.client_id.as_deref(), &m.message))
-            .collect();
-        let len = 32
-            + 5 * (p.len() + RoomKey::ROOM_LEN)
-            + messages
-                .iter()
-                .map(|m| m.sender.as_str().len())
-                .max()
-                .unwrap_or(0)
-            + entries.iter().map(String::len).sum::<usize>()
-            + messages
-                .iter()
-                .map(|m| m.client_id.as_deref().map_or(0, str::len))
-                .sum::<usize>();
-        let function = self.inner.library.name(Function::AppendBurst);
-        let mut cmd = fcall(function, 4, 8 + 2 * messages.len(), len);
-        let mut key = RoomKey::new(p, room_);
-        cmd.arg(key.part("m"))
-            .arg(key.part("h"))
-            .arg(key.part("d"))
-            .arg(key.part("o"));
-        let sender = messages.first().map_or("", |m| m.sender.as_str());
         cmd.arg(sender)
             .arg(history_max.max(1))
             .arg(key.channel(self.is_cluster()))
             .arg(if known { "1" } else { "0" });
-        for (m, entry) in messages.iter().zip(&entries) {
-            cmd.arg(entry).arg(m.client_id.as_deref().unwrap_or(""));
+        for m in messages {
+            let cid = m.client_id.as_deref();
+            cmd.arg(entry::encode(&m.sender, m.timestamp, cid, &m.message));
+            if let Some(cid) = cid {
+                cmd.arg(cid);
+            } else if burst {
+                cmd.arg("");
+            }
         }
         cmd
     }
@@ -512,13 +479,8 @@ impl RedisStore {
             let (room, first) = &batch[run.start];
             let k = self.inner.members.knows(room, &first.sender);
             known.push(k);
-            if run.len() == 1 {
-                pipe.add_command(self.append_cmd(room, first, history_max, k));
-            } else {
-                let messages: Vec<&NewMessage> =
-                    batch[run.clone()].iter().map(|(_, m)| m).collect();
-                pipe.add_command(self.append_burst_cmd(room, &messages, history_max, k));
-            }
+            let messages = batch[run.clone()].iter().map(|(_, m)| m);
+            pipe.add_command(self.append_cmd(room, messages, history_max, k));
         }
         if wait > 0 {
             pipe.cmd("WAIT").arg(wait).arg(WAIT_TIMEOUT_MS);
@@ -1054,7 +1016,7 @@ impl RoomStore for RedisStore {
                 .unwrap_or_else(|| Err(bad_reply("append pipeline length")));
         }
         let known = self.inner.members.knows(room_, &message.sender);
-        let cmd = self.append_cmd(room_, &message, history_max, known);
+        let cmd = self.append_cmd(room_, std::iter::once(&message), history_max, known);
         let reply: AppendReply = decode(self.invoke(&cmd).await?)?;
         if matches!(reply, AppendReply::NoRoom) && Box::pin(self.reopened(room_)).await? {
             let reply = decode(self.invoke(&cmd).await?)?;

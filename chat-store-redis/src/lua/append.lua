@@ -26,8 +26,8 @@
 --
 -- KEYS: room meta, history stream, and with a client id the dedupe hashes (newer, older) —
 -- one hash tag.
--- ARGV: sender, entry, history_max (>= 1), channel, known ('1' | '0'), and the client id when
--- there is one.
+-- ARGV: sender, history_max (>= 1), channel, known ('1' | '0'), entry, and the client id when
+-- there is one (the order of `append_burst`'s, for one message).
 -- → 0 (no room) | 1 (not a member) | id (new) | {id, {field, value...}} (the earlier message)
 
-return append_one(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1', ARGV[6])
+return append_one(KEYS, ARGV[1], ARGV[5], ARGV[2], ARGV[3], ARGV[4] == '1', ARGV[6])
