@@ -370,21 +370,22 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::port).collect()
     }
 
-    /// The ports of the current masters (not flagged `fail`), as a live node sees them, sorted.
+    /// The ports of the current masters, as a live node sees them, sorted (see
+    /// [`RedisCluster::slot_counts`] for which count).
     ///
     /// # Panics
     /// When no node answers.
     pub fn masters(&self) -> Vec<u16> {
-        let mut masters: Vec<u16> = parse_nodes(&self.ask_any(&["CLUSTER", "NODES"]))
+        self.slot_counts()
             .into_iter()
-            .filter(|n| n.is_master() && !n.is_failed())
-            .map(|n| n.port)
-            .collect();
-        masters.sort_unstable();
-        masters
+            .map(|(port, _)| port)
+            .collect()
     }
 
-    /// For every current master (not flagged `fail`), how many slots it serves, sorted by port.
+    /// For every current master, how many slots it serves, sorted by port. A current master is
+    /// not flagged `fail` and serves slots: a master that a replica replaced while it lived (a
+    /// failover a loaded machine can cause: the node timeout is 1 s) still calls itself one for
+    /// a moment, with no slots and a copy of the data, and is left out.
     ///
     /// # Panics
     /// When no node answers.
@@ -393,6 +394,7 @@ impl RedisCluster {
             .into_iter()
             .filter(|n| n.is_master() && !n.is_failed())
             .map(|n| (n.port, n.slot_count()))
+            .filter(|&(_, slots)| slots > 0)
             .collect();
         counts.sort_unstable();
         counts
