@@ -184,10 +184,12 @@ async def main():
         for u in users:
             u.in_flight.release()
         await asyncio.gather(*senders)
-        # Drain: every acknowledged message must reach the peer.
+        # Drain: every frame sent is answered, and every acknowledged message reaches the peer
+        # (waiting for the second alone would close a socket while a last message is on its
+        # way both as an ack and as the peer's delivery).
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(
-                u.peer.received < u.acked for u in users):
+                u.acked + u.errors < u.sent or u.peer.received < u.acked for u in users):
             await asyncio.sleep(0.05)
         for u in users:
             await u.ws.close()
