@@ -31,18 +31,14 @@ source chat-bench/servers.sh
 
 # one STORE SETUP: SETUP is shared or pinned
 one() {
-    local store=$1 setup=$2 client=() redis_pid=""
+    local store=$1 setup=$2 client=()
     SERVER_WRAP=()
     local flags=() bench=()
     if [[ $setup == pinned ]]; then SERVER_WRAP=(taskset -c 1); client=(taskset -c 0); fi
     if [[ $store == redis ]]; then
         local port
         port=$(free_port)
-        ${SERVER_WRAP[@]+"${SERVER_WRAP[@]}"} redis-server --port "$port" --bind 127.0.0.1 \
-            --save "" --appendonly no >"$OUT/aiohttp-redis-$setup.log" 2>&1 &
-        redis_pid=$!
-        PIDS+=("$redis_pid")
-        for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+        start_redis "$port" "$OUT/aiohttp-redis-$setup.log"
         flags=(--redis-url "redis://127.0.0.1:$port")
         bench=(--redis-port "$port")
     fi
@@ -51,8 +47,7 @@ one() {
         --pairs "$PAIRS" --window "$WINDOW" --duration "$SECS" --server-pid "$SERVER_PID" \
         ${bench[@]+"${bench[@]}"} >"$OUT/aiohttp-$store-$setup.json"
     stop_server
-    [[ -n $redis_pid ]] && kill "$redis_pid"
-    return 0
+    if [[ $store == redis ]]; then kill "$REDIS_PID"; fi
 }
 
 for store in memory redis; do

@@ -89,9 +89,7 @@ if [[ $STORES == memory || $STORES == both ]]; then
 fi
 if [[ $STORES == redis || $STORES == both ]]; then
     port=$(free_port)
-    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
-    PIDS+=("$!")
-    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    start_redis "$port" "$OUT/redis.log"
     REDIS_PORT=$port figures redis --redis-url "redis://127.0.0.1:$port"
     # Past one process's open-file limit: CLUSTER_SOCKETS idle sockets over CLUSTER_NODES nodes
     # on a Redis of their own.

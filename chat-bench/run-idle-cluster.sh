@@ -34,22 +34,17 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=chat-bench/servers.sh
+source chat-bench/servers.sh
 
 port=$(free_port)
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/cluster-redis.log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis "$port" "$OUT/cluster-redis.log"
 REDIS="redis://127.0.0.1:$port"
 
 URLS=(); SERVER_PIDS=()
 for i in $(seq "$NODES"); do
-    log="$OUT/cluster-node$i-server.log"
-    "$SERVER" --bind 127.0.0.1:0 --redis-url "$REDIS" --registrations-per-min 100000000 \
-        --frames-per-sec 1000000 --frame-burst 1000000 2>"$log" &
-    PIDS+=("$!"); SERVER_PIDS+=("$!")
-    for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
-    URLS+=("http://$(grep -o 'listening on [0-9.:]*' "$log" | head -1 | sed 's/listening on //')")
+    start_server "cluster-node$i" --redis-url "$REDIS"
+    URLS+=("$URL"); SERVER_PIDS+=("$SERVER_PID")
 done
 echo "== $NODES nodes on $REDIS: ${URLS[*]}; $PER_NODE idle sockets each for ${DURATION}s" >&2
 

@@ -70,10 +70,7 @@ if [[ $STORES == memory || $STORES == both ]]; then
 fi
 if [[ $STORES == redis || $STORES == both ]]; then
     port=$(free_port)
-    taskset -c "$SERVER_CPU" redis-server --port "$port" --bind 127.0.0.1 --save "" \
-        --appendonly no >"$OUT/pinned-redis.log" 2>&1 &
-    PIDS+=("$!")
-    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    start_redis "$port" "$OUT/pinned-redis.log"
     pinned redis --redis-url "redis://127.0.0.1:$port"
 fi
 

@@ -59,15 +59,11 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
 
 field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print('' if v is None else v)" "$1" "$2"; }
 
-# start_redis PORT [flags...]
-start_redis() {
+# redis_on PORT [flags...]: servers.sh's start_redis with a directory of its own under TMP.
+redis_on() {
     local port=$1; shift
     mkdir -p "$TMP/$port"
-    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP/$port" \
-        --logfile "$TMP/$port/redis.log" "$@" &
-    PIDS+=("$!")
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
-    echo "redis-server on $port did not start" >&2; exit 1
+    start_redis "$port" "$TMP/$port/redis.log" --dir "$TMP/$port" "$@"
 }
 
 # shellcheck source=chat-bench/servers.sh
@@ -108,7 +104,7 @@ echo "machine: nproc $(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g'), R
 
 # ---- (a) one Redis ------------------------------------------------------------------------
 read -r RPORT < <(free_ports 1)
-start_redis "$RPORT"
+redis_on "$RPORT"
 NODES=("$RPORT")
 R=redis://127.0.0.1:$RPORT
 start_server single --redis-url "$R" --history-max 1000000
@@ -124,7 +120,7 @@ stop_server
 read -r -a PORTS < <(free_ports 12)
 NODES=("${PORTS[@]:0:6}")
 for i in 0 1 2 3 4 5; do
-    start_redis "${PORTS[$i]}" --cluster-enabled yes --cluster-port "${PORTS[$((i + 6))]}" \
+    redis_on "${PORTS[$i]}" --cluster-enabled yes --cluster-port "${PORTS[$((i + 6))]}" \
         --cluster-config-file "$TMP/${PORTS[$i]}/nodes.conf" --cluster-node-timeout 5000 \
         --repl-diskless-sync-delay 0
 done
