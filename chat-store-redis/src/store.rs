@@ -545,8 +545,8 @@ impl RedisStore {
         out
     }
 
-    /// What the append function's reply means, remembering an accepted sender the call did not
-    /// know as a member of the room (see `members.rs`).
+    /// What the append function's reply means for `message` in `room_`; a sender it accepted
+    /// that the call did not know is remembered as a member of the room (see `members.rs`).
     fn appended(
         &self,
         room_: RoomId,
@@ -557,7 +557,19 @@ impl RedisStore {
         if !known && matches!(reply, AppendReply::New(_) | AppendReply::Duplicate(_)) {
             self.inner.members.learn(room_, &message.sender);
         }
-        appended(room_, message, reply)
+        match reply {
+            AppendReply::NoRoom => Err(Error::RoomNotFound),
+            AppendReply::NotMember => Err(Error::forbidden("you are not a member of this room")),
+            AppendReply::Duplicate(earlier) => Ok(Appended::Duplicate(earlier.message(room_)?)),
+            AppendReply::New(id) => Ok(Appended::New(Message {
+                id,
+                room: room_,
+                sender: message.sender,
+                message: message.message,
+                timestamp: message.timestamp,
+                client_id: message.client_id,
+            })),
+        }
     }
 
     /// A delivery as published: its audience's channel and its JSON.
@@ -602,23 +614,6 @@ fn runs(batch: &[(RoomId, NewMessage)]) -> Vec<std::ops::Range<usize>> {
         runs.push(i..i + 1);
     }
     runs
-}
-
-/// What the append function's reply means for `message` in `room_`.
-fn appended(room_: RoomId, message: NewMessage, reply: AppendReply) -> Result<Appended> {
-    match reply {
-        AppendReply::NoRoom => Err(Error::RoomNotFound),
-        AppendReply::NotMember => Err(Error::forbidden("you are not a member of this room")),
-        AppendReply::Duplicate(earlier) => Ok(Appended::Duplicate(earlier.message(room_)?)),
-        AppendReply::New(id) => Ok(Appended::New(Message {
-            id,
-            room: room_,
-            sender: message.sender,
-            message: message.message,
-            timestamp: message.timestamp,
-            client_id: message.client_id,
-        })),
-    }
 }
 
 #[async_trait::async_trait]
